@@ -1,0 +1,509 @@
+"""Reading, tokenizing and packing text for MLM: ``MLMDataModule``.
+
+Text is read with ``datasets`` (``text``/``json``/``csv``/``parquet`` builders), tokenized once with
+``datasets.map`` (batched, ``num_proc`` workers) and stored as one flat token stream per split in a cache
+folder whose name is a hash of the files' contents, the tokenizer and the text settings. The stream holds
+every document followed by ``[SEP]``; both layouts are views over it, so changing ``layout`` or
+``max_seq_length`` never re-tokenizes:
+
+* ``packed``: block *i* is ``[CLS]`` + stream[i*(L-1) : (i+1)*(L-1)]; no padding and no token dropped
+  (only the very last block may be shorter).
+* ``line_by_line``: one row per document, ``[CLS]`` doc ``[SEP]``; a document longer than the model
+  takes is split into consecutive windows rather than truncated.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mlm_lightning.errors import MLMError
+from mlm_lightning.masking import MLMCollator
+from mlm_lightning.sources import default_cache_dir, resolve_files, resolve_pkg
+
+CACHE_VERSION = 1
+_BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_SAMPLE_BY = {"line": "line", "paragraph": "paragraph", "file": "document"}
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+class TokenRows(Dataset):
+    """Rows of token ids over a memory-mapped token stream (see the module docstring for the layouts).
+
+    Items are dicts ``{"input_ids", "index", "epoch"}``; a key may be an index or an ``(epoch, index)``
+    pair from :class:`EpochSampler`, so the collator can draw that epoch's mask.
+    """
+
+    def __init__(
+        self, folder: Path, layout: str, max_seq_length: int, cls_token_id: int, sep_token_id: int
+    ) -> None:
+        self.folder = folder
+        self.layout = layout
+        self.max_seq_length = max_seq_length
+        self.cls = np.array([cls_token_id], dtype=np.int64)
+        self.sep = np.array([sep_token_id], dtype=np.int64)
+        self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")
+        doc_offsets = np.load(folder / "doc_offsets.npy")
+        if layout == "packed":
+            self._block = max_seq_length - 1
+            self._n = math.ceil(len(self.tokens) / self._block)
+        else:
+            # Windows of at most L-2 content tokens per document (its trailing [SEP] excluded).
+            width = max_seq_length - 2
+            starts, ends = doc_offsets[:-1], doc_offsets[1:] - 1
+            n_windows = np.maximum(1, -(-(ends - starts) // width))
+            first = np.repeat(starts, n_windows)
+            step = np.arange(n_windows.sum()) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+            self._starts = first + step * width
+            self._ends = np.minimum(self._starts + width, np.repeat(ends, n_windows))
+            self._n = len(self._starts)
+            self.windowed_documents = int((n_windows > 1).sum())
+
+    def __len__(self) -> int:
+        return self._n
+
+    def row_lengths(self) -> np.ndarray:
+        """Length of every row, special tokens included (used for bucketing and statistics)."""
+        if self.layout == "packed":
+            lengths = np.full(self._n, self.max_seq_length, dtype=np.int64)
+            if self._n:
+                lengths[-1] = len(self.tokens) - (self._n - 1) * self._block + 1
+            return lengths
+        return self._ends - self._starts + 2
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        if self.layout == "packed":
+            body = self.tokens[index * self._block : (index + 1) * self._block]
+            ids = np.concatenate([self.cls, body.astype(np.int64)])
+        else:
+            body = self.tokens[self._starts[index] : self._ends[index]]
+            ids = np.concatenate([self.cls, body.astype(np.int64), self.sep])
+        return {"input_ids": ids, "index": int(index), "epoch": int(epoch)}
+
+
+class EpochSampler(Sampler):
+    """Shuffles with ``seed + epoch`` and yields ``(epoch, index)`` so each epoch re-draws its masks.
+
+    Lightning calls :meth:`set_epoch` before every training epoch. ``state_dict`` records the epoch and
+    how many indices were consumed so a run can resume mid-epoch.
+    """
+
+    def __init__(self, num_rows: int, seed: int, shuffle: bool = True) -> None:
+        self.num_rows = num_rows
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_rows)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return iter([(epoch, int(i)) for i in self.order(epoch)])
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+
+# -------------------------------------------------------------------------------------------- the cache
+def _file_digest(path: Path, check_utf8: bool) -> str:
+    """Content hash of a file; with ``check_utf8`` also fails on the first byte that is not UTF-8."""
+    digest = hashlib.blake2b(digest_size=16)
+    decoder = codecs.getincrementaldecoder("utf-8")("strict") if check_utf8 else None
+    offset = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+            if decoder is not None:
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as err:
+                    raise MLMError(
+                        f"{path}: byte {offset + err.start} is not valid UTF-8. Convert the file to UTF-8, or set "
+                        f"data.encoding_errors=replace to replace undecodable bytes with U+FFFD."
+                    ) from None
+            offset += len(chunk)
+    if decoder is not None:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise MLMError(f"{path}: ends in the middle of a UTF-8 character (truncated file?)") from None
+    if offset == 0:
+        raise MLMError(f"{path}: file is empty")
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything about a tokenizer that changes its output."""
+    digest = hashlib.blake2b(digest_size=16)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(type(tokenizer).__name__.encode())
+    return digest.hexdigest()
+
+
+def _load_documents(files: list[Path], text_layout: str, text_column: str, encoding_errors: str, workdir: Path):
+    """Reads files into one ``datasets.Dataset`` with a single ``text`` column, dropping blank documents."""
+    import datasets
+
+    parts = []
+    by_builder: dict[str, list[str]] = {}
+    for f in files:
+        builder = _BUILDERS.get(f.suffix.lower())
+        if builder is None:
+            raise MLMError(f"{f}: unsupported file type '{f.suffix}' (use one of {', '.join(_BUILDERS)})")
+        by_builder.setdefault(builder, []).append(str(f))
+    for builder, paths in by_builder.items():
+        kwargs: dict[str, Any] = {}
+        if builder == "text":
+            kwargs = {"sample_by": _SAMPLE_BY[text_layout], "encoding_errors": encoding_errors}
+        try:
+            ds = datasets.load_dataset(builder, data_files=paths, split="train", cache_dir=str(workdir), **kwargs)
+        except Exception as err:  # datasets wraps parser errors in several types
+            raise MLMError(f"could not read {', '.join(paths)}: {err}") from err
+        column = "text" if builder == "text" else text_column
+        if column not in ds.column_names:
+            raise MLMError(
+                f"{', '.join(paths)}: no column '{column}' (columns: {', '.join(ds.column_names)}); "
+                f"set data.text_column"
+            )
+        ds = ds.select_columns([column])
+        if column != "text":
+            ds = ds.rename_column(column, "text")
+        parts.append(ds.cast_column("text", datasets.Value("string")))
+    ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return ds.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True, desc="drop blank documents")
+
+
+def _write_stream(ds, folder: Path, sep_id: int, unk_id: int | None, vocab_size: int) -> dict[str, int]:
+    """Writes ``tokens.npy`` (every document followed by [SEP]) and ``doc_offsets.npy`` into ``folder``."""
+    column = ds.data.column("input_ids")
+    n_docs = len(ds)
+    n_content = sum(len(chunk.flatten()) for chunk in column.chunks)
+    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = np.lib.format.open_memmap(folder / "tokens.npy", mode="w+", dtype=dtype, shape=(n_content + n_docs,))
+    doc_offsets = np.empty(n_docs + 1, dtype=np.int64)
+    pos, doc, unk, longest = 0, 0, 0, 0
+    for chunk in column.chunks:
+        offs = chunk.offsets.to_numpy()
+        offs = offs - offs[0]
+        vals = chunk.flatten().to_numpy()
+        stream = np.insert(vals, offs[1:], sep_id)  # a [SEP] after every document
+        tokens[pos : pos + len(stream)] = stream
+        doc_offsets[doc : doc + len(offs) - 1] = pos + offs[:-1] + np.arange(len(offs) - 1)
+        if unk_id is not None:
+            unk += int((vals == unk_id).sum())
+        if len(offs) > 1:
+            longest = max(longest, int(np.diff(offs).max()))
+        pos += len(stream)
+        doc += len(offs) - 1
+    doc_offsets[-1] = pos
+    tokens.flush()
+    del tokens
+    np.save(folder / "doc_offsets.npy", doc_offsets)
+    return {"documents": n_docs, "tokens": int(n_content), "unk_tokens": unk, "longest_document": longest}
+
+
+# ----------------------------------------------------------------------------------------- data module
+class MLMDataModule(L.LightningDataModule):
+    """Reads, tokenizes (once, cached), packs and masks text for masked-language-model training.
+
+    Args:
+        train_files: Paths, globs, folders, ``pkg://package/path`` package data, or ``http(s)://`` URLs of
+            ``.txt``, ``.jsonl``, ``.csv`` or ``.parquet`` files.
+        val_files: Validation files (same forms). ``None`` holds out ``val_fraction`` of the documents.
+        val_fraction: Share of training documents held out for validation (seeded) when ``val_files`` is unset.
+        test_files: Files for ``test``; ``None`` tests on the validation split.
+        text_layout: How ``.txt`` files split into documents: one per ``line``, one per ``paragraph``
+            (blank-line separated), or one per ``file``.
+        text_column: The text column of ``.jsonl``, ``.csv`` and ``.parquet`` files.
+        encoding_errors: ``strict`` stops at the first byte that is not UTF-8 (naming file and offset);
+            ``replace`` turns such bytes into U+FFFD and carries on.
+        tokenizer: Tokenizer name or path (``pkg://`` allowed). ``None`` uses the model's
+            (``model.model_name_or_path``), which the command line fills in.
+        layout: ``packed`` joins documents with ``[SEP]`` into full blocks (no padding); ``line_by_line``
+            keeps one document per row (long ones split into windows), padding each batch to its longest row.
+        max_seq_length: Tokens per row, special tokens included; at most the model's position embeddings.
+        mlm_probability: Share of tokens (or words, with ``whole_word_mask``) chosen for prediction.
+        mask_replace_prob: Share of chosen tokens replaced by ``[MASK]``.
+        random_replace_prob: Share of chosen tokens replaced by a random token (the rest stay as they are).
+        whole_word_mask: Choose whole words rather than single WordPiece tokens.
+        batch_size: Rows per training batch on each device.
+        eval_batch_size: Rows per validation/test batch; ``None`` uses ``batch_size``.
+        num_workers: Dataloader worker processes for masking and collation (0 = in the training process).
+        num_proc: Processes for tokenization (``datasets.map``); ``None`` tokenizes in this process.
+        seed: Seed of the validation split, the shuffling and the masks (validation masks are fixed by it).
+        cache_dir: Where tokenized corpora and downloads are kept; ``None`` = ``$MLM_LIGHTNING_CACHE`` or
+            ``~/.cache/mlm_lightning``.
+    """
+
+    def __init__(
+        self,
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        val_fraction: float = 0.05,
+        test_files: list[str] | None = None,
+        text_layout: Literal["line", "paragraph", "file"] = "line",
+        text_column: str = "text",
+        encoding_errors: Literal["strict", "replace"] = "strict",
+        tokenizer: str | None = None,
+        layout: Literal["packed", "line_by_line"] = "packed",
+        max_seq_length: int = 128,
+        mlm_probability: float = 0.15,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        whole_word_mask: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        seed: int = 1234,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if max_seq_length < 8:
+            raise MLMError(f"data.max_seq_length={max_seq_length} is too small (at least 8)")
+        if val_files is None and not 0.0 < val_fraction < 1.0:
+            raise MLMError(f"data.val_fraction must be in (0, 1) when data.val_files is unset, got {val_fraction}")
+        self.train_files = train_files
+        self.val_files = val_files
+        self.val_fraction = val_fraction
+        self.test_files = test_files
+        self.text_layout = text_layout
+        self.text_column = text_column
+        self.encoding_errors = encoding_errors
+        self.tokenizer_name = tokenizer
+        self.layout = layout
+        self.max_seq_length = max_seq_length
+        self.mlm_probability = mlm_probability
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
+        self.whole_word_mask = whole_word_mask
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_proc = num_proc
+        self.seed = seed
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.datasets: dict[str, TokenRows] = {}
+        self._corpus_dirs: dict[str, Path] = {}
+        self._train_sampler: EpochSampler | None = None
+
+    # -- tokenizer --------------------------------------------------------------------------------------
+    @cached_property
+    def tokenizer(self) -> Any:
+        """The fast tokenizer (loaded on first use)."""
+        from transformers import AutoTokenizer
+
+        if not self.tokenizer_name:
+            raise MLMError("no tokenizer: set data.tokenizer, or model.model_name_or_path to a pretrained model")
+        try:
+            tok = AutoTokenizer.from_pretrained(resolve_pkg(self.tokenizer_name))
+        except (OSError, ValueError) as err:
+            raise MLMError(
+                f"could not load tokenizer '{self.tokenizer_name}': {err}. Offline, pass a local folder "
+                f"(for example one written by `export` or `train-tokenizer`)."
+            ) from err
+        if tok.mask_token_id is None or tok.pad_token_id is None:
+            raise MLMError(f"tokenizer '{self.tokenizer_name}' has no [MASK] or [PAD] token, so it cannot do MLM")
+        return tok
+
+    @property
+    def tokenizer_path(self) -> str:
+        """The tokenizer's name or path as configured (what the model records for export)."""
+        return self.tokenizer_name or ""
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the tokenizer's vocabulary, added tokens included (linked to ``model.vocab_size``)."""
+        return len(self.tokenizer)
+
+    # -- caching ----------------------------------------------------------------------------------------
+    def _corpus_key(self, name: str, files: list[Path], extra: dict[str, Any]) -> str:
+        check_utf8 = self.encoding_errors == "strict"
+        payload = {
+            "version": CACHE_VERSION,
+            "name": name,
+            "files": [[str(f), _file_digest(f, check_utf8 and f.suffix.lower() != ".parquet")] for f in files],
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "text_layout": self.text_layout,
+            "text_column": self.text_column,
+            "encoding_errors": self.encoding_errors,
+            **extra,
+        }
+        return hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+    def _corpora(self) -> dict[str, tuple[str, list[Path], dict[str, Any]]]:
+        """Cache entries needed: name -> (key, files, split settings). Hashes files once per instance."""
+        if hasattr(self, "_corpora_memo"):
+            return self._corpora_memo
+        if not self.train_files:
+            raise MLMError("no training data: set data.train_files")
+        entries: dict[str, tuple[str, list[Path], dict[str, Any]]] = {}
+        train = resolve_files(self.train_files, self.cache_dir)
+        if self.val_files:
+            entries["train"] = (self._corpus_key("train", train, {}), train, {})
+            val = resolve_files(self.val_files, self.cache_dir)
+            entries["val"] = (self._corpus_key("val", val, {}), val, {})
+        else:
+            split = {"val_fraction": self.val_fraction, "split_seed": self.seed}
+            key = self._corpus_key("train+val", train, split)
+            entries["train"] = entries["val"] = (key, train, split)
+        if self.test_files:
+            test = resolve_files(self.test_files, self.cache_dir)
+            entries["test"] = (self._corpus_key("test", test, {}), test, {})
+        self._corpora_memo = entries
+        return entries
+
+    def _build(self, key: str, files: list[Path], split: dict[str, Any]) -> Path:
+        """Tokenizes ``files`` into ``cache_dir/corpora/key`` unless it is already there."""
+        final = self.cache_dir / "corpora" / key
+        if (final / "meta.json").is_file():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+        try:
+            docs = _load_documents(files, self.text_layout, self.text_column, self.encoding_errors, work / "hf")
+            if len(docs) == 0:
+                raise MLMError(f"no text in {', '.join(map(str, files))} (empty or whitespace only)")
+            if split:
+                if len(docs) < 2:
+                    raise MLMError(
+                        f"only {len(docs)} document in the training files: cannot hold out data.val_fraction for "
+                        f"validation. Set data.val_files, or data.text_layout to split the text into more documents."
+                    )
+                n_val = max(1, round(len(docs) * split["val_fraction"]))
+                parts = docs.train_test_split(test_size=n_val, seed=split["split_seed"])
+                splits = {"train": parts["train"], "val": parts["test"]}
+            else:
+                splits = {"all": docs}
+            tok = self.tokenizer
+
+            def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
+                enc = tok(batch["text"], add_special_tokens=False, return_attention_mask=False,
+                          return_token_type_ids=False, verbose=False)
+                return {"input_ids": enc["input_ids"]}
+
+            meta: dict[str, Any] = {"files": [str(f) for f in files], "splits": {}}
+            for name, ds in splits.items():
+                ids = ds.map(tokenize, batched=True, num_proc=self.num_proc, remove_columns=["text"],
+                             desc=f"tokenize {name}")
+                meta["splits"][name] = _write_stream(
+                    ids, work / name, tok.sep_token_id, tok.unk_token_id, len(tok)
+                )
+            shutil.rmtree(work / "hf", ignore_errors=True)
+            (work / "meta.json").write_text(json.dumps(meta, indent=1))
+            try:
+                os.replace(work, final)  # atomic: a crash never leaves a half-built corpus under its key
+            except OSError:
+                if not (final / "meta.json").is_file():  # another process won the race: fine
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return final
+
+    def prepare_data(self) -> None:
+        """Tokenizes every needed corpus into the cache (runs on one process per machine)."""
+        for key, files, split in {e[0]: e for e in self._corpora().values()}.values():
+            self._build(key, files, split)
+
+    def corpus_meta(self, split: str) -> dict[str, Any]:
+        """Statistics of a split (``train``, ``val``, ``test``) as recorded when it was tokenized."""
+        key, _, how = self._corpora()[split]
+        meta = json.loads((self.cache_dir / "corpora" / key / "meta.json").read_text())
+        return meta["splits"][split if how else "all"]
+
+    def _rows(self, split: str) -> TokenRows:
+        key, files, how = self._corpora()[split]
+        folder = self._build(key, files, how) / (split if how else "all")
+        tok = self.tokenizer
+        return TokenRows(folder, self.layout, self.max_seq_length, tok.cls_token_id, tok.sep_token_id)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Memory-maps the tokenized splits that ``stage`` needs."""
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["val"]}
+        for split in wanted.get(stage or "fit", ["train", "val"]):
+            if split == "test" and not self.test_files:
+                self.datasets["test"] = self.datasets.get("val") or self._rows("val")
+            elif split not in self.datasets:
+                self.datasets[split] = self._rows(split)
+            if len(self.datasets[split]) == 0:
+                raise MLMError(f"the {split} split is empty")
+
+    # -- loaders ----------------------------------------------------------------------------------------
+    def collator(self, train: bool) -> MLMCollator:
+        """The masking collator; validation and test use a different, fixed seed stream."""
+        tok = self.tokenizer
+        continuation = None
+        if self.whole_word_mask:
+            if type(tok.backend_tokenizer.model).__name__ != "WordPiece":
+                raise MLMError("data.whole_word_mask needs a WordPiece tokenizer (BERT-style '##' pieces)")
+            vocab = tok.get_vocab()
+            continuation = np.zeros(len(tok), dtype=bool)
+            for piece, i in vocab.items():
+                if piece.startswith("##") and i < len(continuation):
+                    continuation[i] = True
+        return MLMCollator(
+            pad_token_id=tok.pad_token_id,
+            mask_token_id=tok.mask_token_id,
+            vocab_size=len(tok),
+            special_token_ids=tok.all_special_ids,
+            mlm_probability=self.mlm_probability,
+            mask_replace_prob=self.mask_replace_prob,
+            random_replace_prob=self.random_replace_prob,
+            seed=self.seed if train else self.seed + 7919,
+            continuation_mask=continuation,
+        )
+
+    def _loader(self, dataset: Dataset, train: bool, sampler: Sampler | None = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=self.collator(train),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rows = self.datasets["train"]
+        self._train_sampler = EpochSampler(len(rows), self.seed)
+        return self._loader(rows, train=True, sampler=self._train_sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"], train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["test"], train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"], train=False)
+
+    def num_train_batches(self) -> int:
+        """Training batches per epoch on one device, computed without building a dataloader."""
+        if "train" not in self.datasets:
+            self.setup("fit")
+        return math.ceil(len(self.datasets["train"]) / self.batch_size)

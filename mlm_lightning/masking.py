@@ -1,0 +1,146 @@
+"""Masked-language-model collation: padding, 80/10/10 masking, optional whole-word masking.
+
+Written by hand rather than using ``transformers.DataCollatorForLanguageModeling`` because that collator
+draws from the global RNG: its masks cannot be fixed per example for validation, cannot be replayed
+exactly after a resume, and change when the number of dataloader workers changes. Here every example's
+mask comes from its own generator seeded by ``(seed, epoch, example index)``, so
+
+* validation masks (epoch fixed at 0) are identical in every epoch, every run and every batch size;
+* training masks are re-drawn each epoch, yet reproducible and independent of worker count;
+* the masked positions are computed on the CPU in the workers, so the training step needs no
+  host-device synchronisation to find them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+_MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads (seed, epoch, index) over the seed space
+
+
+def example_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one example's mask (splitmix64 of the three numbers)."""
+    z = (seed * 1_000_003 + epoch) * 0x100000001B3 + index
+    z = (z + _MIX) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass
+class MLMCollator:
+    """Pads a list of examples and masks them for MLM.
+
+    Each example is a dict with ``input_ids`` (1-D int array, special tokens already in place),
+    ``index`` (its position in the dataset) and ``epoch``.
+
+    Args:
+        pad_token_id: Id used to pad rows up to the longest row of the batch.
+        mask_token_id: Id of the ``[MASK]`` token.
+        vocab_size: Random replacements are drawn from ``[0, vocab_size)`` minus special tokens.
+        special_token_ids: Ids that are never masked (``[CLS]``, ``[SEP]``, ``[PAD]``, ...).
+        mlm_probability: Share of eligible tokens (or words) selected for prediction.
+        mask_replace_prob: Share of selected tokens replaced by ``[MASK]``.
+        random_replace_prob: Share of selected tokens replaced by a random token; the rest stay unchanged.
+        seed: Base seed; with ``epoch`` and ``index`` it fixes every example's mask.
+        continuation_mask: For whole-word masking: a boolean array over the vocabulary, True for tokens
+            that continue a word (WordPiece ``##`` pieces). ``None`` masks single tokens.
+        pad_to_multiple_of: Round the padded length up to this multiple (1 = pad to the longest row).
+    """
+
+    pad_token_id: int
+    mask_token_id: int
+    vocab_size: int
+    special_token_ids: Sequence[int]
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    seed: int = 0
+    continuation_mask: np.ndarray | None = None
+    pad_to_multiple_of: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.mask_replace_prob < 0 or self.random_replace_prob < 0:
+            raise ValueError("mask_replace_prob and random_replace_prob must be >= 0")
+        if self.mask_replace_prob + self.random_replace_prob > 1.0 + 1e-9:
+            raise ValueError(
+                f"mask_replace_prob + random_replace_prob must be <= 1, got "
+                f"{self.mask_replace_prob} + {self.random_replace_prob}"
+            )
+        special = np.zeros(max(self.vocab_size, max(self.special_token_ids, default=0) + 1), dtype=bool)
+        special[list(self.special_token_ids)] = True
+        special[self.pad_token_id] = True
+        self._special = special
+        # Random replacements never produce special tokens: a random [SEP] or [PAD] would teach nonsense.
+        self._replacement_ids = torch.from_numpy(np.flatnonzero(~special[: self.vocab_size]))
+
+    def mask_example(self, input_ids: np.ndarray, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Masks one example; returns ``(masked_input_ids, labels)``, labels -100 where not selected."""
+        gen = torch.Generator().manual_seed(example_seed(self.seed, epoch, index))
+        ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
+        eligible = ~torch.from_numpy(self._special[ids.numpy()])
+        if self.continuation_mask is None:
+            selected = (torch.rand(ids.shape, generator=gen) < self.mlm_probability) & eligible
+        else:
+            selected = self._select_whole_words(ids, eligible, gen)
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        labels[selected] = ids[selected]
+        # One uniform draw per token decides [MASK] / random / keep, so the shares are exact in expectation.
+        u = torch.rand(ids.shape, generator=gen)
+        to_mask = selected & (u < self.mask_replace_prob)
+        to_random = selected & (u >= self.mask_replace_prob) & (u < self.mask_replace_prob + self.random_replace_prob)
+        out = ids.clone()
+        out[to_mask] = self.mask_token_id
+        n_random = int(to_random.sum())
+        if n_random:
+            pick = torch.randint(len(self._replacement_ids), (n_random,), generator=gen)
+            out[to_random] = self._replacement_ids[pick]
+        return out.numpy(), labels.numpy()
+
+    def _select_whole_words(self, ids: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # A word starts at every eligible token that is not a continuation piece (or follows a special token).
+        cont = torch.from_numpy(self.continuation_mask[ids.numpy()]) & eligible
+        starts = eligible & ~cont
+        if eligible.any() and not starts.any():
+            starts = eligible.clone()  # a window that begins mid-word: treat its first piece as a start
+        word_id = torch.cumsum(starts.long(), 0) - 1
+        word_id[~eligible] = -1
+        n_words = int(starts.sum())
+        if n_words == 0:
+            return torch.zeros_like(eligible)
+        chosen = torch.rand(n_words, generator=gen) < self.mlm_probability
+        selected = torch.zeros_like(eligible)
+        in_word = word_id >= 0
+        selected[in_word] = chosen[word_id[in_word]]
+        return selected
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        lengths = [len(e["input_ids"]) for e in examples]
+        width = max(lengths)
+        if self.pad_to_multiple_of > 1:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = np.full((len(examples), width), self.pad_token_id, dtype=np.int64)
+        labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
+        for row, ex in enumerate(examples):
+            ids, lab = self.mask_example(ex["input_ids"], int(ex.get("epoch", 0)), int(ex["index"]))
+            input_ids[row, : len(ids)] = ids
+            labels[row, : len(lab)] = lab
+        batch: dict[str, Any] = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+        if any(n != width for n in lengths):
+            # Only a padded batch gets an attention mask: without one, attention takes its fast (SDPA) path.
+            attn = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+            batch["attention_mask"] = torch.from_numpy(attn.astype(np.int64))
+        flat = labels.reshape(-1)
+        positions = np.flatnonzero(flat != IGNORE_INDEX)
+        batch["masked_positions"] = torch.from_numpy(positions)
+        batch["masked_labels"] = torch.from_numpy(flat[positions])
+        batch["num_tokens"] = int(sum(lengths))  # real (non-pad) tokens, for throughput
+        return batch

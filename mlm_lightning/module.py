@@ -1,0 +1,286 @@
+"""``MLMModule``: a masked-language model (``BertForMaskedLM`` or any ``AutoModelForMaskedLM``) in Lightning."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+
+from mlm_lightning.errors import MLMError
+from mlm_lightning.sources import resolve_pkg
+
+
+def build_model(
+    model_name_or_path: str | None,
+    vocab_size: int,
+    model_type: str,
+    hidden_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    intermediate_size: int,
+    max_position_embeddings: int,
+    dropout: float,
+    pad_token_id: int,
+) -> nn.Module:
+    """Loads a pretrained masked LM, or builds one from scratch from a few architecture settings."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    if model_name_or_path:
+        source = resolve_pkg(model_name_or_path)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the MLM head of an encoder-only checkpoint is expected to be missing
+        try:
+            model = AutoModelForMaskedLM.from_pretrained(source)
+        except OSError as err:
+            raise MLMError(
+                f"could not load model '{model_name_or_path}': {err}. Without network access, pass a local "
+                f"folder (a `save_pretrained` or `export` output) or a pkg:// path instead of a hub name."
+            ) from err
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if vocab_size > model.config.vocab_size:
+            raise MLMError(
+                f"the tokenizer has {vocab_size} tokens but model '{model_name_or_path}' has embeddings for "
+                f"only {model.config.vocab_size}: use the model's own tokenizer (leave data.tokenizer unset)"
+            )
+        return model
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        pad_token_id=pad_token_id,
+    )
+    return AutoModelForMaskedLM.from_config(config)
+
+
+class MLMModule(L.LightningModule):
+    """Masked-language-model training with AdamW, warm-up and decay, and token-weighted metrics.
+
+    Every argument is a plain value, so ``MLMModule.load_from_checkpoint(path)`` rebuilds the model alone.
+
+    Args:
+        model_name_or_path: Pretrained masked LM: a hub name (needs network), a local folder, or
+            ``pkg://package/path``. ``None`` builds a new model from the architecture settings below.
+        tokenizer_name_or_path: Tokenizer that goes with the model (filled in from the data module;
+            recorded so exports and fill-mask find it).
+        vocab_size: Vocabulary size (filled in from the tokenizer by the command line).
+        model_type: Architecture for a new model (any ``transformers`` masked-LM type, e.g. ``bert``).
+        hidden_size: Width of a new model.
+        num_hidden_layers: Transformer layers of a new model.
+        num_attention_heads: Attention heads of a new model.
+        intermediate_size: Feed-forward width of a new model.
+        max_position_embeddings: Longest sequence a new model takes.
+        dropout: Hidden and attention dropout of a new model.
+        pad_token_id: Padding id of a new model.
+        learning_rate: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay (never applied to biases and normalisation weights).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_steps: Linear warm-up length in optimizer steps; if 0, ``warmup_ratio`` of all steps.
+        warmup_ratio: Warm-up as a share of all optimizer steps (used when ``warmup_steps`` is 0).
+        scheduler: Decay after warm-up: ``linear`` or ``cosine`` to zero, or ``constant``.
+        full_logits: Compute vocabulary logits at every position instead of only the masked ones (slower;
+            for models whose MLM head cannot be applied to a subset of positions).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        tokenizer_name_or_path: str | None = None,
+        vocab_size: int = 30522,
+        model_type: str = "bert",
+        hidden_size: int = 256,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 4,
+        intermediate_size: int = 1024,
+        max_position_embeddings: int = 512,
+        dropout: float = 0.1,
+        pad_token_id: int = 0,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        warmup_steps: int = 0,
+        warmup_ratio: float = 0.06,
+        scheduler: Literal["linear", "cosine", "constant"] = "linear",
+        full_logits: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(
+            model_name_or_path, vocab_size, model_type, hidden_size, num_hidden_layers, num_attention_heads,
+            intermediate_size, max_position_embeddings, dropout, pad_token_id,
+        )
+        # Token-weighted sums that torchmetrics reduces across devices: loss, then perplexity = exp(loss).
+        self.val_loss = MeanMetric()
+        self.val_accuracy = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.test_accuracy = MeanMetric()
+        self._tokens_seen = 0
+        self._last_time: float | None = None
+
+    # -- model ------------------------------------------------------------------------------------------
+    @property
+    def max_positions(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+
+    def _mlm_head(self) -> nn.Module | None:
+        """The module mapping hidden states to vocabulary logits, if it can be applied position-wise."""
+        if self.hparams.full_logits:
+            return None
+        for name in ("cls", "lm_head"):  # BERT family / RoBERTa family
+            head = getattr(self.model, name, None)
+            if isinstance(head, nn.Module):
+                return head
+        return None
+
+    def masked_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Vocabulary logits at the masked positions only, shape (masked tokens, vocab)."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+        positions = batch["masked_positions"]
+        head = self._mlm_head()
+        if head is None:
+            logits = self.model(**inputs).logits
+            return logits.flatten(0, 1).index_select(0, positions)
+        hidden = self.model.base_model(**inputs).last_hidden_state
+        # Most of a small model's work is the vocabulary projection: apply it to ~15% of positions only.
+        return head(hidden.flatten(0, 1).index_select(0, positions))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Full-sequence vocabulary logits, shape (batch, length, vocab)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    # -- steps ------------------------------------------------------------------------------------------
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        labels = batch["masked_labels"]
+        logits = self.masked_logits(batch).float()
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        if stage == "train":
+            loss = losses.mean() if labels.numel() else logits.sum() * 0.0
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=labels.numel())
+            self._tokens_seen += int(batch["num_tokens"])
+            return loss
+        loss_metric, acc_metric = (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
+        if labels.numel():
+            loss_metric.update(losses)  # mean over all masked tokens of the split: token-weighted
+            acc_metric.update((logits.argmax(-1) == labels).float())
+        return losses.sum()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Top-1 predictions at the masked positions, with their labels and per-token losses."""
+        labels = batch["masked_labels"]
+        logits = self.masked_logits(batch).float()
+        return {
+            "positions": batch["masked_positions"],
+            "labels": labels,
+            "predictions": logits.argmax(-1),
+            "losses": F.cross_entropy(logits, labels, reduction="none"),
+        }
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        loss_metric, acc_metric = (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
+        if loss_metric.update_count == 0:
+            return
+        loss = loss_metric.compute()
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
+        self.log(f"{stage}/perplexity", torch.exp(loss), prog_bar=stage == "val")
+        self.log(f"{stage}/accuracy", acc_metric.compute())
+        loss_metric.reset()
+        acc_metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Real (non-pad) tokens per second over the logging interval; wall time, so it includes data loading.
+        if not self.trainer.is_global_zero and self.trainer.world_size > 1:
+            return
+        every = max(1, self.trainer.log_every_n_steps)
+        if self._last_time is None:
+            self._last_time, self._tokens_seen = time.perf_counter(), 0
+        elif (batch_idx + 1) % every == 0:
+            now = time.perf_counter()
+            rate = self._tokens_seen * self.trainer.world_size / max(now - self._last_time, 1e-9)
+            self.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False, rank_zero_only=True)
+            self._last_time, self._tokens_seen = now, 0
+
+    def on_train_epoch_start(self) -> None:
+        self._last_time = None
+
+    # -- optimisation -----------------------------------------------------------------------------------
+    def total_optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run, without building the training dataloader.
+
+        ``trainer.estimated_stepping_batches`` would build it before a checkpoint is restored, which
+        loses a stateful dataloader's position (Lightning issue 20550), so it is computed from the data.
+        """
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return trainer.max_steps
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "num_train_batches") or trainer.max_epochs in (None, -1):
+            return max(1, int(trainer.estimated_stepping_batches))
+        per_epoch = math.ceil(dm.num_train_batches() / max(1, trainer.world_size))
+        if isinstance(trainer.limit_train_batches, int):
+            per_epoch = min(per_epoch, trainer.limit_train_batches)
+        elif trainer.limit_train_batches is not None and trainer.limit_train_batches < 1.0:
+            per_epoch = int(per_epoch * trainer.limit_train_batches)
+        return max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches) * trainer.max_epochs)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+        from transformers import get_linear_schedule_with_warmup
+
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            # Biases and normalisation weights are 1-D: decaying them only hurts.
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.eps, fused=fused)
+        total = self.total_optimizer_steps()
+        warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
+        if hp.scheduler == "linear":
+            schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
+        elif hp.scheduler == "cosine":
+            schedule = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        else:
+            schedule = get_constant_schedule_with_warmup(optimizer, warmup)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        length = getattr(dm, "max_seq_length", None)
+        if length and self.max_positions and length > self.max_positions:
+            raise MLMError(
+                f"data.max_seq_length={length} but the model has position embeddings for only "
+                f"{self.max_positions} tokens: lower data.max_seq_length"
+            )
