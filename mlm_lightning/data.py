@@ -48,9 +48,7 @@ class TokenRows(Dataset):
     pair from :class:`EpochSampler`, so the collator can draw that epoch's mask.
     """
 
-    def __init__(
-        self, folder: Path, layout: str, max_seq_length: int, cls_token_id: int, sep_token_id: int
-    ) -> None:
+    def __init__(self, folder: Path, layout: str, max_seq_length: int, cls_token_id: int, sep_token_id: int) -> None:
         self.folder = folder
         self.layout = layout
         self.max_seq_length = max_seq_length
@@ -157,7 +155,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of everything about a tokenizer that changes its output."""
     digest = hashlib.blake2b(digest_size=16)
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    digest.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(
+        backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode()
+    )
     digest.update(type(tokenizer).__name__.encode())
     return digest.hexdigest()
 
@@ -401,17 +401,21 @@ class MLMDataModule(L.LightningDataModule):
             tok = self.tokenizer
 
             def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
-                enc = tok(batch["text"], add_special_tokens=False, return_attention_mask=False,
-                          return_token_type_ids=False, verbose=False)
+                enc = tok(
+                    batch["text"],
+                    add_special_tokens=False,
+                    return_attention_mask=False,
+                    return_token_type_ids=False,
+                    verbose=False,
+                )
                 return {"input_ids": enc["input_ids"]}
 
             meta: dict[str, Any] = {"files": [str(f) for f in files], "splits": {}}
             for name, ds in splits.items():
-                ids = ds.map(tokenize, batched=True, num_proc=self.num_proc, remove_columns=["text"],
-                             desc=f"tokenize {name}")
-                meta["splits"][name] = _write_stream(
-                    ids, work / name, tok.sep_token_id, tok.unk_token_id, len(tok)
+                ids = ds.map(
+                    tokenize, batched=True, num_proc=self.num_proc, remove_columns=["text"], desc=f"tokenize {name}"
                 )
+                meta["splits"][name] = _write_stream(ids, work / name, tok.sep_token_id, tok.unk_token_id, len(tok))
             shutil.rmtree(work / "hf", ignore_errors=True)
             (work / "meta.json").write_text(json.dumps(meta, indent=1))
             try:

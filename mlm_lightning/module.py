@@ -121,8 +121,16 @@ class MLMModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(
-            model_name_or_path, vocab_size, model_type, hidden_size, num_hidden_layers, num_attention_heads,
-            intermediate_size, max_position_embeddings, dropout, pad_token_id,
+            model_name_or_path,
+            vocab_size,
+            model_type,
+            hidden_size,
+            num_hidden_layers,
+            num_attention_heads,
+            intermediate_size,
+            max_position_embeddings,
+            dropout,
+            pad_token_id,
         )
         # Token-weighted sums that torchmetrics reduces across devices: loss, then perplexity = exp(loss).
         self.val_loss = MeanMetric()
@@ -173,7 +181,9 @@ class MLMModule(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=labels.numel())
             self._tokens_seen += int(batch["num_tokens"])
             return loss
-        loss_metric, acc_metric = (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
+        loss_metric, acc_metric = (
+            (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
+        )
         if labels.numel():
             loss_metric.update(losses)  # mean over all masked tokens of the split: token-weighted
             acc_metric.update((logits.argmax(-1) == labels).float())
@@ -200,7 +210,9 @@ class MLMModule(L.LightningModule):
         }
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        loss_metric, acc_metric = (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
+        loss_metric, acc_metric = (
+            (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
+        )
         if loss_metric.update_count == 0:
             return
         loss = loss_metric.compute()
@@ -253,8 +265,11 @@ class MLMModule(L.LightningModule):
         return max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches) * trainer.max_epochs)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
-        from transformers import get_linear_schedule_with_warmup
+        from transformers import (
+            get_constant_schedule_with_warmup,
+            get_cosine_schedule_with_warmup,
+            get_linear_schedule_with_warmup,
+        )
 
         hp = self.hparams
         decay, no_decay = [], []

@@ -1,0 +1,100 @@
+"""Shared fixtures: a small generated corpus, a small WordPiece tokenizer and tiny-model CLI arguments."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = (
+    "the king queen castle sword crown night day love war peace soul mind nature reason virtue honour "
+    "death life time world heart blood fortune gods man woman friend enemy country lord lady speak think "
+    "see hear know come go give take make find keep hold bear fall rise stand walk fight sleep dream "
+    "unto thee thou thy hath doth shall would could should never ever always often seldom gentle noble "
+    "bright dark sweet bitter cold warm wise foolish brave true false fair foul strange wonderful"
+).split()
+
+
+def make_corpus(n_docs: int = 400, seed: int = 0, min_words: int = 5, max_words: int = 60) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) + "." for _ in range(n_docs)]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own tokenization cache, so tests never see each other's corpora."""
+    monkeypatch.setenv("MLM_LIGHTNING_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(make_corpus()) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ~200-token WordPiece tokenizer trained on the generated corpus (saved like a hub tokenizer)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials)
+    tok.train_from_iterator(make_corpus(seed=1), trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    out = tmp_path_factory.mktemp("tokenizer")
+    fast.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture
+def tiny_args(corpus_file: Path, tokenizer_dir: Path, tmp_path: Path) -> list[str]:
+    """CLI arguments for a seconds-long fit of a tiny from-scratch BERT on the generated corpus."""
+    return [
+        "--config",
+        str(Path(__file__).parents[1] / "configs" / "tiny.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.max_steps",
+        "12",
+        "--trainer.val_check_interval",
+        "6",
+        "--trainer.log_every_n_steps",
+        "2",
+        "--data.train_files",
+        f"[{corpus_file}]",
+        "--data.tokenizer",
+        str(tokenizer_dir),
+        "--data.text_layout",
+        "line",
+        "--data.max_seq_length",
+        "32",
+        "--data.batch_size",
+        "8",
+        "--data.val_fraction",
+        "0.1",
+        "--model.max_position_embeddings",
+        "64",
+    ]

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mlm_lightning.masking import IGNORE_INDEX, MLMCollator
+
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+VOCAB = 1000
+
+
+def collator(**kw) -> MLMCollator:
+    return MLMCollator(
+        pad_token_id=PAD, mask_token_id=MASK, vocab_size=VOCAB, special_token_ids=[PAD, UNK, CLS, SEP, MASK], **kw
+    )
+
+
+def examples(n: int = 600, length: int = 128, seed: int = 0, epoch: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        body = rng.integers(5, VOCAB, size=int(rng.integers(length // 2, length - 1)))
+        body[rng.random(len(body)) < 0.05] = SEP  # specials inside the row must stay untouched too
+        out.append({"input_ids": np.concatenate([[CLS], body, [SEP]]), "index": i, "epoch": epoch})
+    return out
+
+
+def test_masking_statistics_and_invariants() -> None:
+    exs = examples()
+    batch = collator()(exs)
+    ids, labels = batch["input_ids"], batch["labels"]
+    original = torch.full_like(ids, PAD)
+    for row, ex in enumerate(exs):
+        original[row, : len(ex["input_ids"])] = torch.as_tensor(ex["input_ids"])
+    special = (original == PAD) | (original == CLS) | (original == SEP)
+    selected = labels != IGNORE_INDEX
+
+    assert not (selected & special).any(), "a special or pad token was selected"
+    assert torch.equal(ids[special], original[special]), "a special or pad token was changed"
+    assert torch.equal(labels[selected], original[selected]), "labels must hold the original token"
+    assert torch.equal(ids[~selected], original[~selected]), "unselected tokens must be unchanged"
+
+    eligible = int((~special).sum())
+    assert eligible > 40_000
+    assert abs(selected.sum().item() / eligible - 0.15) < 0.01
+    n = selected.sum().item()
+    masked = (ids == MASK) & selected
+    kept = (ids == original) & selected
+    random_ = selected & ~masked & ~kept
+    assert abs(masked.sum().item() / n - 0.8) < 0.02
+    assert abs(random_.sum().item() / n - 0.1) < 0.02
+    # A random replacement can by chance equal the original token, so "kept" is 10% plus a sliver.
+    assert abs(kept.sum().item() / n - 0.1) < 0.02
+    assert not torch.isin(ids[random_], torch.tensor([PAD, UNK, CLS, SEP, MASK])).any()
+
+    # Masked positions and labels for the fast path agree with the dense labels.
+    flat = labels.flatten()
+    assert torch.equal(batch["masked_positions"], torch.nonzero(flat != IGNORE_INDEX).flatten())
+    assert torch.equal(batch["masked_labels"], flat[flat != IGNORE_INDEX])
+    assert batch["num_tokens"] == sum(len(e["input_ids"]) for e in exs)
+    assert "attention_mask" in batch and batch["attention_mask"].sum().item() == batch["num_tokens"]
+
+
+def test_custom_shares() -> None:
+    batch = collator(mlm_probability=0.3, mask_replace_prob=1.0, random_replace_prob=0.0)(examples(200))
+    selected = batch["labels"] != IGNORE_INDEX
+    assert (batch["input_ids"][selected] == MASK).all()
+    with pytest.raises(ValueError):
+        collator(mask_replace_prob=0.8, random_replace_prob=0.3)
+
+
+def test_masks_fixed_per_example_and_redrawn_per_epoch() -> None:
+    c = collator(seed=7)
+    a = c(examples(50))
+    b = c(examples(50))
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    # The same example masks the same way whatever batch it lands in.
+    single = c(examples(50)[10:11])
+    width = single["labels"].shape[1]
+    assert torch.equal(single["labels"][0], a["labels"][10, :width])
+    # Another epoch draws another mask; another seed too.
+    assert not torch.equal(c(examples(50, epoch=1))["labels"], a["labels"])
+    assert not torch.equal(collator(seed=8)(examples(50))["labels"], a["labels"])
+
+
+def test_full_batch_has_no_attention_mask() -> None:
+    exs = [{"input_ids": np.array([CLS] + [10] * 30 + [SEP]), "index": i} for i in range(4)]
+    batch = collator()(exs)
+    assert "attention_mask" not in batch
+
+
+def test_whole_word_masking_masks_all_pieces_of_a_word() -> None:
+    continuation = np.zeros(VOCAB, dtype=bool)
+    continuation[500:] = True  # ids >= 500 continue the previous word
+    c = collator(continuation_mask=continuation)
+    rng = np.random.default_rng(3)
+    exs = []
+    for i in range(300):
+        words = [
+            [int(rng.integers(5, 500))] + list(rng.integers(500, VOCAB, size=int(rng.integers(0, 3))))
+            for _ in range(40)
+        ]
+        exs.append({"input_ids": np.array([CLS] + [t for w in words for t in w] + [SEP]), "index": i})
+    batch = c(exs)
+    labels = batch["labels"]
+    total_words = chosen_words = 0
+    for row, ex in enumerate(exs):
+        ids = ex["input_ids"]
+        sel = (labels[row, : len(ids)] != IGNORE_INDEX).numpy()
+        starts = [j for j in range(1, len(ids) - 1) if not continuation[ids[j]]] + [len(ids) - 1]
+        for a, b in zip(starts[:-1], starts[1:]):
+            assert sel[a:b].all() or not sel[a:b].any(), "a word was partly masked"
+            total_words += 1
+            chosen_words += bool(sel[a])
+    assert abs(chosen_words / total_words - 0.15) < 0.015

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlm_lightning.data import MLMDataModule
+from mlm_lightning.errors import MLMError
+from mlm_lightning.masking import IGNORE_INDEX
+from mlm_lightning.module import MLMModule
+
+TINY = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
+)
+
+
+@pytest.fixture
+def dm(corpus_file: Path, tokenizer_dir: Path) -> MLMDataModule:
+    dm = MLMDataModule(
+        train_files=[str(corpus_file)],
+        tokenizer=str(tokenizer_dir),
+        max_seq_length=32,
+        batch_size=8,
+        layout="line_by_line",
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_masked_logits_equal_full_logits(dm: MLMDataModule) -> None:
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=dm.vocab_size, **TINY).eval()
+    batch = next(iter(dm.val_dataloader()))
+    assert "attention_mask" in batch  # line_by_line batches are padded: the mask path is exercised
+    with torch.no_grad():
+        fast = module.masked_logits(batch)
+        full = module(batch["input_ids"], batch.get("attention_mask"))
+    mask = batch["labels"] != IGNORE_INDEX
+    torch.testing.assert_close(fast, full[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_perplexity_is_token_weighted_over_the_whole_split(dm: MLMDataModule) -> None:
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=dm.vocab_size, **TINY)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=4)
+    metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+
+    module.eval()
+    total, count, correct, batch_ppls = 0.0, 0, 0, []
+    with torch.no_grad():
+        for i, batch in enumerate(dm.val_dataloader()):
+            if i == 4:
+                break
+            logits = module(batch["input_ids"], batch.get("attention_mask"))
+            mask = batch["labels"] != IGNORE_INDEX
+            losses = F.cross_entropy(logits[mask], batch["labels"][mask], reduction="none")
+            total += losses.sum().item()
+            count += int(mask.sum())
+            correct += int((logits[mask].argmax(-1) == batch["labels"][mask]).sum())
+            batch_ppls.append(math.exp(losses.mean().item()))
+    assert metrics["val/perplexity"] == pytest.approx(math.exp(total / count), rel=1e-4)
+    assert metrics["val/loss"] == pytest.approx(total / count, rel=1e-5)
+    assert metrics["val/accuracy"] == pytest.approx(correct / count, abs=1e-6)
+    # Not the mean of per-batch perplexities (batches hold different numbers of masked tokens).
+    assert metrics["val/perplexity"] != pytest.approx(sum(batch_ppls) / len(batch_ppls), rel=1e-6)
+
+
+def test_weight_decay_groups_and_schedule(dm: MLMDataModule) -> None:
+    module = MLMModule(vocab_size=dm.vocab_size, learning_rate=1e-3, warmup_steps=2, scheduler="cosine", **TINY)
+    trainer = L.Trainer(
+        max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0
+    )
+    trainer.fit(module, datamodule=dm)
+    opt = trainer.optimizers[0]
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine reaches 0 at max_steps
+
+
+def test_pretrained_model_rejects_a_larger_tokenizer(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(
+        BertConfig(vocab_size=100, **{k: v for k, v in TINY.items() if k != "num_hidden_layers"}, num_hidden_layers=1)
+    ).save_pretrained(tmp_path)
+    assert MLMModule(model_name_or_path=str(tmp_path), vocab_size=100).model.config.vocab_size == 100
+    with pytest.raises(MLMError, match="embeddings for only 100"):
+        MLMModule(model_name_or_path=str(tmp_path), vocab_size=200)
+    with pytest.raises(MLMError, match="could not load model"):
+        MLMModule(model_name_or_path=str(tmp_path / "missing"), vocab_size=100)
