@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +29,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mlm_lightning.errors import MLMError
 from mlm_lightning.masking import MLMCollator
@@ -45,7 +45,7 @@ class TokenRows(Dataset):
     """Rows of token ids over a memory-mapped token stream (see the module docstring for the layouts).
 
     Items are dicts ``{"input_ids", "index", "epoch"}``; a key may be an index or an ``(epoch, index)``
-    pair from :class:`EpochSampler`, so the collator can draw that epoch's mask.
+    pair from :class:`MLMSampler`, so the collator can draw that epoch's mask.
     """
 
     def __init__(self, folder: Path, layout: str, max_seq_length: int, cls_token_id: int, sep_token_id: int) -> None:
@@ -94,33 +94,108 @@ class TokenRows(Dataset):
         return {"input_ids": ids, "index": int(index), "epoch": int(epoch)}
 
 
-class EpochSampler(Sampler):
-    """Shuffles with ``seed + epoch`` and yields ``(epoch, index)`` so each epoch re-draws its masks.
+class MLMSampler(DistributedSampler):
+    """Order of rows for one device: shuffled by ``seed + epoch``, sharded across devices, optionally bucketed.
 
-    Lightning calls :meth:`set_epoch` before every training epoch. ``state_dict`` records the epoch and
-    how many indices were consumed so a run can resume mid-epoch.
+    Yields ``(epoch, index)`` so the collator draws that epoch's masks. It subclasses ``DistributedSampler``
+    so that Lightning leaves it in place under DDP (and still calls :meth:`set_epoch` every epoch) instead of
+    wrapping it; it shards by itself.
+
+    Args:
+        num_rows: Rows in the dataset.
+        seed: Shuffling seed (combined with the epoch).
+        shuffle: Shuffle (training) or keep the dataset order (evaluation).
+        rank: This device's rank.
+        world_size: Number of devices.
+        pad: Repeat a few rows so every device gets the same count (training needs equal step counts under
+            DDP); evaluation shards without padding so no row is counted twice.
+        batch_size: Rows per batch, for bucketing and for resuming mid-epoch.
+        lengths: Row lengths; when given, rows of similar length are batched together (less padding).
+        bucket_batches: How many batches form one sorting window when bucketing.
     """
 
-    def __init__(self, num_rows: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        num_rows: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+        batch_size: int = 1,
+        lengths: np.ndarray | None = None,
+        bucket_batches: int = 50,
+    ) -> None:
+        super().__init__(range(num_rows), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         self.num_rows = num_rows
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
+        self.pad = pad
+        self.batch_size = batch_size
+        self.lengths = lengths
+        self.bucket_batches = bucket_batches
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already consumed in it)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def shard(self, epoch: int) -> np.ndarray:
+        """This device's rows for ``epoch``, in the order they are served (before any resume skip)."""
+        n, world = self.num_rows, self.num_replicas
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        if self.pad and world > 1 and n % world:
+            order = np.concatenate([order, order[: world - n % world]])
+        mine = order[self.rank :: world]
+        if self.lengths is not None and len(mine):
+            mine = self._bucket(mine, epoch)
+        return mine
 
-    def order(self, epoch: int) -> np.ndarray:
+    def _bucket(self, rows: np.ndarray, epoch: int) -> np.ndarray:
+        lengths = self.lengths[rows]
         if not self.shuffle:
-            return np.arange(self.num_rows)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+            return rows[np.argsort(-lengths, kind="stable")]
+        # Sort within windows of many batches, then shuffle whole batches: little padding, still random.
+        window = self.batch_size * self.bucket_batches
+        parts = [
+            rows[i : i + window][np.argsort(-lengths[i : i + window], kind="stable")]
+            for i in range(0, len(rows), window)
+        ]
+        ordered = np.concatenate(parts)
+        batches = [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+        perm = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))
+        return np.concatenate([batches[i] for i in perm])
+
+    def resume(self, epoch: int, consumed_batches: int) -> None:
+        """Makes the next pass over ``epoch`` skip the batches a checkpointed run had already trained on."""
+        self._resume = (epoch, consumed_batches)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        return iter([(epoch, int(i)) for i in self.order(epoch)])
+        rows = self.shard(epoch)
+        if self._resume is not None:
+            resume_epoch, consumed = self._resume
+            self._resume = None
+            if resume_epoch == epoch:
+                rows = rows[consumed * self.batch_size :]
+        return iter([(epoch, int(i)) for i in rows])
 
     def __len__(self) -> int:
-        return self.num_rows
+        n, world = self.num_rows, self.num_replicas
+        if self.pad:
+            return math.ceil(n / world)
+        return len(range(self.rank, n, world))
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position within the epoch goes into checkpoints, so a resumed run continues exactly.
+
+    Lightning saves ``state_dict()`` with every checkpoint and calls ``load_state_dict()`` before the first
+    batch of a resumed run. The position is the number of batches the *training loop* has consumed
+    (``progress``), not the number the loader has produced: workers and Lightning's fetcher read ahead.
+    """
+
+    progress: Callable[[], int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "consumed_batches": int(self.progress() if self.progress else 0)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume(int(state["epoch"]), int(state["consumed_batches"]))
 
 
 # -------------------------------------------------------------------------------------------- the cache
@@ -308,7 +383,6 @@ class MLMDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.datasets: dict[str, TokenRows] = {}
         self._corpus_dirs: dict[str, Path] = {}
-        self._train_sampler: EpochSampler | None = None
 
     # -- tokenizer --------------------------------------------------------------------------------------
     @cached_property
@@ -480,34 +554,53 @@ class MLMDataModule(L.LightningDataModule):
             continuation_mask=continuation,
         )
 
-    def _loader(self, dataset: Dataset, train: bool, sampler: Sampler | None = None) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        rows = self.datasets[split]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batch_size = self.batch_size if train else self.eval_batch_size
+        # Bucketing only matters when rows differ in length (line_by_line); packed rows are all full.
+        lengths = rows.row_lengths() if self.layout == "line_by_line" else None
+        sampler = MLMSampler(
+            len(rows),
+            self.seed,
+            shuffle=train,
+            rank=rank,
+            world_size=world,
+            pad=train,
+            batch_size=batch_size,
+            lengths=lengths,
+        )
+        loader = (ResumableDataLoader if train else DataLoader)(
+            rows,
+            batch_size=batch_size,
             sampler=sampler,
-            shuffle=False,
             collate_fn=self.collator(train),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+        if train and trainer is not None:
+            loader.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
 
     def train_dataloader(self) -> DataLoader:
-        rows = self.datasets["train"]
-        self._train_sampler = EpochSampler(len(rows), self.seed)
-        return self._loader(rows, train=True, sampler=self._train_sampler)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], train=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"], train=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], train=False)
+        return self._loader("val")
 
     def num_train_batches(self) -> int:
         """Training batches per epoch on one device, computed without building a dataloader."""
         if "train" not in self.datasets:
             self.setup("fit")
-        return math.ceil(len(self.datasets["train"]) / self.batch_size)
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        return math.ceil(math.ceil(len(self.datasets["train"]) / world) / self.batch_size)
