@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from mlm_lightning.errors import MLMError
 from mlm_lightning.masking import MLMCollator
 from mlm_lightning.sources import default_cache_dir, resolve_files, resolve_pkg
+from mlm_lightning.token_stream import document_lengths, tokenize_documents, write_token_stream
 
 CACHE_VERSION = 1
 _BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -55,11 +56,11 @@ class TokenRows(Dataset):
         self.cls = np.array([cls_token_id], dtype=np.int64)
         self.sep = np.array([sep_token_id], dtype=np.int64)
         self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")
-        doc_offsets = np.load(folder / "doc_offsets.npy")
         if layout == "packed":
             self._block = max_seq_length - 1
             self._n = math.ceil(len(self.tokens) / self._block)
         else:
+            doc_offsets = np.load(folder / "doc_offsets.npy")
             # Windows of at most L-2 content tokens per document (its trailing [SEP] excluded).
             width = max_seq_length - 2
             starts, ends = doc_offsets[:-1], doc_offsets[1:] - 1
@@ -73,6 +74,14 @@ class TokenRows(Dataset):
 
     def __len__(self) -> int:
         return self._n
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling (spawned dataloader workers, ddp_spawn) must not copy the whole memory-mapped corpus.
+        return {**self.__dict__, "tokens": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.tokens = np.load(self.folder / "tokens.npy", mmap_mode="r")
 
     def row_lengths(self) -> np.ndarray:
         """Length of every row, special tokens included (used for bucketing and statistics)."""
@@ -237,7 +246,14 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def _load_documents(files: list[Path], text_layout: str, text_column: str, encoding_errors: str, workdir: Path):
+def _load_documents(
+    files: list[Path],
+    text_layout: str,
+    text_column: str,
+    encoding_errors: str,
+    workdir: Path,
+    num_proc: int | None = None,
+):
     """Reads files into one ``datasets.Dataset`` with a single ``text`` column, dropping blank documents."""
     import datasets
 
@@ -265,39 +281,17 @@ def _load_documents(files: list[Path], text_layout: str, text_column: str, encod
         ds = ds.select_columns([column])
         if column != "text":
             ds = ds.rename_column(column, "text")
-        parts.append(ds.cast_column("text", datasets.Value("string")))
+        if ds.features["text"] != datasets.Value("string"):  # a cast rewrites the whole table: only when needed
+            ds = ds.cast_column("text", datasets.Value("string"))
+        parts.append(ds)
     ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    return ds.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True, desc="drop blank documents")
-
-
-def _write_stream(ds, folder: Path, sep_id: int, unk_id: int | None, vocab_size: int) -> dict[str, int]:
-    """Writes ``tokens.npy`` (every document followed by [SEP]) and ``doc_offsets.npy`` into ``folder``."""
-    column = ds.data.column("input_ids")
-    n_docs = len(ds)
-    n_content = sum(len(chunk.flatten()) for chunk in column.chunks)
-    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = np.lib.format.open_memmap(folder / "tokens.npy", mode="w+", dtype=dtype, shape=(n_content + n_docs,))
-    doc_offsets = np.empty(n_docs + 1, dtype=np.int64)
-    pos, doc, unk, longest = 0, 0, 0, 0
-    for chunk in column.chunks:
-        offs = chunk.offsets.to_numpy()
-        offs = offs - offs[0]
-        vals = chunk.flatten().to_numpy()
-        stream = np.insert(vals, offs[1:], sep_id)  # a [SEP] after every document
-        tokens[pos : pos + len(stream)] = stream
-        doc_offsets[doc : doc + len(offs) - 1] = pos + offs[:-1] + np.arange(len(offs) - 1)
-        if unk_id is not None:
-            unk += int((vals == unk_id).sum())
-        if len(offs) > 1:
-            longest = max(longest, int(np.diff(offs).max()))
-        pos += len(stream)
-        doc += len(offs) - 1
-    doc_offsets[-1] = pos
-    tokens.flush()
-    del tokens
-    np.save(folder / "doc_offsets.npy", doc_offsets)
-    return {"documents": n_docs, "tokens": int(n_content), "unk_tokens": unk, "longest_document": longest}
+    # In workers, like tokenization: the main process then never maps (and holds) the whole text.
+    return ds.filter(
+        lambda b: [bool(t and t.strip()) for t in b["text"]],
+        batched=True,
+        num_proc=num_proc,
+        desc="drop blank documents",
+    )
 
 
 # ----------------------------------------------------------------------------------------- data module
@@ -458,38 +452,32 @@ class MLMDataModule(L.LightningDataModule):
         final.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
-            docs = _load_documents(files, self.text_layout, self.text_column, self.encoding_errors, work / "hf")
+            docs = _load_documents(
+                files, self.text_layout, self.text_column, self.encoding_errors, work / "hf", self.num_proc
+            )
             if len(docs) == 0:
                 raise MLMError(f"no text in {', '.join(map(str, files))} (empty or whitespace only)")
-            if split:
-                if len(docs) < 2:
-                    raise MLMError(
-                        f"only {len(docs)} document in the training files: cannot hold out data.val_fraction for "
-                        f"validation. Set data.val_files, or data.text_layout to split the text into more documents."
-                    )
-                n_val = max(1, round(len(docs) * split["val_fraction"]))
-                parts = docs.train_test_split(test_size=n_val, seed=split["split_seed"])
-                splits = {"train": parts["train"], "val": parts["test"]}
-            else:
-                splits = {"all": docs}
+            if split and len(docs) < 2:
+                raise MLMError(
+                    f"only {len(docs)} document in the training files: cannot hold out data.val_fraction for "
+                    f"validation. Set data.val_files, or data.text_layout to split the text into more documents."
+                )
             tok = self.tokenizer
-
-            def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
-                enc = tok(
-                    batch["text"],
-                    add_special_tokens=False,
-                    return_attention_mask=False,
-                    return_token_type_ids=False,
-                    verbose=False,
-                )
-                return {"input_ids": enc["input_ids"]}
-
+            # Tokenize the whole corpus once (contiguous shards per worker), then split by document order.
+            ids = tokenize_documents(docs, tok, self.num_proc)
+            lengths = document_lengths(ids)
+            if split:
+                # The same split as ``datasets``' train_test_split(test_size=n_val, seed=split_seed).
+                n_val = max(1, round(len(docs) * split["val_fraction"]))
+                perm = np.random.default_rng(split["split_seed"]).permutation(len(docs))
+                orders: dict[str, np.ndarray | None] = {"train": perm[n_val:], "val": perm[:n_val]}
+            else:
+                orders = {"all": None}
             meta: dict[str, Any] = {"files": [str(f) for f in files], "splits": {}}
-            for name, ds in splits.items():
-                ids = ds.map(
-                    tokenize, batched=True, num_proc=self.num_proc, remove_columns=["text"], desc=f"tokenize {name}"
+            for name, order in orders.items():
+                meta["splits"][name] = write_token_stream(
+                    ids, order, work / name, tok.sep_token_id, tok.unk_token_id, len(tok), lengths
                 )
-                meta["splits"][name] = _write_stream(ids, work / name, tok.sep_token_id, tok.unk_token_id, len(tok))
             shutil.rmtree(work / "hf", ignore_errors=True)
             (work / "meta.json").write_text(json.dumps(meta, indent=1))
             try:
