@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -39,6 +40,7 @@ from mlm_lightning.token_stream import document_lengths, tokenize_documents, wri
 CACHE_VERSION = 1
 _BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _SAMPLE_BY = {"line": "line", "paragraph": "paragraph", "file": "document"}
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -325,6 +327,8 @@ class MLMDataModule(L.LightningDataModule):
         seed: Seed of the validation split, the shuffling and the masks (validation masks are fixed by it).
         cache_dir: Where tokenized corpora and downloads are kept; ``None`` = ``$MLM_LIGHTNING_CACHE`` or
             ``~/.cache/mlm_lightning``.
+        prepare_data_per_node: Tokenize on the first process of every machine (``True``: machines do not share
+            ``cache_dir``) or only on the first process of the whole job (``False``: a shared file system).
     """
 
     def __init__(
@@ -349,8 +353,10 @@ class MLMDataModule(L.LightningDataModule):
         num_proc: int | None = None,
         seed: int = 1234,
         cache_dir: str | None = None,
+        prepare_data_per_node: bool = True,
     ) -> None:
         super().__init__()
+        self.prepare_data_per_node = prepare_data_per_node  # read by Lightning to pick the ranks that prepare
         if max_seq_length < 8:
             raise MLMError(f"data.max_seq_length={max_seq_length} is too small (at least 8)")
         if val_files is None and not 0.0 < val_fraction < 1.0:
@@ -450,6 +456,8 @@ class MLMDataModule(L.LightningDataModule):
         if (final / "meta.json").is_file():
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
+        size_mb = sum(f.stat().st_size for f in files) / 1e6
+        log.info("tokenizing %d file(s), %.1f MB, into %s (once: later runs reuse it)", len(files), size_mb, final)
         work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
             docs = _load_documents(
@@ -547,6 +555,11 @@ class MLMDataModule(L.LightningDataModule):
         rows = self.datasets[split]
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if not train and len(rows) < world:  # a device with no batch would skip the metric sync the others wait in
+            raise MLMError(
+                f"the {split} split has {len(rows)} rows for {world} devices: every device needs at least one. "
+                f"Use more {split} data, fewer devices or a smaller data.max_seq_length."
+            )
         batch_size = self.batch_size if train else self.eval_batch_size
         # Bucketing only matters when rows differ in length (line_by_line); packed rows are all full.
         lengths = rows.row_lengths() if self.layout == "line_by_line" else None

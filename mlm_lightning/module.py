@@ -213,7 +213,9 @@ class MLMModule(L.LightningModule):
         loss_metric, acc_metric = (
             (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
         )
-        if loss_metric.update_count == 0:
+        # Decided on the count of all devices: compute() below gathers from every device, so all must join it.
+        updates = torch.tensor(loss_metric.update_count, device=self.device)
+        if self.trainer.strategy.reduce(updates, reduce_op="sum") == 0:
             return
         loss = loss_metric.compute()
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
@@ -257,7 +259,7 @@ class MLMModule(L.LightningModule):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "num_train_batches") or trainer.max_epochs in (None, -1):
             return max(1, int(trainer.estimated_stepping_batches))
-        per_epoch = math.ceil(dm.num_train_batches() / max(1, trainer.world_size))
+        per_epoch = dm.num_train_batches()  # per device: each device steps once per batch of its own shard
         if isinstance(trainer.limit_train_batches, int):
             per_epoch = min(per_epoch, trainer.limit_train_batches)
         elif trainer.limit_train_batches is not None and trainer.limit_train_batches < 1.0:
