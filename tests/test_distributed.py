@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -153,17 +152,6 @@ def test_slurm_two_nodes_tokenize_once(tiny_args: list[str], tmp_path: Path) -> 
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
     assert outputs[0].count(TOKENIZING) == 1 and TOKENIZING not in outputs[1]
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
-
-
-def test_token_rows_pickle_without_the_corpus(corpus_file: Path, tokenizer_dir: Path) -> None:
-    """Spawned dataloader workers and ddp_spawn pickle the dataset: the memory map must not be copied into it."""
-    dm = MLMDataModule(train_files=[str(corpus_file)], tokenizer=str(tokenizer_dir), max_seq_length=16)
-    dm.setup("fit")
-    rows = dm.datasets["train"]
-    blob = pickle.dumps(rows)
-    assert len(blob) < rows.tokens.nbytes / 4
-    again = pickle.loads(blob)
-    assert len(again) == len(rows) and (again[len(rows) - 1]["input_ids"] == rows[len(rows) - 1]["input_ids"]).all()
 
 
 @pytest.mark.parametrize("overlay", sorted((ROOT / "configs" / "scale").glob("*.yaml")), ids=lambda p: p.name)
