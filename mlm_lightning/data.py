@@ -57,7 +57,8 @@ class TokenRows(Dataset):
         self.max_seq_length = max_seq_length
         self.cls = np.array([cls_token_id], dtype=np.int64)
         self.sep = np.array([sep_token_id], dtype=np.int64)
-        self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")
+        self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")  # length and dtype; rows are read by _read
+        self._file = open(folder / "tokens.npy", "rb")  # noqa: SIM115 (open for the dataset's lifetime)
         if layout == "packed":
             self._block = max_seq_length - 1
             self._n = math.ceil(len(self.tokens) / self._block)
@@ -79,11 +80,22 @@ class TokenRows(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickling (spawned dataloader workers, ddp_spawn) must not copy the whole memory-mapped corpus.
-        return {**self.__dict__, "tokens": None}
+        return {**self.__dict__, "tokens": None, "_file": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.tokens = np.load(self.folder / "tokens.npy", mmap_mode="r")
+        self._file = open(self.folder / "tokens.npy", "rb")  # noqa: SIM115
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens ``[start, stop)`` of the stream (``stop`` clipped to its end)."""
+        # pread rather than the memory map: a mapped read maps whole page-cache folios (up to megabytes on
+        # recent kernels) into this process, so random rows would make most of the file resident within a few
+        # hundred steps. Read this way, the file's pages stay in the kernel's page cache only.
+        stop = min(stop, len(self.tokens))
+        size = self.tokens.dtype.itemsize
+        raw = os.pread(self._file.fileno(), max(0, stop - start) * size, self.tokens.offset + start * size)
+        return np.frombuffer(raw, dtype=self.tokens.dtype)
 
     def row_lengths(self) -> np.ndarray:
         """Length of every row, special tokens included (used for bucketing and statistics)."""
@@ -97,10 +109,10 @@ class TokenRows(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         if self.layout == "packed":
-            body = self.tokens[index * self._block : (index + 1) * self._block]
+            body = self._read(index * self._block, (index + 1) * self._block)
             ids = np.concatenate([self.cls, body.astype(np.int64)])
         else:
-            body = self.tokens[self._starts[index] : self._ends[index]]
+            body = self._read(int(self._starts[index]), int(self._ends[index]))
             ids = np.concatenate([self.cls, body.astype(np.int64), self.sep])
         return {"input_ids": ids, "index": int(index), "epoch": int(epoch)}
 
@@ -183,7 +195,7 @@ class MLMSampler(DistributedSampler):
             self._resume = None
             if resume_epoch == epoch:
                 rows = rows[consumed * self.batch_size :]
-        return iter([(epoch, int(i)) for i in rows])
+        return ((epoch, int(i)) for i in rows)  # lazily: a list would cost ~100 bytes per row
 
     def __len__(self) -> int:
         n, world = self.num_rows, self.num_replicas
