@@ -9,6 +9,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import grad_norm
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -243,6 +244,21 @@ class MLMModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._last_time = None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Before clipping, and only on steps that are logged: the norm costs a pass over every gradient.
+        if (self.trainer.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            norms = grad_norm(self.model, norm_type=2)
+            if norms:
+                self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What `export` needs without the original model source or the YAML: architecture and latest validation.
+        metrics = self.trainer.callback_metrics
+        checkpoint["mlm_lightning"] = {
+            "model_config": self.model.config.to_dict(),
+            "val_metrics": {k: float(v) for k, v in metrics.items() if k.startswith("val/")},
+        }
 
     # -- optimisation -----------------------------------------------------------------------------------
     def total_optimizer_steps(self) -> int:
