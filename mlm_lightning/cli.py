@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mlm_lightning.data import MLMDataModule
@@ -40,6 +41,15 @@ class MLMCLI(LightningCLI):
         if not config.checkpoint.dirpath:
             root = config.trainer.default_root_dir or os.getcwd()
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        # `enable_checkpointing false` / `logger false` switch our own callbacks off rather than clash with them.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if config.get("logger") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> MLMCLI:

@@ -94,6 +94,7 @@ class MLMModule(L.LightningModule):
         scheduler: Decay after warm-up: ``linear`` or ``cosine`` to zero, or ``constant``.
         full_logits: Compute vocabulary logits at every position instead of only the masked ones (slower;
             for models whose MLM head cannot be applied to a subset of positions).
+        compile: ``torch.compile`` the encoder (static shapes; the first steps pay the compilation).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class MLMModule(L.LightningModule):
         warmup_ratio: float = 0.06,
         scheduler: Literal["linear", "cosine", "constant"] = "linear",
         full_logits: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -163,9 +165,19 @@ class MLMModule(L.LightningModule):
         if head is None:
             logits = self.model(**inputs).logits
             return logits.flatten(0, 1).index_select(0, positions)
-        hidden = self.model.base_model(**inputs).last_hidden_state
+        hidden = self._encoder()(**inputs).last_hidden_state
         # Most of a small model's work is the vocabulary projection: apply it to ~15% of positions only.
         return head(hidden.flatten(0, 1).index_select(0, positions))
+
+    def _encoder(self) -> nn.Module:
+        encoder = self.__dict__.get("_compiled_encoder")
+        if encoder is None:
+            encoder = self.model.base_model
+            if self.hparams.compile:
+                encoder = torch.compile(encoder, dynamic=False)
+            # Kept out of the module tree, so the state dict has no second copy of the weights.
+            self.__dict__["_compiled_encoder"] = encoder
+        return encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Full-sequence vocabulary logits, shape (batch, length, vocab)."""
