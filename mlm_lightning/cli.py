@@ -42,7 +42,6 @@ class MLMCLI(LightningCLI):
             root = config.trainer.default_root_dir or os.getcwd()
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
 
-
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         # `enable_checkpointing false` / `logger false` switch our own callbacks off rather than clash with them.
         if config.get("enable_checkpointing") is False:
