@@ -263,6 +263,9 @@ class MLMModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._last_time = None
 
+    def on_validation_start(self) -> None:
+        self._last_time = None  # validation time is not training throughput
+
     # -- optimisation -----------------------------------------------------------------------------------
     def total_optimizer_steps(self) -> int:
         """Optimizer steps of the whole run, without building the training dataloader.
