@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -52,6 +53,14 @@ class MLMCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir=root, default_hp_metric=False),
             )
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        # `enable_checkpointing false` / `logger false` switch our own callbacks off rather than clash with them.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if config.get("logger") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 class _ConfigOnly(MLMCLI):

@@ -67,6 +67,20 @@ def load_tokenizer(name_or_path: str | None) -> Any:
         ) from err
 
 
+def from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | os.PathLike, tokenizer: str | None = None) -> tuple:
+    """``(model, tokenizer, tokenizer name)`` of a checkpoint, ready for ``save_pretrained`` or a pipeline."""
+    name = tokenizer or ckpt["hyper_parameters"].get("tokenizer_name_or_path")
+    tok = load_tokenizer(name)
+    model = masked_lm_from_checkpoint(ckpt, ckpt_path)
+    if len(tok) > model.config.vocab_size:
+        raise MLMError(f"tokenizer '{name}' has {len(tok)} tokens but the model only {model.config.vocab_size}")
+    if ckpt["hyper_parameters"].get("pad_vocab_multiple", 1) > 1 and model.config.vocab_size > len(tok):
+        # Rows added only to round the vocabulary up for speed (model.pad_vocab_multiple): no token maps to
+        # them, and a pipeline must not predict them.
+        model.resize_token_embeddings(len(tok))
+    return model, tok, name
+
+
 def _is_hub_id(name: str | None) -> bool:
     return bool(name) and not name.startswith(PKG_SCHEME) and "://" not in name and not Path(name).exists()
 
@@ -143,13 +157,7 @@ def export(ckpt_path: str, output_dir: str, overwrite: bool = False, tokenizer: 
     """
     target = check_writable(output_dir, overwrite)
     ckpt = load_checkpoint(ckpt_path)
-    tokenizer_name = tokenizer or ckpt["hyper_parameters"].get("tokenizer_name_or_path")
-    tok = load_tokenizer(tokenizer_name)
-    model = masked_lm_from_checkpoint(ckpt, ckpt_path)
-    if len(tok) > model.config.vocab_size:
-        raise MLMError(
-            f"tokenizer '{tokenizer_name}' has {len(tok)} tokens but the model only {model.config.vocab_size}"
-        )
+    model, tok, tokenizer_name = from_checkpoint(ckpt, ckpt_path, tokenizer)
     # Pipelines truncate to the tokenizer's limit: make it the model's, as hub tokenizers do.
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions and (tok.model_max_length is None or tok.model_max_length > max_positions):

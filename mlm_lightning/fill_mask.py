@@ -22,13 +22,11 @@ def load_model(model: str, tokenizer: str | None = None) -> tuple[Any, Any]:
     """A masked LM and its tokenizer from an exported folder, a ``.ckpt`` file or a hub name."""
     from transformers import AutoModelForMaskedLM
 
-    from mlm_lightning.export import load_checkpoint, load_tokenizer, masked_lm_from_checkpoint
+    from mlm_lightning.export import from_checkpoint, load_checkpoint, load_tokenizer
 
     path = Path(resolve_pkg(model)).expanduser()
     if path.is_file():
-        ckpt = load_checkpoint(path)
-        name = tokenizer or ckpt["hyper_parameters"].get("tokenizer_name_or_path")
-        return masked_lm_from_checkpoint(ckpt, path), load_tokenizer(name)
+        return from_checkpoint(load_checkpoint(path), path, tokenizer)[:2]
     try:
         loaded = AutoModelForMaskedLM.from_pretrained(str(path) if path.is_dir() else model)
     except (OSError, ValueError) as err:  # ValueError: not a valid hub name either

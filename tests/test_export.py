@@ -97,3 +97,20 @@ def test_fit_exports_its_best_checkpoint(trained_run: Path) -> None:
     torch.testing.assert_close(exported[key], state[f"model.{key}"])
     step = best.name.split("step")[1].split("-")[0]
     assert f"| optimizer steps | {step} |" in (trained_run / "export" / "README.md").read_text()
+
+
+def test_export_drops_the_rows_of_a_padded_vocabulary(tiny_args: list[str], tmp_path: Path) -> None:
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    steps = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--model.pad_vocab_multiple", "64"]
+    assert main(["fit", *tiny_args, *steps]) == 0
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert main(["export", "--ckpt_path", str(last), "--output_dir", str(tmp_path / "m")]) == 0
+    module = MLMModule.load_from_checkpoint(last, map_location="cpu").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    exported = AutoModelForMaskedLM.from_pretrained(tmp_path / "m").eval()
+    assert module.model.config.vocab_size % 64 == 0 and exported.config.vocab_size == len(tok) < 256
+    enc = tok(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = module(enc["input_ids"], enc["attention_mask"])[..., : len(tok)]
+        torch.testing.assert_close(exported(**enc).logits, expected)
