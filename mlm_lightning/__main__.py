@@ -59,6 +59,7 @@ def run_tool(name: str, args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; user errors become one readable line and exit status 2."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and (argv[0] in TOOLS or argv[0] == "inspect"):
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from mlm_lightning.cli import run_cli
 
-            run_cli(argv)
+            run_cli(None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     except MLMError as err:
         if os.environ.get("MLM_LIGHTNING_DEBUG"):
             raise

@@ -46,6 +46,7 @@ def build_model(
             ) from err
         finally:
             hf_logging.set_verbosity(verbosity)
+        model.train()  # from_pretrained returns eval mode, which would silently switch dropout off in training
         if vocab_size > model.config.vocab_size:
             raise MLMError(
                 f"the tokenizer has {vocab_size} tokens but model '{model_name_or_path}' has embeddings for "

@@ -107,3 +107,13 @@ def test_padded_vocabulary_trains_and_reloads(dm: MLMDataModule, tmp_path: Path)
     ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
     again = MLMModule.load_from_checkpoint(ckpt)
     assert again.model.config.vocab_size == module.model.config.vocab_size
+
+
+def test_pretrained_model_trains_with_dropout(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(
+        BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(tmp_path)
+    module = MLMModule(model_name_or_path=str(tmp_path), vocab_size=100)
+    assert all(m.training for m in module.modules())
