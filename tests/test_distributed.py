@@ -163,3 +163,24 @@ def test_scale_overlays_parse(overlay: Path, capsys) -> None:
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["strategy"] and printed["trainer"]["accelerator"] == "gpu"
+
+
+def test_too_few_validation_rows_for_the_devices_is_a_clear_error(
+    tmp_path: Path, corpus_file: Path, tokenizer_dir: Path
+) -> None:
+    """A device without a validation batch would skip the metric sync that the others wait in: refuse early."""
+    from types import SimpleNamespace
+
+    from mlm_lightning.errors import MLMError
+
+    val_file = tmp_path / "val.txt"
+    val_file.write_text("the king.\n", encoding="utf-8")
+    dm = MLMDataModule(
+        train_files=[str(corpus_file)], val_files=[str(val_file)], tokenizer=str(tokenizer_dir), max_seq_length=32
+    )
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=2)
+    with pytest.raises(MLMError, match="val split has 1 rows for 2 devices"):
+        dm.val_dataloader()
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1)
+    assert len(dm.val_dataloader()) == 1
