@@ -8,17 +8,31 @@ import sys
 from mlm_lightning.errors import MLMError
 
 
+def _user_error(err: BaseException) -> MLMError | None:
+    """The MLMError behind ``err``, also when a library re-raised it wrapped in another exception."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, MLMError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Runs the CLI; user errors become one readable line and exit status 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Runs the CLI; user errors become one readable line and exit status 2.
+
+    Set ``MLM_LIGHTNING_DEBUG=1`` to get the full traceback instead.
+    """
     try:
         from mlm_lightning.cli import run_cli
 
-        run_cli(argv)
-    except MLMError as err:
-        if os.environ.get("MLM_LIGHTNING_DEBUG"):
+        run_cli(None if argv is None else list(argv))  # None: LightningCLI reads sys.argv itself
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None or os.environ.get("MLM_LIGHTNING_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(user_error).split())}", file=sys.stderr)
         return 2
     return 0
 
