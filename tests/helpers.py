@@ -24,7 +24,9 @@ class LossRecorder(Callback):
         self.path = path
         self.pause_at_step = pause_at_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_
+    ) -> None:
         digest = zlib.crc32(batch["input_ids"].numpy().tobytes())
         with open(self.path, "a") as fh:
             fh.write(f"{trainer.global_step},{float(outputs['loss'])!r},{digest}\n")
