@@ -3,7 +3,7 @@
 * :class:`AtomicCheckpointIO` writes every checkpoint under a temporary name and renames it only when complete,
   and turns an unreadable ``--ckpt_path`` into one message naming the file.
 * :class:`MLMCheckpoint` is Lightning's ``ModelCheckpoint`` that also rewrites ``last.ckpt`` every N optimizer
-  steps and at every epoch end, so a killed run loses at most N steps.
+  steps and after the last batch of every epoch, so a killed run loses at most N steps.
 * :class:`RandomStates` saves the global random states (torch incl. dropout, CUDA, numpy, Python) in checkpoints
   and restores them right before the first training step after a resume. Together with the data position
   (``ResumableDataLoader``) and the per-example masks, the resumed run's losses equal an uninterrupted run's.
@@ -117,8 +117,8 @@ class MLMCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that also keeps ``last.ckpt`` current between validations.
 
     The best checkpoint (by ``monitor``) is still saved after validation, as in Lightning. In addition
-    ``last.ckpt`` is rewritten every ``save_last_every_n_steps`` optimizer steps and at the end of every
-    training epoch (and so at the end of the run), so ``--ckpt_path last`` always resumes from the newest
+    ``last.ckpt`` is rewritten every ``save_last_every_n_steps`` optimizer steps, after the last batch of every
+    training epoch and after the run's last step, so ``--ckpt_path last`` always resumes from the newest
     complete checkpoint. It needs ``save_last`` to be true.
 
     Args:
@@ -137,12 +137,13 @@ class MLMCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         every = self.save_last_every_n_steps
-        if every > 0 and trainer.global_step % every == 0:
+        # The epoch's and the run's last batch are saved here, not in on_train_epoch_end: Lightning resumes a
+        # checkpoint written there by training one extra batch in the finished epoch (seen with Lightning 2.6
+        # when validation is not at the epoch end), which breaks exact resume.
+        last_of_epoch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        last_of_run = 0 < trainer.max_steps <= trainer.global_step
+        if (every > 0 and trainer.global_step % every == 0) or last_of_epoch or last_of_run:
             self._write_last(trainer)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        self._write_last(trainer)
 
     def _write_last(self, trainer: L.Trainer) -> None:
         # Not ModelCheckpoint._save_last_checkpoint: that marks the step as saved, which would stop a

@@ -38,45 +38,55 @@ def finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, out[-3000:]
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_args: list[str], tmp_path: Path) -> None:
-    # 7 batches per epoch, 20 steps (epochs 0-2), last.ckpt every 4 steps and at epoch ends, validation every 6
-    # steps, dropout 0.1. The run is SIGKILLed after step 13, so it resumes from last.ckpt of step 12 (epoch 1,
-    # 5 batches in) and redoes step 13. Between that checkpoint and step 13 the uninterrupted run validates
-    # (which the resumed run skips), and an epoch change (step 14) and validation (step 18) follow.
-    args = [*tiny_args, "--trainer.max_steps", "20", "--trainer.limit_train_batches", "7"]
-    args += ["--checkpoint.save_last_every_n_steps", "4"]
-    whole = start_fit(with_root(args, tmp_path / "whole"), tmp_path / "whole.csv")
-    killed = start_fit(with_root(args, tmp_path / "run"), tmp_path / "killed.csv", pause_at_step=13)
+def kill_when_paused(proc: subprocess.Popen, losses: Path) -> None:
+    """Waits until ``proc`` pauses after its ``pause_at_step``, then SIGKILLs it."""
     try:
         deadline = time.monotonic() + 600
-        while not (tmp_path / "killed.csv.paused").exists():
-            assert killed.poll() is None, killed.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "the run never reached step 13"
+        while not Path(f"{losses}.paused").exists():
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the run never reached its pause step"
             time.sleep(0.1)
-        killed.send_signal(signal.SIGKILL)
-        killed.wait()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     finally:
-        if killed.poll() is None:
-            killed.kill()
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 12
-    assert not list(last.parent.glob(".*")), "a temporary file was left behind"
+        if proc.poll() is None:
+            proc.kill()
 
-    resumed = start_fit([*with_root(args, tmp_path / "run"), "--ckpt_path", "last"], tmp_path / "resumed.csv")
-    finish(resumed)
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_args: list[str], tmp_path: Path) -> None:
+    # 7 batches per epoch, 20 steps (epochs 0-2), last.ckpt every 4 steps, validation every 6 steps, dropout
+    # 0.1. One uninterrupted run, and one SIGKILLed three times, each time resuming with --ckpt_path last from
+    # a different kind of checkpoint and redoing the lost step:
+    # * killed after step 13: last.ckpt of step 12, written after that step's validation (new best);
+    # * killed after step 15: last.ckpt of step 14, the epoch's last batch (in the uninterrupted run the next
+    #   step opens a new epoch);
+    # * killed after step 17: last.ckpt of step 16, the every-4-steps save in the middle of epoch 2.
+    args = [*tiny_args, "--trainer.max_steps", "20", "--trainer.limit_train_batches", "7"]
+    args += ["--checkpoint.save_last_every_n_steps", "4"]
+    run, last = with_root(args, tmp_path / "run"), tmp_path / "run" / "checkpoints" / "last.ckpt"
+    whole = start_fit(with_root(args, tmp_path / "whole"), tmp_path / "whole.csv")
+    parts = []
+    kills = [(13, 12), (15, 14), (17, 16)]  # (killed after step, step of the last.ckpt it resumes from)
+    for kill_after, saved in kills:
+        part = tmp_path / f"until{kill_after}.csv"
+        kill_when_paused(start_fit([*run, "--ckpt_path", "last"], part, pause_at_step=kill_after), part)
+        assert torch.load(last, weights_only=True)["global_step"] == saved
+        assert not list(last.parent.glob(".*")), "a temporary file was left behind"
+        parts.append((part, saved))
+    finish(start_fit([*run, "--ckpt_path", "last"], tmp_path / "rest.csv"))
     finish(whole)
 
     reference = read_losses(tmp_path / "whole.csv")
-    before_kill = read_losses(tmp_path / "killed.csv")
-    after_resume = read_losses(tmp_path / "resumed.csv")
     assert sorted(reference) == list(range(1, 21))
-    assert sorted(before_kill) == list(range(1, 14))
-    assert sorted(after_resume) == list(range(13, 21))  # no batch skipped, none trained twice
-    for step in range(1, 14):
-        assert before_kill[step] == reference[step], step
-    for step in range(13, 21):
-        assert after_resume[step] == reference[step], step  # same batch (digest) and bit-identical loss
+    # Each part starts right after the checkpoint it resumed from: no batch skipped, none trained twice.
+    starts = [1] + [saved + 1 for _, saved in kills]
+    ends = [kill_after for kill_after, _ in kills] + [20]
+    for path, first, end in zip([p for p, _ in parts] + [tmp_path / "rest.csv"], starts, ends):
+        rows = read_losses(path)
+        assert sorted(rows) == list(range(first, end + 1)), path.name
+        for step in rows:
+            assert rows[step] == reference[step], (path.name, step)  # same batch (digest), bit-identical loss
 
     final = torch.load(last, weights_only=True)
     expected = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
