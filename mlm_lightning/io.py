@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    # Not tempfile.mkstemp/mkdtemp: they create mode 0600/0700, and the result would keep it after the rename.
+    return target.parent / f".{target.name}.{kind}-{secrets.token_hex(4)}"
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
@@ -41,9 +46,8 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _sibling(target, "tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode as any new file (umask)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -66,7 +70,8 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _sibling(target, "tmp")
+    tmp.mkdir()
     try:
         yield tmp
         for path in sorted(tmp.rglob("*")):
@@ -75,7 +80,8 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
                     os.fsync(fh.fileno())
         old = None
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = _sibling(target, "old")
+            old.mkdir()
             os.replace(target, old / target.name)
         try:
             os.replace(tmp, target)

@@ -43,6 +43,9 @@ def test_atomic_file_keeps_the_previous_version_on_error(tmp_path: Path) -> None
         raise RuntimeError("disk full")
     assert target.read_text() == "first"
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.json"]
+    plain = tmp_path / "plain.json"
+    plain.write_text("x")
+    assert target.stat().st_mode == plain.stat().st_mode  # not mkstemp's private 0600
 
 
 def test_atomic_dir_swaps_whole_folders(tmp_path: Path) -> None:
