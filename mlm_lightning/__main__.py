@@ -1,11 +1,60 @@
-"""Entry point: ``python -m mlm_lightning <subcommand> ...``."""
+"""Entry point: ``python -m mlm_lightning <subcommand> ...``.
+
+``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI (:mod:`mlm_lightning.cli`). The tools
+around a run are plain typed functions whose signatures and docstrings give their flags and ``--help``:
+``export``, ``fill-mask``, ``train-tokenizer``; ``inspect`` takes the same arguments as ``fit``.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from mlm_lightning.errors import MLMError
+
+# subcommand -> (module, function, argument that takes several values without brackets, whether positional)
+TOOLS: dict[str, tuple[str, str, str | None, bool]] = {
+    "export": ("mlm_lightning.export", "export", None, False),
+    "fill-mask": ("mlm_lightning.fill_mask", "fill_mask_command", "sentences", True),
+    "train-tokenizer": ("mlm_lightning.tokenizer", "train_tokenizer", "files", False),
+}
+
+
+def _tool_parser(name: str, func: Callable[..., Any], nargs_arg: str | None, positional: bool) -> Any:
+    """A jsonargparse parser for ``func``: one typed flag per parameter, help from its docstring.
+
+    jsonargparse reads a list flag as one JSON/YAML value (``--files '[a, b]'``); ``nargs_arg`` instead takes
+    shell-style words (``--files a b``, or positional sentences), which is what these tools' users type.
+    """
+    from docstring_parser import parse as parse_docstring
+    from jsonargparse import ArgumentParser
+
+    doc = parse_docstring(func.__doc__ or "")
+    parser = ArgumentParser(prog=f"python -m mlm_lightning {name}", description=doc.short_description)
+    if nargs_arg:
+        text = next((p.description for p in doc.params if p.arg_name == nargs_arg), None)
+        if positional:
+            parser.add_argument(nargs_arg, nargs="*", default=[], help=text)
+        else:
+            parser.add_argument(f"--{nargs_arg}", nargs="+", required=True, help=text)
+    parser.add_function_arguments(func, skip={nargs_arg} if nargs_arg else None)
+    return parser
+
+
+def run_tool(name: str, args: list[str]) -> None:
+    """Parses ``args`` for the tool ``name`` and calls it."""
+    if name == "inspect":
+        from mlm_lightning.report import inspect_command
+
+        inspect_command(args)
+        return
+    module, attr, nargs_arg, positional = TOOLS[name]
+    func = getattr(importlib.import_module(module), attr)
+    parser = _tool_parser(name, func, nargs_arg, positional)
+    func(**parser.parse_args(args).as_dict())
 
 
 def _user_error(err: BaseException) -> MLMError | None:
@@ -24,10 +73,15 @@ def main(argv: list[str] | None = None) -> int:
 
     Set ``MLM_LIGHTNING_DEBUG=1`` to get the full traceback instead.
     """
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        from mlm_lightning.cli import run_cli
+        if argv and (argv[0] in TOOLS or argv[0] == "inspect"):
+            run_tool(argv[0], argv[1:])
+        else:
+            from mlm_lightning.cli import run_cli
 
-        run_cli(None if argv is None else list(argv))  # None: LightningCLI reads sys.argv itself
+            run_cli(None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     except Exception as err:
         user_error = _user_error(err)
         if user_error is None or os.environ.get("MLM_LIGHTNING_DEBUG"):

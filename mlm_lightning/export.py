@@ -1,0 +1,167 @@
+"""``python -m mlm_lightning export``: a training checkpoint becomes a standard Hugging Face model folder.
+
+The folder holds the model (``model.safetensors`` + ``config.json``) and tokenizer written by
+``save_pretrained``, and a model card (``README.md``). It loads with ``AutoModelForMaskedLM.from_pretrained``
+and ``pipeline("fill-mask", model=...)`` without network access.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlm_lightning.atomic import atomic_output_dir, check_writable
+from mlm_lightning.checkpointing import read_checkpoint
+from mlm_lightning.errors import MLMError
+from mlm_lightning.sources import PKG_SCHEME, resolve_pkg
+
+
+def load_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a Lightning checkpoint of an ``MLMModule`` onto the CPU."""
+    path = Path(ckpt_path).expanduser()
+    # Lightning checkpoints hold plain Python objects (hyperparameters, loop state) besides tensors.
+    ckpt = read_checkpoint(path, map_location="cpu", weights_only=False)
+    if "hyper_parameters" not in ckpt:
+        raise MLMError(f"{path}: not a checkpoint written by `python -m mlm_lightning fit`")
+    return ckpt
+
+
+def masked_lm_from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | os.PathLike = "") -> torch.nn.Module:
+    """The checkpoint's ``AutoModelForMaskedLM``, in eval mode on the CPU.
+
+    Built from the architecture stored in the checkpoint, so a model fine-tuned from a hub name exports
+    offline; older checkpoints without it are rebuilt through ``MLMModule.load_from_checkpoint``.
+    """
+    stored = ckpt.get("mlm_lightning", {}).get("model_config")
+    if stored is None:
+        from mlm_lightning.module import MLMModule
+
+        return MLMModule.load_from_checkpoint(ckpt_path, map_location="cpu").model.eval()
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    config = type(AutoConfig.for_model(stored["model_type"])).from_dict(stored)
+    model = AutoModelForMaskedLM.from_config(config)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_tokenizer(name_or_path: str | None) -> Any:
+    """The tokenizer a model was trained with (``pkg://`` paths allowed)."""
+    from transformers import AutoTokenizer
+
+    if not name_or_path:
+        raise MLMError("the checkpoint records no tokenizer: pass --tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(resolve_pkg(name_or_path))
+    except (OSError, ValueError) as err:
+        raise MLMError(
+            f"could not load tokenizer '{name_or_path}': {err}. Pass --tokenizer with a local folder."
+        ) from err
+
+
+def from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | os.PathLike, tokenizer: str | None = None) -> tuple:
+    """``(model, tokenizer, tokenizer name)`` of a checkpoint, ready for ``save_pretrained`` or a pipeline."""
+    name = tokenizer or ckpt["hyper_parameters"].get("tokenizer_name_or_path")
+    tok = load_tokenizer(name)
+    model = masked_lm_from_checkpoint(ckpt, ckpt_path)
+    if len(tok) > model.config.vocab_size:
+        raise MLMError(f"tokenizer '{name}' has {len(tok)} tokens but the model only {model.config.vocab_size}")
+    if ckpt["hyper_parameters"].get("pad_vocab_multiple", 1) > 1 and model.config.vocab_size > len(tok):
+        # Rows added only to round the vocabulary up for speed (model.pad_vocab_multiple): no token maps to
+        # them, and a pipeline must not predict them.
+        model.resize_token_embeddings(len(tok))
+    return model, tok, name
+
+
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and not name.startswith(PKG_SCHEME) and "://" not in name and not Path(name).exists()
+
+
+def model_card(ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str, title: str) -> str:
+    """A short model card: where the model came from, what it was trained on, how well it does."""
+    hp = ckpt["hyper_parameters"]
+    data = ckpt.get("datamodule_hyper_parameters", {})
+    metrics = ckpt.get("mlm_lightning", {}).get("val_metrics", {})
+    cfg = model.config
+    base = hp.get("model_name_or_path")
+    arch = f"{cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}"
+    n_params = sum(p.numel() for p in model.parameters())
+    files = list(data.get("train_files") or [])
+    rows = [
+        ("base model", f"`{base}`" if base else f"none: trained from scratch ({arch})"),
+        ("architecture", f"{arch}, {n_params / 1e6:.1f}M parameters"),
+        ("tokenizer", f"`{tokenizer_name}`"),
+        ("training data", ", ".join(f"`{f}`" for f in files) or "not recorded"),
+        ("validation data", ", ".join(f"`{f}`" for f in data.get("val_files") or []) or "held-out share of the above"),
+        ("optimizer steps", str(ckpt.get("global_step", "?"))),
+        ("max sequence length", str(data.get("max_seq_length", "?"))),
+    ]
+    if "val/loss" in metrics:
+        rows += [
+            ("validation loss", f"{metrics['val/loss']:.4f}"),
+            ("validation perplexity", f"{metrics.get('val/perplexity', float('nan')):.2f}"),
+            ("validation masked-token accuracy", f"{100 * metrics.get('val/accuracy', float('nan')):.2f}%"),
+        ]
+    else:
+        rows.append(("validation", "no validation ran before this checkpoint"))
+    front = ["---", "library_name: transformers", "pipeline_tag: fill-mask", "tags:", "- mlm-lightning", "- fill-mask"]
+    if _is_hub_id(base):
+        front.append(f"base_model: {base}")
+    front.append("---")
+    table = "\n".join(["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)])
+    return "\n".join(
+        [
+            *front,
+            "",
+            f"# {title}",
+            "",
+            "A masked-language model trained with mlm-lightning (masked-token cross-entropy; validation on a "
+            "held-out split with fixed masks).",
+            "",
+            table,
+            "",
+            "Validation metrics are those of the last validation before the checkpoint was saved; perplexity is "
+            "exp(validation loss), the loss being the mean cross-entropy over all masked validation tokens.",
+            "",
+            "## Use",
+            "",
+            "```python",
+            "from transformers import pipeline",
+            "",
+            f'fill = pipeline("fill-mask", model="{title}")',
+            'print(fill("The [MASK] of the soul."))',
+            "```",
+            "",
+        ]
+    )
+
+
+def export(ckpt_path: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
+    """Writes a checkpoint as a Hugging Face model folder: model, tokenizer and model card.
+
+    The folder is written into a temporary folder beside ``output_dir`` and renamed into place when complete.
+
+    Args:
+        ckpt_path: Checkpoint written by ``fit`` (e.g. ``logs/base/checkpoints/last.ckpt``).
+        output_dir: Folder to create; loads with ``AutoModelForMaskedLM.from_pretrained(output_dir)``.
+        overwrite: Replace ``output_dir`` if it exists (otherwise that is an error).
+        tokenizer: Tokenizer to save with the model; ``None`` uses the one recorded in the checkpoint.
+    """
+    target = check_writable(output_dir, overwrite)
+    ckpt = load_checkpoint(ckpt_path)
+    model, tok, tokenizer_name = from_checkpoint(ckpt, ckpt_path, tokenizer)
+    # Pipelines truncate to the tokenizer's limit: make it the model's, as hub tokenizers do.
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions and (tok.model_max_length is None or tok.model_max_length > max_positions):
+        tok.model_max_length = max_positions
+    with atomic_output_dir(target, overwrite) as work:
+        model.save_pretrained(work, safe_serialization=True)
+        tok.save_pretrained(work)
+        card = model_card(ckpt, model, tokenizer_name, target.name)
+        (work / "README.md").write_text(card.replace("[MASK]", tok.mask_token), encoding="utf-8")
+    print(f"exported {ckpt_path} (step {ckpt.get('global_step', '?')}) to {target}")
+    return target

@@ -1,0 +1,176 @@
+"""The corpus report: what the tokenized data looks like, and warnings for what usually means a mistake.
+
+Printed before training (:class:`mlm_lightning.callbacks.CorpusReport`) and by
+``python -m mlm_lightning inspect --config ...``, which reads the same YAML as ``fit``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlm_lightning.data import MLMDataModule
+
+
+@dataclass
+class SplitStats:
+    """Statistics of one split as the model sees it in one epoch.
+
+    Attributes:
+        documents: Non-blank documents.
+        tokens: Tokens of the text (special tokens excluded).
+        unk_tokens: Tokens that are the tokenizer's unknown token.
+        longest_document: Tokens of the longest document.
+        split_documents: Documents cut across more than one row (windows in ``line_by_line``, block
+            boundaries in ``packed``).
+        rows: Rows (blocks in ``packed``) per epoch.
+        batches: Batches per epoch on one device.
+        row_tokens: Tokens in those rows, special tokens included.
+        padding_share: Share of the batches' positions that are padding (first epoch's order, one device).
+    """
+
+    documents: int
+    tokens: int
+    unk_tokens: int
+    longest_document: int
+    split_documents: int
+    rows: int
+    batches: int
+    row_tokens: int
+    padding_share: float
+
+    @property
+    def unk_rate(self) -> float:
+        return self.unk_tokens / max(1, self.tokens)
+
+
+def split_stats(dm: MLMDataModule, split: str) -> SplitStats:
+    """Statistics of ``split`` (``train`` or ``val``) of a data module that has been set up."""
+    rows = dm.datasets[split]
+    meta = dm.corpus_meta(split)
+    offsets = np.load(rows.folder / "doc_offsets.npy")
+    starts, ends = offsets[:-1], offsets[1:]  # each document's span in the stream, its trailing [SEP] included
+    if dm.layout == "packed":
+        block = dm.max_seq_length - 1
+        split_docs = int((starts // block != (ends - 1) // block).sum())
+    else:
+        split_docs = int((ends - 1 - starts > dm.max_seq_length - 2).sum())
+    loader = dm.train_dataloader() if split == "train" else dm.val_dataloader()
+    lengths = rows.row_lengths()
+    served = lengths[loader.sampler.shard(0)]  # the order batches are formed in, so padding is exact
+    firsts = np.arange(0, len(served), loader.batch_size)
+    padded = int((np.maximum.reduceat(served, firsts) * np.diff(np.append(firsts, len(served)))).sum())
+    return SplitStats(
+        documents=int(meta["documents"]),
+        tokens=int(meta["tokens"]),
+        unk_tokens=int(meta["unk_tokens"]),
+        longest_document=int(meta["longest_document"]),
+        split_documents=split_docs,
+        rows=len(rows),
+        batches=len(firsts),
+        row_tokens=int(lengths.sum()),
+        padding_share=float(1.0 - served.sum() / max(1, padded)),
+    )
+
+
+def corpus_report(dm: MLMDataModule) -> dict[str, SplitStats]:
+    """Training and validation statistics; prepares and sets up ``dm`` if needed."""
+    if not {"train", "val"} <= dm.datasets.keys():
+        dm.prepare_data()
+        dm.setup("fit")
+    return {split: split_stats(dm, split) for split in ("train", "val")}
+
+
+def format_report(stats: dict[str, SplitStats], dm: MLMDataModule) -> str:
+    """A Markdown table (readable as plain text, and rendered by TensorBoard's text panel)."""
+    unit = "blocks" if dm.layout == "packed" else "rows"
+    split_label = "documents split across blocks" if dm.layout == "packed" else "documents split into windows"
+    lines = [
+        f"corpus report: layout {dm.layout}, max_seq_length {dm.max_seq_length}, "
+        f"batch size {dm.batch_size} (validation {dm.eval_batch_size})",
+        "",
+        "| | " + " | ".join(stats) + " |",
+        "| --- |" + " ---: |" * len(stats),
+    ]
+    fields = [
+        ("documents", lambda s: f"{s.documents:,}"),
+        ("tokens", lambda s: f"{s.tokens:,}"),
+        ("unknown-token rate", lambda s: f"{100 * s.unk_rate:.2f}%"),
+        (split_label, lambda s: f"{s.split_documents:,}"),
+        ("padding share", lambda s: f"{100 * s.padding_share:.2f}%"),
+        (f"{unit} per epoch", lambda s: f"{s.rows:,}"),
+        ("batches per epoch (one device)", lambda s: f"{s.batches:,}"),
+        ("tokens per epoch", lambda s: f"{s.row_tokens:,}"),
+    ]
+    lines += [f"| {name} | " + " | ".join(fmt(s) for s in stats.values()) + " |" for name, fmt in fields]
+    return "\n".join(lines)
+
+
+def report_warnings(
+    stats: dict[str, SplitStats],
+    dm: MLMDataModule,
+    max_positions: int | None,
+    max_unk_rate: float = 0.01,
+    max_document_share: float = 0.5,
+) -> list[str]:
+    """What in the statistics usually means a mistake, as sentences that say what to check."""
+    warnings = []
+    for split, s in stats.items():
+        if s.unk_rate > max_unk_rate:
+            warnings.append(
+                f"{100 * s.unk_rate:.1f}% of the {split} tokens are {dm.tokenizer.unk_token} (above "
+                f"{100 * max_unk_rate:g}%): the tokenizer does not cover this text (another language or script?). "
+                f"Use a tokenizer that does, or train one with `python -m mlm_lightning train-tokenizer`."
+            )
+    train = stats["train"]
+    share = train.longest_document / max(1, train.tokens)
+    if share > max_document_share:
+        warnings.append(
+            f"one document holds {100 * share:.0f}% of the training text: check data.text_layout "
+            f"(now '{dm.text_layout}'; 'line' or 'paragraph' split .txt files into documents) and the files' "
+            f"line breaks, or set data.val_files"
+        )
+    if max_positions and dm.max_seq_length > max_positions:
+        warnings.append(
+            f"data.max_seq_length={dm.max_seq_length} is above the model's {max_positions} position embeddings: "
+            f"lower data.max_seq_length (fit refuses it)"
+        )
+    return warnings
+
+
+def model_max_positions(model_config: dict) -> int | None:
+    """The position-embedding count of the model a ``model`` config section describes (``None`` if unknown)."""
+    name = model_config.get("model_name_or_path")
+    if not name:
+        return model_config.get("max_position_embeddings")
+    from transformers import AutoConfig
+
+    from mlm_lightning.sources import resolve_pkg
+
+    try:
+        return getattr(AutoConfig.from_pretrained(resolve_pkg(name)), "max_position_embeddings", None)
+    except (OSError, ValueError):  # a hub name offline: the report goes on without this check
+        return None
+
+
+def inspect_command(args: list[str]) -> int:
+    """``inspect``: the corpus report for a training configuration, without training.
+
+    Takes the same arguments as ``fit`` (``--config`` files and ``--data.*`` overrides).
+    """
+    import sys
+
+    from mlm_lightning.cli import parse_config
+
+    config = parse_config(args)
+    dm = MLMDataModule(**config.data.as_dict())
+    stats = corpus_report(dm)
+    print(format_report(stats, dm))
+    limits = config.corpus_report
+    found = report_warnings(
+        stats, dm, model_max_positions(config.model.as_dict()), limits.max_unk_rate, limits.max_document_share
+    )
+    for warning in found:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0

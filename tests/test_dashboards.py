@@ -1,0 +1,83 @@
+"""What TensorBoard shows for a run, read back from the event files the way TensorBoard reads them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import PROBES
+
+SCALARS = [
+    "train/loss",
+    "train/lr/pg1",
+    "train/grad_norm",
+    "train/tokens_per_sec",
+    "val/loss",
+    "val/perplexity",
+    "val/accuracy",
+]
+
+
+@pytest.fixture(scope="module")
+def events(trained_run: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run_dir,) = (trained_run / "lightning_logs").iterdir()
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _texts(events, tag: str) -> list[tuple[int, str]]:
+    from tensorboard.util import tensor_util
+
+    return [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode()) for e in events.Tensors(tag)]
+
+
+def test_scalars_have_clear_names_and_finite_values(events) -> None:
+    tags = events.Tags()["scalars"]
+    assert set(SCALARS) <= set(tags) and "hp_metric" not in tags
+    for tag in SCALARS:
+        values = [e.value for e in events.Scalars(tag)]
+        assert values and all(math.isfinite(v) for v in values), tag
+    assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
+    # Gradient norm comes with every logged training step (log_every_n_steps=2 of 12 steps).
+    assert [e.step for e in events.Scalars("train/grad_norm")] == [e.step for e in events.Scalars("train/loss")]
+    for loss, ppl in zip(events.Scalars("val/loss"), events.Scalars("val/perplexity")):
+        assert ppl.step == loss.step and ppl.value == pytest.approx(math.exp(loss.value), rel=1e-5)
+
+
+def test_fill_mask_probe_panel_at_each_validation(events) -> None:
+    panels = _texts(events, "val/fill_mask/text_summary")
+    assert len(panels) == 2  # validations at steps 6 and 12
+    for _, text in panels:
+        assert text.startswith("| probe | predictions |")
+        rows = text.splitlines()[2:]
+        assert [row.split(" | ")[0].lstrip("| ") for row in rows] == PROBES
+        assert rows[1].count(" / ") == 1  # two masks in the second probe
+
+
+def test_corpus_report_is_logged_with_the_run(events) -> None:
+    ((step, text),) = _texts(events, "data/corpus_report/text_summary")
+    assert step == 0 and "| documents |" in text and "| tokens per epoch |" in text
+
+
+def test_hparams_tab_has_settings_and_final_validation_metrics(events, trained_run: Path) -> None:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/loss", "val/perplexity", "val/accuracy"]
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["learning_rate"].number_value == pytest.approx(1e-3)
+    assert hparams["hidden_size"].number_value == 32 and hparams["max_seq_length"].number_value == 32
+    assert hparams["trainer/max_steps"].number_value == 12
+    # The tab's values are the last of each metric's series, which is the last validation's.
+    last = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)["mlm_lightning"]["val_metrics"]
+    assert events.Scalars("val/loss")[-1].value == pytest.approx(last["val/loss"])
+    steps = [e.step for e in events.Scalars("val/loss")]
+    assert len(steps) == len(set(steps)) + 1  # the hparams record repeats the last point, at the same step

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlm_lightning.__main__ import main
+from mlm_lightning.atomic import atomic_output_dir
+from mlm_lightning.module import MLMModule
+
+SENTENCES = ["the king [MASK] the sword.", "thou art [MASK] and gentle."]
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_export_loads_offline_and_predicts_like_the_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+    last = trained_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "model"
+    assert main(["export", "--ckpt_path", str(last), "--output_dir", str(out)]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"} <= {
+        p.name for p in out.iterdir()
+    }
+
+    module = MLMModule.load_from_checkpoint(last, map_location="cpu").eval()
+    exported = AutoModelForMaskedLM.from_pretrained(out).eval()  # HF_HUB_OFFLINE=1: no network
+    tok = AutoTokenizer.from_pretrained(out)
+    enc = tok(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = module(enc["input_ids"], enc["attention_mask"])
+        torch.testing.assert_close(exported(**enc).logits, expected)
+
+    fill = pipeline("fill-mask", model=str(out))
+    at_mask = expected[0][enc["input_ids"][0] == tok.mask_token_id][0].softmax(-1)
+    probs, ids = at_mask.topk(3)
+    got = fill(SENTENCES[0], top_k=3)
+    assert [c["token"] for c in got] == ids.tolist()
+    assert [c["score"] for c in got] == pytest.approx(probs.tolist(), rel=1e-4)
+
+
+def test_model_card_records_the_run(trained_run: Path, tmp_path: Path, corpus_file: Path) -> None:
+    last = trained_run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=False, map_location="cpu")
+    metrics = ckpt["mlm_lightning"]["val_metrics"]
+    assert main(["export", "--ckpt_path", str(last), "--output_dir", str(tmp_path / "m")]) == 0
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: fill-mask\n")
+    assert f"| optimizer steps | {ckpt['global_step']} |" in card
+    assert f"| validation loss | {metrics['val/loss']:.4f} |" in card
+    assert f"| validation perplexity | {metrics['val/perplexity']:.2f} |" in card
+    assert f"| validation masked-token accuracy | {100 * metrics['val/accuracy']:.2f}% |" in card
+    assert str(corpus_file) in card and "trained from scratch" in card
+
+
+def test_export_is_atomic_and_does_not_overwrite_unless_asked(trained_run: Path, tmp_path: Path, capsys) -> None:
+    last = str(trained_run / "checkpoints" / "last.ckpt")
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["export", "--ckpt_path", last, "--output_dir", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and not _leftovers(tmp_path)
+
+    assert main(["export", "--ckpt_path", last, "--output_dir", str(out), "--overwrite", "true"]) == 0
+    assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+    assert not _leftovers(tmp_path)
+
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("not a checkpoint")
+    assert main(["export", "--ckpt_path", str(bad), "--output_dir", str(tmp_path / "never")]) == 2
+    assert "bad.ckpt: not a complete checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists() and not _leftovers(tmp_path)
+
+
+def test_atomic_output_dir_keeps_the_old_folder_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with atomic_output_dir(target) as work:
+        (work / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError), atomic_output_dir(target, overwrite=True) as work:
+        (work / "a.txt").write_text("half-written")
+        raise RuntimeError("crash mid-export")
+    assert (target / "a.txt").read_text() == "first"
+    assert not _leftovers(tmp_path)
+
+
+def test_fit_exports_its_best_checkpoint(trained_run: Path) -> None:
+    from safetensors.torch import load_file
+
+    (best,) = (trained_run / "checkpoints").glob("epoch*.ckpt")
+    state = torch.load(best, weights_only=False, map_location="cpu")["state_dict"]
+    exported = load_file(trained_run / "export" / "model.safetensors")
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    torch.testing.assert_close(exported[key], state[f"model.{key}"])
+    step = best.name.split("step")[1].split("-")[0]
+    assert f"| optimizer steps | {step} |" in (trained_run / "export" / "README.md").read_text()
+
+
+def test_export_drops_the_rows_of_a_padded_vocabulary(tiny_args: list[str], tmp_path: Path) -> None:
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    steps = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--model.pad_vocab_multiple", "64"]
+    assert main(["fit", *tiny_args, *steps]) == 0
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert main(["export", "--ckpt_path", str(last), "--output_dir", str(tmp_path / "m")]) == 0
+    module = MLMModule.load_from_checkpoint(last, map_location="cpu").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    exported = AutoModelForMaskedLM.from_pretrained(tmp_path / "m").eval()
+    assert module.model.config.vocab_size % 64 == 0 and exported.config.vocab_size == len(tok) < 256
+    enc = tok(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = module(enc["input_ids"], enc["attention_mask"])[..., : len(tok)]
+        torch.testing.assert_close(exported(**enc).logits, expected)

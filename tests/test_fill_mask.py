@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from mlm_lightning.__main__ import main
+
+CANDIDATE = re.compile(r"^\s+(\d+)\. (\S+)\s+([0-9.]+)$")
+
+
+def _blocks(output: str) -> dict[str, list[list[tuple[str, float]]]]:
+    """Parses fill-mask output into sentence -> masks -> [(token, probability)]."""
+    blocks: dict[str, list[list[tuple[str, float]]]] = {}
+    current = None
+    for line in output.splitlines():
+        if not line.startswith(" "):
+            current = blocks.setdefault(line, [[]])
+        elif line.strip().startswith("mask "):
+            if current[-1]:
+                current.append([])
+        else:
+            match = CANDIDATE.match(line)
+            assert match, line
+            current[-1].append((match[2], float(match[3])))
+    return blocks
+
+
+def test_fill_mask_prints_top_k_per_mask(trained_run: Path, capsys) -> None:
+    from transformers import pipeline
+
+    model = str(trained_run / "export")
+    sentences = ["the [MASK] of the king.", "thou art a [MASK] and a [MASK]."]
+    assert main(["fill-mask", "--model", model, *sentences, "--top_k", "4"]) == 0
+    blocks = _blocks(capsys.readouterr().out)
+    assert list(blocks) == sentences
+    assert [len(m) for m in blocks[sentences[0]]] == [4] and [len(m) for m in blocks[sentences[1]]] == [4, 4]
+    for masks in blocks.values():
+        for cands in masks:
+            probs = [p for _, p in cands]
+            assert probs == sorted(probs, reverse=True) and all(0 < p <= 1 for p in probs)
+    expected = pipeline("fill-mask", model=model)(sentences[0], top_k=4)
+    assert [t for t, _ in blocks[sentences[0]][0]] == [c["token_str"] for c in expected]
+
+
+def test_fill_mask_from_checkpoint_and_stdin(trained_run: Path, capsys, monkeypatch) -> None:
+    (best,) = (trained_run / "checkpoints").glob("epoch*.ckpt")
+    monkeypatch.setattr("sys.stdin", io.StringIO("the [MASK] of the king.\n\nthe sword is [MASK].\n"))
+    assert main(["fill-mask", "--model", str(best)]) == 0
+    from_ckpt = capsys.readouterr().out
+    blocks = _blocks(from_ckpt)
+    assert list(blocks) == ["the [MASK] of the king.", "the sword is [MASK]."]
+    assert all(len(masks[0]) == 5 for masks in blocks.values())  # the default top_k
+    # The export at the end of fit is the best checkpoint: same predictions from either.
+    args = ["fill-mask", "--model", str(trained_run / "export"), "the [MASK] of the king.", "the sword is [MASK]."]
+    assert main(args) == 0
+    assert capsys.readouterr().out == from_ckpt
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["the king of the night."], "no mask token ([MASK]) in: 'the king of the night.'"),
+        (["the [MASK] king.", "--top_k", "0"], "top_k must be at least 1"),
+        (["--model", "/no/such/model", "the [MASK] king."], "could not load model"),
+    ],
+    ids=["no-mask", "top-k", "missing-model"],
+)
+def test_fill_mask_errors_are_one_line(trained_run: Path, capsys, args: list[str], message: str) -> None:
+    model = ["--model", str(trained_run / "export")] if "--model" not in args else []
+    assert main(["fill-mask", *model, *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "Traceback" not in captured.err and captured.out == ""
