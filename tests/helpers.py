@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 import zlib
 from pathlib import Path
@@ -44,3 +46,18 @@ def read_losses(path: Path) -> dict[int, tuple[float, int]]:
         step, loss, digest = line.split(",")
         rows[int(step)] = (float(loss), int(digest))
     return rows
+
+
+def sigkill_when(proc: subprocess.Popen, marker: Path, timeout: float = 600) -> None:
+    """Waits until ``marker`` exists (the process reached the point to die at), then SIGKILLs ``proc``."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, f"exited before {marker.name} appeared"
+            assert time.monotonic() < deadline, f"{marker.name} never appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +16,7 @@ from mlm_lightning.__main__ import main
 from mlm_lightning.atomic import atomic_file, atomic_output_dir, remove_leftovers
 from mlm_lightning.checkpointing import AtomicCheckpointIO, MLMCheckpoint, read_checkpoint
 from mlm_lightning.errors import MLMError
+from tests.helpers import sigkill_when
 
 ROOT = Path(__file__).parents[1]
 
@@ -67,18 +66,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path: Pa
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, target)
     marker = tmp_path / "writing"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target), str(marker)], env=env)
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, "the writer exited early"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when(subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target), str(marker)], env=env), marker)
     assert read_checkpoint(target, weights_only=True)["global_step"] == 1
     leftovers = [p.name for p in tmp_path.glob(".last.ckpt.tmp-*")]
     assert len(leftovers) == 1  # the killed write, under a hidden name

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import read_losses
+from tests.helpers import read_losses, sigkill_when
 
 ROOT = Path(__file__).parents[1]
 
@@ -38,21 +36,6 @@ def finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, out[-3000:]
 
 
-def kill_when_paused(proc: subprocess.Popen, losses: Path) -> None:
-    """Waits until ``proc`` pauses after its ``pause_at_step``, then SIGKILLs it."""
-    try:
-        deadline = time.monotonic() + 600
-        while not Path(f"{losses}.paused").exists():
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "the run never reached its pause step"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_args: list[str], tmp_path: Path) -> None:
     # 7 batches per epoch, 20 steps (epochs 0-2), last.ckpt every 4 steps, validation every 6 steps, dropout
@@ -70,7 +53,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_args: list
     kills = [(13, 12), (15, 14), (17, 16)]  # (killed after step, step of the last.ckpt it resumes from)
     for kill_after, saved in kills:
         part = tmp_path / f"until{kill_after}.csv"
-        kill_when_paused(start_fit([*run, "--ckpt_path", "last"], part, pause_at_step=kill_after), part)
+        sigkill_when(start_fit([*run, "--ckpt_path", "last"], part, pause_at_step=kill_after), Path(f"{part}.paused"))
         assert torch.load(last, weights_only=True)["global_step"] == saved
         assert not list(last.parent.glob(".*")), "a temporary file was left behind"
         parts.append((part, saved))
