@@ -109,7 +109,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     assert all((entry / "meta.json").is_file() for entry in corpora.glob("*")) if corpora.exists() else True
 
 
-def test_config_file_typo_is_one_line(tiny_args: list[str], tmp_path: Path, capsys) -> None:
+def test_config_typo_and_wrong_type_are_one_line(tiny_args: list[str], tmp_path: Path, capsys) -> None:
     typo = tmp_path / "typo.yaml"
     typo.write_text("data:\n  batchsize: 4\n")
     with pytest.raises(SystemExit) as info:
@@ -118,6 +118,11 @@ def test_config_file_typo_is_one_line(tiny_args: list[str], tmp_path: Path, caps
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("error: ") and "data.batchsize" in lines[-1] and "--help" in lines[-1]
     assert not [line for line in lines if line.startswith("usage:")]
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *set_arg(tiny_args, "--data.batch_size", "four")])
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: Parser key \"data.batch_size\": Expected a <class 'int'>. Got value: four")
 
 
 def test_debug_setting_shows_the_traceback(tiny_args: list[str], monkeypatch) -> None:
