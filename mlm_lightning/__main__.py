@@ -57,8 +57,22 @@ def run_tool(name: str, args: list[str]) -> None:
     func(**parser.parse_args(args).as_dict())
 
 
+def _user_error(err: BaseException) -> MLMError | None:
+    """The MLMError behind ``err``, also when a library re-raised it wrapped in another exception."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, MLMError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Runs the CLI; user errors become one readable line and exit status 2."""
+    """Runs the CLI; user errors become one readable line and exit status 2.
+
+    Set ``MLM_LIGHTNING_DEBUG=1`` to get the full traceback instead.
+    """
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -68,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             from mlm_lightning.cli import run_cli
 
             run_cli(None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
-    except MLMError as err:
-        if os.environ.get("MLM_LIGHTNING_DEBUG"):
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None or os.environ.get("MLM_LIGHTNING_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(user_error).split())}", file=sys.stderr)
         return 2
     return 0
 

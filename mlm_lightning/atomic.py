@@ -1,15 +1,69 @@
-"""Output folders that appear complete or not at all (exports, trained tokenizers)."""
+"""Outputs that appear complete or not at all: files (checkpoints) and folders (exports, trained tokenizers).
+
+A crash, ``SIGKILL`` or full disk mid-write leaves the previous good version in place and at most a hidden
+``.<name>.tmp-*`` leftover beside it (:func:`remove_leftovers` clears those). The recipe (temporary name in the
+same folder, ``fsync``, ``os.replace``, ``fsync`` of the folder) is the standard POSIX one; neither the standard
+library nor our dependencies offer it as a function for local paths.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from mlm_lightning.errors import MLMError
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    # Not tempfile.mkstemp/mkdtemp: they create mode 0600/0700, which the output would keep after the rename.
+    return target.parent / f".{target.name}.{kind}-{secrets.token_hex(4)}"
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Makes a rename inside ``folder`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_file():
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary path beside ``target``; when the block ends without error, moves it over ``target``.
+
+    Write the file at the yielded path (open it yourself, or hand the path to a library). On success it is
+    ``fsync``-ed and renamed over ``target`` in one atomic step; on error it is deleted and ``target`` is left as
+    it was. Parent folders are created.
+
+    Example:
+        >>> with atomic_file("out/report.json") as tmp:  # doctest: +SKIP
+        ...     tmp.write_text(json.dumps(report))
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(target, "tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode as any new file (umask)
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
 
 
 def check_writable(output_dir: str | os.PathLike, overwrite: bool) -> Path:
@@ -31,16 +85,38 @@ def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) ->
     """
     target = check_writable(output_dir, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    work = _sibling(target, "tmp")
+    work.mkdir()
     try:
         yield work
+        _fsync_tree(work)
         if target.exists():
             # Two renames rather than rmtree-then-rename: the old folder stays whole until the new one is ready.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = _sibling(target, "old")
+            old.mkdir()
             os.replace(target, old / target.name)
-            os.replace(work, target)
+            try:
+                os.replace(work, target)
+            except OSError:
+                os.replace(old / target.name, target)  # put the previous version back
+                old.rmdir()
+                raise
+            fsync_dir(target.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(work, target)
+            fsync_dir(target.parent)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_leftovers(folder: str | os.PathLike[str]) -> list[Path]:
+    """Deletes the temporaries that killed writers left in ``folder``; call it only while no writer is active."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp-*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

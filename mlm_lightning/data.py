@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mlm_lightning.errors import MLMError
@@ -222,31 +224,43 @@ class ResumableDataLoader(DataLoader):
 
 
 # -------------------------------------------------------------------------------------------- the cache
-def _file_digest(path: Path, check_utf8: bool) -> str:
-    """Content hash of a file; with ``check_utf8`` also fails on the first byte that is not UTF-8."""
+_ESCAPED = re.compile("[\udc80-\udcff]")  # what surrogateescape decodes a byte that is not UTF-8 to
+
+
+def _file_digest(path: Path, utf8: Literal["strict", "replace"] | None) -> tuple[str, int]:
+    """Content hash of a file, and how many of its bytes are not UTF-8.
+
+    ``strict`` fails on the first such byte; ``replace`` counts them (they become U+FFFD when read); ``None``
+    (binary formats) does not decode at all.
+    """
     digest = hashlib.blake2b(digest_size=16)
-    decoder = codecs.getincrementaldecoder("utf-8")("strict") if check_utf8 else None
-    offset = 0
+    errors = {"strict": "strict", "replace": "surrogateescape"}.get(utf8 or "")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors) if errors else None
+    offset, invalid = 0, 0
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):
             digest.update(chunk)
             if decoder is not None:
                 try:
-                    decoder.decode(chunk)
+                    invalid += len(_ESCAPED.findall(decoder.decode(chunk)))
                 except UnicodeDecodeError as err:
+                    hint = (
+                        ", or set data.encoding_errors=replace to read undecodable bytes as U+FFFD"
+                        if path.suffix.lower() in (".txt", ".text")
+                        else " (data.encoding_errors=replace covers .txt files only)"
+                    )
                     raise MLMError(
-                        f"{path}: byte {offset + err.start} is not valid UTF-8. Convert the file to UTF-8, or set "
-                        f"data.encoding_errors=replace to replace undecodable bytes with U+FFFD."
+                        f"{path}: byte {offset + err.start} is not valid UTF-8. Convert the file to UTF-8{hint}."
                     ) from None
             offset += len(chunk)
     if decoder is not None:
         try:
-            decoder.decode(b"", final=True)
+            invalid += len(_ESCAPED.findall(decoder.decode(b"", final=True)))
         except UnicodeDecodeError:
             raise MLMError(f"{path}: ends in the middle of a UTF-8 character (truncated file?)") from None
     if offset == 0:
         raise MLMError(f"{path}: file is empty")
-    return digest.hexdigest()
+    return digest.hexdigest(), invalid
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -322,7 +336,8 @@ class MLMDataModule(L.LightningDataModule):
             (blank-line separated), or one per ``file``.
         text_column: The text column of ``.jsonl``, ``.csv`` and ``.parquet`` files.
         encoding_errors: ``strict`` stops at the first byte that is not UTF-8 (naming file and offset);
-            ``replace`` turns such bytes into U+FFFD and carries on.
+            ``replace`` reads such bytes in ``.txt`` files as U+FFFD, counts them (a warning per file and
+            ``replaced_bytes``) and carries on. ``.jsonl``/``.csv`` files must be valid UTF-8 either way.
         tokenizer: Tokenizer name or path (``pkg://`` allowed). ``None`` uses the model's
             (``model.model_name_or_path``), which the command line fills in.
         layout: ``packed`` joins documents with ``[SEP]`` into full blocks (no padding); ``line_by_line``
@@ -395,6 +410,7 @@ class MLMDataModule(L.LightningDataModule):
         self.seed = seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.datasets: dict[str, TokenRows] = {}
+        self.replaced_bytes: dict[str, int] = {}  # file -> bytes read as U+FFFD (encoding_errors=replace)
         self._corpus_dirs: dict[str, Path] = {}
 
     # -- tokenizer --------------------------------------------------------------------------------------
@@ -428,11 +444,20 @@ class MLMDataModule(L.LightningDataModule):
 
     # -- caching ----------------------------------------------------------------------------------------
     def _corpus_key(self, name: str, files: list[Path], extra: dict[str, Any]) -> str:
-        check_utf8 = self.encoding_errors == "strict"
+        digests = []
+        for f in files:
+            # Only the text builder can replace bad bytes; json/csv readers would fail later with a traceback.
+            kind = f.suffix.lower()
+            utf8 = None if kind == ".parquet" else self.encoding_errors if kind in (".txt", ".text") else "strict"
+            digest, invalid = _file_digest(f, utf8)
+            digests.append([str(f), digest])
+            if invalid:
+                self.replaced_bytes[str(f)] = invalid
+                rank_zero_warn(f"{f}: {invalid} bytes are not valid UTF-8 and are read as U+FFFD")
         payload = {
             "version": CACHE_VERSION,
             "name": name,
-            "files": [[str(f), _file_digest(f, check_utf8 and f.suffix.lower() != ".parquet")] for f in files],
+            "files": digests,
             "tokenizer": tokenizer_fingerprint(self.tokenizer),
             "text_layout": self.text_layout,
             "text_column": self.text_column,

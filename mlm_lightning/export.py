@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mlm_lightning.atomic import atomic_output_dir, check_writable
+from mlm_lightning.checkpointing import read_checkpoint
 from mlm_lightning.errors import MLMError
 from mlm_lightning.sources import PKG_SCHEME, resolve_pkg
 
@@ -21,14 +22,9 @@ from mlm_lightning.sources import PKG_SCHEME, resolve_pkg
 def load_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     """Reads a Lightning checkpoint of an ``MLMModule`` onto the CPU."""
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise MLMError(f"{path}: no such checkpoint file")
-    try:
-        # Lightning checkpoints hold plain Python objects (hyperparameters, loop state) besides tensors.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for a damaged or foreign file
-        raise MLMError(f"{path}: cannot read it as a checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+    # Lightning checkpoints hold plain Python objects (hyperparameters, loop state) besides tensors.
+    ckpt = read_checkpoint(path, map_location="cpu", weights_only=False)
+    if "hyper_parameters" not in ckpt:
         raise MLMError(f"{path}: not a checkpoint written by `python -m mlm_lightning fit`")
     return ckpt
 

@@ -333,11 +333,14 @@ class MLMModule(L.LightningModule):
             schedule = get_constant_schedule_with_warmup(optimizer, warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
 
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        length = getattr(dm, "max_seq_length", None)
+    def check_max_seq_length(self, length: int | None) -> None:
+        """Raises :class:`MLMError` when rows of ``length`` tokens exceed the model's position embeddings."""
         if length and self.max_positions and length > self.max_positions:
             raise MLMError(
                 f"data.max_seq_length={length} but the model has position embeddings for only "
                 f"{self.max_positions} tokens: lower data.max_seq_length"
             )
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self.check_max_seq_length(getattr(dm, "max_seq_length", None))

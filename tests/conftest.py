@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+# huggingface_hub reads these once, when it is first imported (a session fixture may import it before the
+# per-test fixture below runs): set them now, so a hub name fails at once instead of after a minute of retries.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 WORDS = (
     "the king queen castle sword crown night day love war peace soul mind nature reason virtue honour "

@@ -49,14 +49,6 @@ def test_validate_and_test_subcommands(tiny_args: list[str], tmp_path: Path) -> 
     assert main(["test", *tiny_args, "--ckpt_path", last]) == 0
 
 
-def test_user_errors_are_one_line_and_exit_2(tiny_args: list[str], capsys) -> None:
-    code = main(["fit", *tiny_args, "--data.max_seq_length", "128"])
-    err = capsys.readouterr().err
-    assert code == 2 and "position embeddings for only 64" in err and "Traceback" not in err
-    code = main(["fit", *tiny_args, "--data.train_files", "[/no/such/file.txt]"])
-    assert code == 2 and "no such file" in capsys.readouterr().err
-
-
 def test_config_typo_is_rejected(tiny_args: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *tiny_args, "--data.batchsize", "4"])

@@ -189,6 +189,8 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, tokenizer_dir: Path, monkeyp
 
 def test_non_utf8_can_be_replaced(tmp_path: Path, tokenizer_dir: Path) -> None:
     path = tmp_path / "latin1.txt"
-    path.write_bytes("\n".join(make_corpus(20)).encode() + "\ncaf\u00e9\n".encode("latin-1"))
-    dm = dm_for([path], tokenizer_dir, encoding_errors="replace")
+    path.write_bytes("\n".join(make_corpus(20)).encode() + "\ncaf\u00e9 na\u00efve\n".encode("latin-1"))
+    with pytest.warns(UserWarning, match="2 bytes are not valid UTF-8"):
+        dm = dm_for([path], tokenizer_dir, encoding_errors="replace")
     assert dm.corpus_meta("train")["documents"] + dm.corpus_meta("val")["documents"] == 21
+    assert dm.replaced_bytes == {str(path.resolve()): 2}

@@ -72,7 +72,7 @@ def test_export_is_atomic_and_does_not_overwrite_unless_asked(trained_run: Path,
     bad = tmp_path / "bad.ckpt"
     bad.write_text("not a checkpoint")
     assert main(["export", "--ckpt_path", str(bad), "--output_dir", str(tmp_path / "never")]) == 2
-    assert "cannot read it as a checkpoint" in capsys.readouterr().err
+    assert "bad.ckpt: not a complete checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "never").exists() and not _leftovers(tmp_path)
 
 

@@ -1,0 +1,63 @@
+"""Callbacks that tests load into ``python -m mlm_lightning fit`` subprocesses (``--trainer.callbacks+=...``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class LossRecorder(Callback):
+    """Appends ``step,loss,batch digest`` for every training batch to a CSV file, durably (survives SIGKILL).
+
+    Args:
+        path: The CSV file.
+        pause_at_step: After recording this step, touch ``<path>.paused`` and sleep until killed (0 = never).
+    """
+
+    def __init__(self, path: str, pause_at_step: int = 0) -> None:
+        self.path = path
+        self.pause_at_step = pause_at_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_
+    ) -> None:
+        digest = zlib.crc32(batch["input_ids"].numpy().tobytes())
+        with open(self.path, "a") as fh:
+            fh.write(f"{trainer.global_step},{float(outputs['loss'])!r},{digest}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if self.pause_at_step and trainer.global_step == self.pause_at_step:
+            Path(f"{self.path}.paused").touch()
+            time.sleep(600)  # the test SIGKILLs us here
+
+
+def read_losses(path: Path) -> dict[int, tuple[float, int]]:
+    """``{step: (loss, batch digest)}``; a step recorded twice (before a kill and after the resume) keeps the last."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        step, loss, digest = line.split(",")
+        rows[int(step)] = (float(loss), int(digest))
+    return rows
+
+
+def sigkill_when(proc: subprocess.Popen, marker: Path, timeout: float = 600) -> None:
+    """Waits until ``marker`` exists (the process reached the point to die at), then SIGKILLs ``proc``."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, f"exited before {marker.name} appeared"
+            assert time.monotonic() < deadline, f"{marker.name} never appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
