@@ -144,6 +144,8 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
             str(args.steps),
             "--trainer.precision",
             args.precision,
+            "--trainer.gradient_clip_val",  # as the peer's max_grad_norm
+            "1.0",
             "--trainer.limit_val_batches",
             "0",
             "--trainer.logger",
