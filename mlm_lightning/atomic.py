@@ -3,15 +3,18 @@
 A crash, ``SIGKILL`` or full disk mid-write leaves the previous good version in place and at most a hidden
 ``.<name>.tmp-*`` leftover beside it (:func:`remove_leftovers` clears those). The recipe (temporary name in the
 same folder, ``fsync``, ``os.replace``, ``fsync`` of the folder) is the standard POSIX one; neither the standard
-library nor our dependencies offer it as a function for local paths.
+library nor our dependencies offer it as a function for local paths. :func:`check_can_write` finds an
+unwritable output folder before any work is done.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +77,26 @@ def check_writable(output_dir: str | os.PathLike, overwrite: bool) -> Path:
     if target.exists() and not target.is_dir():
         raise MLMError(f"{target} exists and is not a folder")
     return target
+
+
+def check_can_write(folder: str | os.PathLike[str], setting: str) -> None:
+    """Proves that ``folder`` can be created and written, without creating it; else one MLMError.
+
+    Args:
+        folder: The output folder (it may not exist yet: its closest existing parent is tried).
+        setting: The setting or variable that moves it, named in the message.
+    """
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise MLMError(
+            f"cannot write to {folder} ({err.strerror or err}): choose a writable folder with {setting}"
+        ) from None
 
 
 @contextlib.contextmanager

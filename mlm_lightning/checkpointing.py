@@ -18,7 +18,6 @@ import errno
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
-from mlm_lightning.atomic import atomic_file, remove_leftovers
+from mlm_lightning.atomic import atomic_file, check_can_write, remove_leftovers
 from mlm_lightning.errors import MLMError
 
 try:  # POSIX only: elsewhere the concurrent-run lock is skipped
@@ -253,21 +252,6 @@ class RandomStates(Callback):
 
 
 # ---------------------------------------------------------------------------------------------- run folders
-def check_can_write(folder: str | os.PathLike[str], setting: str) -> None:
-    """Proves that ``folder`` can be created and written, without creating it; else one MLMError."""
-    folder = Path(folder).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    try:
-        if not existing.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise MLMError(
-            f"cannot write to {folder} ({err.strerror or err}): choose a writable folder with {setting}"
-        ) from None
-
-
 def _resuming_from_folder(ckpt_path: str | os.PathLike[str] | None, folder: Path) -> bool:
     if ckpt_path is None:
         return False

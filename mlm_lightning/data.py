@@ -34,12 +34,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mlm_lightning.atomic import check_can_write
 from mlm_lightning.errors import MLMError
 from mlm_lightning.masking import MLMCollator
-from mlm_lightning.sources import default_cache_dir, resolve_files, resolve_pkg
+from mlm_lightning.sources import CACHE_SETTING, cache_write_error, default_cache_dir, resolve_files, resolve_pkg
 from mlm_lightning.token_stream import document_lengths, tokenize_documents, write_token_stream
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json records each file's size and digest
 _BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _SAMPLE_BY = {"line": "line", "paragraph": "paragraph", "file": "document"}
 log = logging.getLogger(__name__)
@@ -263,6 +264,84 @@ def _file_digest(path: Path, utf8: Literal["strict", "replace"] | None) -> tuple
     return digest.hexdigest(), invalid
 
 
+_STREAM_FILES = ("tokens.npy", "doc_offsets.npy")  # what each split folder of a cache entry holds
+_VERIFIED: set[tuple[Any, ...]] = set()  # entries whose digests this process has checked (with their files' stats)
+
+
+def _blake2b(path: Path) -> str:
+    """Digest of a file, read in chunks (blake2b: fast in software, no need for a cryptographic margin)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksums(folder: Path, splits: list[str]) -> dict[str, dict[str, Any]]:
+    """``{"split/file": {"bytes", "blake2b"}}`` for every stream file of a cache entry, as written."""
+    return {
+        f"{s}/{n}": {"bytes": (folder / s / n).stat().st_size, "blake2b": _blake2b(folder / s / n)}
+        for s in splits
+        for n in _STREAM_FILES
+    }
+
+
+def _stamp(folder: Path, names: list[str]) -> tuple[Any, ...]:
+    """What identifies the verified state of an entry's files cheaply: path, and each file's size, mtime, inode."""
+    stats = [(folder / n).stat() for n in names]
+    return (str(folder.resolve()), *((n, st.st_size, st.st_mtime_ns, st.st_ino) for n, st in zip(names, stats)))
+
+
+def _entry_problem(folder: Path, splits: list[str]) -> tuple[str | None, dict[str, Any] | None]:
+    """Checks a cache entry: ``(None, meta)`` when sound, else ``(what is wrong, None)``.
+
+    Always (cheap): ``meta.json`` parses with the expected fields and every file has its recorded size. The
+    digests are compared once per process for each state of the files (memoized by size, mtime and inode), so
+    creating dataloaders again does not re-read a large corpus.
+    """
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        sums = meta["checksums"]
+        expected = {
+            f"{s}/{n}": (int(sums[f"{s}/{n}"]["bytes"]), str(sums[f"{s}/{n}"]["blake2b"]))
+            for s in splits
+            for n in _STREAM_FILES
+        }
+        if meta["version"] != CACHE_VERSION or not all(isinstance(meta["splits"][s], dict) for s in splits):
+            raise ValueError("another format")
+    except FileNotFoundError:
+        return "meta.json is missing", None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"meta.json is unreadable or incomplete ({type(err).__name__})", None
+    for rel, (size, _) in expected.items():
+        try:
+            actual = (folder / rel).stat().st_size
+        except OSError:
+            return f"{rel} is missing", None
+        if actual != size:
+            return f"{rel} has {actual:,} bytes instead of {size:,}", None
+    stamp = _stamp(folder, sorted(expected))
+    if stamp not in _VERIFIED:
+        for rel, (_, digest) in expected.items():
+            if _blake2b(folder / rel) != digest:
+                return f"{rel} does not match its recorded digest", None
+        _VERIFIED.add(stamp)
+    return None, meta
+
+
+def _discard(folder: Path) -> None:
+    """Removes a cache entry: first renamed out of its key in one step, so no half-deleted entry is ever seen."""
+    aside = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        os.replace(folder, aside)
+    except FileNotFoundError:
+        return  # another process removed (and maybe rebuilt) it already
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of everything about a tokenizer that changes its output."""
     digest = hashlib.blake2b(digest_size=16)
@@ -412,6 +491,7 @@ class MLMDataModule(L.LightningDataModule):
         self.datasets: dict[str, TokenRows] = {}
         self.replaced_bytes: dict[str, int] = {}  # file -> bytes read as U+FFFD (encoding_errors=replace)
         self._corpus_dirs: dict[str, Path] = {}
+        self._metas: dict[str, dict[str, Any]] = {}  # cache key -> its checked meta.json
 
     # -- tokenizer --------------------------------------------------------------------------------------
     @cached_property
@@ -488,15 +568,42 @@ class MLMDataModule(L.LightningDataModule):
         self._corpora_memo = entries
         return entries
 
-    def _build(self, key: str, files: list[Path], split: dict[str, Any]) -> Path:
-        """Tokenizes ``files`` into ``cache_dir/corpora/key`` unless it is already there."""
+    def _build(self, key: str, files: list[Path], split: dict[str, Any], repair: bool = True) -> Path:
+        """Tokenizes ``files`` into ``cache_dir/corpora/key`` unless a sound entry is already there.
+
+        Args:
+            key: The entry's key (:meth:`_corpus_key`).
+            files: The text files.
+            split: The validation split's settings (empty: the files are one split, ``all``).
+            repair: A damaged entry is rebuilt, with a warning (the process that prepares data); otherwise it
+                is an error naming the folder (other processes must not rebuild what they are all reading).
+        """
         final = self.cache_dir / "corpora" / key
-        if (final / "meta.json").is_file():
-            return final
-        final.parent.mkdir(parents=True, exist_ok=True)
+        names = ["train", "val"] if split else ["all"]
+        if final.exists():
+            problem, meta = _entry_problem(final, names)
+            if meta is not None:
+                self._metas[key] = meta
+                return final
+            if not repair:
+                raise MLMError(
+                    f"the tokenization cache entry {final} is damaged ({problem}): delete that folder and run again "
+                    f"(it is rebuilt from the text)"
+                )
+            rank_zero_warn(f"the tokenization cache entry {final} is damaged ({problem}): rebuilding it")
+            try:
+                _discard(final)
+            except OSError as err:
+                raise MLMError(f"cannot remove the damaged cache entry {final} ({err}): delete it yourself") from err
+        check_can_write(final.parent, CACHE_SETTING)
         size_mb = sum(f.stat().st_size for f in files) / 1e6
         log.info("tokenizing %d file(s), %.1f MB, into %s (once: later runs reuse it)", len(files), size_mb, final)
-        work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+        except OSError as err:  # no room even for a folder (inodes), or lost write access since the check
+            raise (cache_write_error(err, final.parent, "the tokenized corpus") or err) from None
+        built = False
         try:
             docs = _load_documents(
                 files, self.text_layout, self.text_column, self.encoding_errors, work / "hf", self.num_proc
@@ -519,20 +626,33 @@ class MLMDataModule(L.LightningDataModule):
                 orders: dict[str, np.ndarray | None] = {"train": perm[n_val:], "val": perm[:n_val]}
             else:
                 orders = {"all": None}
-            meta: dict[str, Any] = {"files": [str(f) for f in files], "splits": {}}
+            meta: dict[str, Any] = {"version": CACHE_VERSION, "files": [str(f) for f in files], "splits": {}}
             for name, order in orders.items():
                 meta["splits"][name] = write_token_stream(
                     ids, order, work / name, tok.sep_token_id, tok.unk_token_id, len(tok), lengths
                 )
             shutil.rmtree(work / "hf", ignore_errors=True)
+            meta["checksums"] = _checksums(work, names)  # read back right after writing: still in the page cache
             (work / "meta.json").write_text(json.dumps(meta, indent=1))
+            rels = sorted(meta["checksums"])
             try:
                 os.replace(work, final)  # atomic: a crash never leaves a half-built corpus under its key
+                built = True
+                _VERIFIED.add(_stamp(final, rels))  # just digested: this process need not read it again
+                self._metas[key] = meta
             except OSError:
                 if not (final / "meta.json").is_file():  # another process won the race: fine
                     raise
+        except Exception as err:
+            # A full disk or a read-only cache: one line, and nothing cached (the work folder goes below).
+            explained = cache_write_error(err, final.parent, "the tokenized corpus")
+            if explained is not None:
+                raise explained from err
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if not built:
+            return self._build(key, files, split, repair)  # the entry another process built: check it like any
         return final
 
     def prepare_data(self) -> None:
@@ -542,13 +662,15 @@ class MLMDataModule(L.LightningDataModule):
 
     def corpus_meta(self, split: str) -> dict[str, Any]:
         """Statistics of a split (``train``, ``val``, ``test``) as recorded when it was tokenized."""
-        key, _, how = self._corpora()[split]
-        meta = json.loads((self.cache_dir / "corpora" / key / "meta.json").read_text())
-        return meta["splits"][split if how else "all"]
+        key, files, how = self._corpora()[split]
+        if key not in self._metas:
+            self._build(key, files, how, repair=False)
+        return self._metas[key]["splits"][split if how else "all"]
 
     def _rows(self, split: str) -> TokenRows:
         key, files, how = self._corpora()[split]
-        folder = self._build(key, files, how) / (split if how else "all")
+        # Not repaired here: under DDP every process sets up, and only the preparing one may rebuild.
+        folder = self._build(key, files, how, repair=False) / (split if how else "all")
         tok = self.tokenizer
         return TokenRows(folder, self.layout, self.max_seq_length, tok.cls_token_id, tok.sep_token_id)
 
