@@ -284,3 +284,16 @@ def test_the_packaged_bert_base_uncased_vocabulary(tmp_path: Path) -> None:
     assert new.get_output_embeddings().weight is emb
     pieces = tok.convert_tokens_to_ids(["ex", "##eu", "##nt"])
     torch.testing.assert_close(emb[tok.convert_tokens_to_ids("exeunt")], emb[pieces].mean(0))
+
+
+def test_a_fit_checkpoint_is_a_model_too(trained_run: Path, corpus_file: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "extended"
+    last = trained_run / "checkpoints" / "last.ckpt"
+    assert _extend(last, corpus_file, out) == 0
+    report = json.loads((out / "extend_vocab.json").read_text())
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(report["added"]) == 3 and report["corpus"]["tokens_after"] < report["corpus"]["tokens_before"]
+    for added in report["added"]:
+        assert len(added["pieces"]) > 1 and tok.tokenize(added["word"]) == [added["word"]]
