@@ -2,7 +2,7 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI (:mod:`mlm_lightning.cli`). The tools
 around a run are plain typed functions whose signatures and docstrings give their flags and ``--help``:
-``export``, ``fill-mask``, ``train-tokenizer``; ``inspect`` takes the same arguments as ``fit``.
+``export``, ``extend-vocab``, ``fill-mask``, ``train-tokenizer``; ``inspect`` takes the same arguments as ``fit``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from mlm_lightning.errors import MLMError
 TOOLS: dict[str, tuple[str, str, str | None, bool]] = {
     "export": ("mlm_lightning.export", "export", None, False),
     "fill-mask": ("mlm_lightning.fill_mask", "fill_mask_command", "sentences", True),
+    "extend-vocab": ("mlm_lightning.extend_vocab", "extend_vocab", "files", False),
     "train-tokenizer": ("mlm_lightning.tokenizer", "train_tokenizer", "files", False),
 }
 
