@@ -14,7 +14,14 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from mlm_lightning.callbacks import CorpusReport, ExportOnFitEnd, FillMaskProbes, HParamsSummary
+from mlm_lightning.callbacks import (
+    CorpusReport,
+    ExportOnFitEnd,
+    FillMaskProbes,
+    FinalValidation,
+    GlobalStepAxis,
+    HParamsSummary,
+)
 from mlm_lightning.checkpointing import (
     RESUME_KEYWORDS,
     UNREADABLE,
@@ -25,6 +32,7 @@ from mlm_lightning.checkpointing import (
     run_dir_guard,
     unreadable_checkpoint,
 )
+from mlm_lightning.console import console_callbacks
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.module import MLMModule
 from mlm_lightning.nonfinite import NonFiniteLoss
@@ -76,6 +84,7 @@ class MLMCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        callbacks = [*callbacks, *console_callbacks(config)]  # here, so enable_progress_bar false still works
         return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:
@@ -101,6 +110,9 @@ class MLMCLI(LightningCLI):
     def fit(self, model: MLMModule, **kwargs: Any) -> None:
         model.check_max_seq_length(getattr(self.datamodule, "max_seq_length", None))
         ckpt_path = kwargs.get("ckpt_path")
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ExportOnFitEnd):
+                callback.check_before_fit(self.trainer, ckpt_path)
         with run_dir_guard(self.trainer, ckpt_path), explain_checkpoint_errors(ckpt_path):
             self.trainer.fit(model, **kwargs)
 
@@ -148,8 +160,11 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLM
         args=args,
         run=run,
         auto_configure_optimizers=False,
-        # RandomStates is always on (exact resume needs it); it has no settings.
-        trainer_defaults={"default_root_dir": "logs", "callbacks": [RandomStates()]},
+        # Always on, no settings: RandomStates (exact resume), one step axis, final metrics for every run.
+        trainer_defaults={
+            "default_root_dir": "logs",
+            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation()],
+        },
         save_config_kwargs={"overwrite": True},
         parser_class=MLMArgumentParser,
         parser_kwargs={
