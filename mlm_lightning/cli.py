@@ -59,8 +59,17 @@ class MLMCLI(LightningCLI):
         parser.add_lightning_class_args(FillMaskProbes, "probes")
         parser.add_lightning_class_args(HParamsSummary, "hparams")
         parser.add_lightning_class_args(ExportOnFitEnd, "export")
+        # Lightning's Trainer flags last, so `fit --help` leads with this project's own settings (see below).
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.tokenizer_path", "model.tokenizer_name_or_path", apply_on="instantiate")
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # --help lists groups in the order they are added: LightningCLI adds the Trainer's first, ahead of
+        # everything a user of this project looks for. Model and data here; the Trainer in add_arguments_to_parser.
+        parser.add_lightning_class_args(self.model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(self.datamodule_class, "data", subclass_mode=self.subclass_mode_data)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -139,6 +148,16 @@ class MLMArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
 
+SUBCOMMAND_HELP = {
+    "fit": "Trains the model, validating on the way; --ckpt_path last resumes the run of the same folder.",
+    "validate": "Computes validation loss, perplexity and masked-token accuracy of a checkpoint (--ckpt_path).",
+    "test": "Computes loss, perplexity and masked-token accuracy of a checkpoint (--ckpt_path) on data.test_files, "
+    "or on the validation split when there are none.",
+    "predict": "Runs the model's predict_step (top-1 predictions at the masked positions of the validation split) "
+    "for a checkpoint (--ckpt_path). The command line does not save them: use trainer.predict from Python.",
+}
+
+
 def _prog() -> str:
     """The command as the user typed it: ``python -m mlm_lightning`` rather than ``__main__.py``."""
     name = Path(sys.argv[0]).name
@@ -171,6 +190,8 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLM
             "description": "Masked-language-model training for BERT-family encoders. Tools around a run: "
             "export, fill-mask, inspect, train-tokenizer (python -m mlm_lightning TOOL --help).",
             "prog": _prog(),
+            # Whole sentences for `--help` (LightningCLI takes the first lines of the Trainer methods' docstrings).
+            **{name: {"description": text} for name, text in SUBCOMMAND_HELP.items()},
         },
     )
 
