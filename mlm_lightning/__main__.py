@@ -76,13 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     """
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and (argv[0] in TOOLS or argv[0] == "inspect"):
-            run_tool(argv[0], argv[1:])
-        else:
-            from mlm_lightning.cli import run_cli
+    from mlm_lightning.console import quiet_libraries
 
-            run_cli(None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
+    try:
+        with quiet_libraries():  # known library messages a user cannot act on, for this command only
+            if argv and (argv[0] in TOOLS or argv[0] == "inspect"):
+                run_tool(argv[0], argv[1:])
+            else:
+                from mlm_lightning.cli import run_cli
+
+                run_cli(None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     except Exception as err:
         user_error = _user_error(err)
         if user_error is None or os.environ.get("MLM_LIGHTNING_DEBUG"):

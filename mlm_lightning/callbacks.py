@@ -6,6 +6,7 @@ settings are flags and keys like any other.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ class CorpusReport(Callback):
     def __init__(self, max_unk_rate: float = 0.01, max_document_share: float = 0.5) -> None:
         self.max_unk_rate = max_unk_rate
         self.max_document_share = max_document_share
+        self._panel: str | None = None
 
     @rank_zero_only
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -50,8 +52,13 @@ class CorpusReport(Callback):
         rank_zero_info(text)
         for warning in found:
             rank_zero_warn(warning)
-        for logger in _tensorboards(trainer):
-            panel = text + "".join(f"\n\n**warning**: {w}" for w in found)
+        self._panel = text + "".join(f"\n\n**warning**: {w}" for w in found)
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Logged here, not in setup: a resumed run's step is restored only now, and the panel belongs at it.
+        panel, self._panel = self._panel, None
+        for logger in _tensorboards(trainer) if panel else []:
             logger.experiment.add_text("data/corpus_report", panel, global_step=trainer.global_step)
 
 
@@ -111,9 +118,8 @@ class HParamsSummary(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             found = trainer.callback_metrics
-            # The step Lightning logged these at (its own LearningRateMonitor reads the same counter).
-            step = trainer.fit_loop.epoch_loop._batches_that_stepped
-            self._last = (step, {k: float(found[k]) for k in self.metrics if k in found})
+            # The step these were logged at (GlobalStepAxis): optimizer steps done.
+            self._last = (trainer.global_step, {k: float(found[k]) for k in self.metrics if k in found})
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -133,8 +139,33 @@ class HParamsSummary(Callback):
             "world_size": trainer.world_size,
         }
         for logger in _tensorboards(trainer):
-            # At the step these values were logged at: the curves gain no new point (log_hyperparams logs them too).
-            logger.log_hyperparams(params, metrics, step=step)
+            _log_hparams_record(logger, params, metrics, step)
+
+
+def _log_hparams_record(
+    logger: TensorBoardLogger, params: dict[str, Any], metrics: dict[str, float], step: int
+) -> None:
+    """The hparams tab's record: the settings, and the names of the metrics whose last values it shows.
+
+    Not ``logger.log_hyperparams(params, metrics)``: that also logs the metrics as scalars, a second point at the
+    step of the last validation. The tab reads the values from the scalar curves, which already hold them.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    logger.log_hyperparams(params)  # hparams.yaml (without metrics Lightning writes no TensorBoard record)
+    flat: dict[str, Any] = {}
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                flatten(f"{prefix}/{key}" if prefix else str(key), inner)
+        else:  # the types the hparams plugin takes, everything else as text (like Lightning's own conversion)
+            flat[prefix] = value if isinstance(value, (bool, int, float, str)) else str(value)
+
+    flatten("", params)
+    writer = logger.experiment.file_writer  # the run's event file, opened with the SummaryWriter
+    for summary in hparams(flat, metrics):
+        writer.add_summary(summary, step)
 
 
 class ExportOnFitEnd(Callback):
@@ -142,16 +173,51 @@ class ExportOnFitEnd(Callback):
 
     Args:
         enabled: Export at the end of ``fit``.
-        output_dir: Folder to write; ``None`` = ``<trainer.default_root_dir>/export``. Replaced if it exists.
+        output_dir: Folder to write; ``None`` = ``<trainer.default_root_dir>/export``.
         checkpoint: ``best`` (lowest ``val/loss``) or ``last``.
+        overwrite: Replace an existing ``output_dir`` written by another run. Without it a new run stops before
+            training when the folder exists; a run resumed from its own checkpoint folder replaces its own export.
     """
 
     def __init__(
-        self, enabled: bool = False, output_dir: str | None = None, checkpoint: Literal["best", "last"] = "best"
+        self,
+        enabled: bool = False,
+        output_dir: str | None = None,
+        checkpoint: Literal["best", "last"] = "best",
+        overwrite: bool = False,
     ) -> None:
         self.enabled = enabled
         self.output_dir = output_dir
         self.checkpoint = checkpoint
+        self.overwrite = overwrite
+
+    def target(self, trainer: L.Trainer) -> Path:
+        """The folder this run exports to."""
+        return Path(self.output_dir or Path(trainer.default_root_dir) / "export")
+
+    def check_before_fit(self, trainer: L.Trainer, ckpt_path: str | os.PathLike[str] | None) -> None:
+        """Refuses, before anything is trained, to replace the export of another run (the ``export`` rule).
+
+        A run resumed from a checkpoint in its own checkpoint folder is the same run, so its export is its own.
+        """
+        from mlm_lightning.checkpointing import RESUME_KEYWORDS
+
+        target = self.target(trainer)
+        if not self.enabled or self.overwrite or not target.exists():
+            return
+        callback = trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+        own_checkpoints = folder is not None and any(folder.glob("*.ckpt"))
+        resuming = (
+            ckpt_path is not None
+            and own_checkpoints
+            and (str(ckpt_path) in RESUME_KEYWORDS or Path(ckpt_path).resolve().parent == folder.resolve())
+        )
+        if not resuming:
+            raise MLMError(
+                f"{target} already exists (the export of an earlier run) and this run would replace it at its end: "
+                f"set export.output_dir to a new folder, or export.overwrite true to replace it"
+            )
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -167,4 +233,41 @@ class ExportOnFitEnd(Callback):
         if path is None:
             rank_zero_warn("export.enabled is set but this run saved no checkpoint: nothing exported")
             return
-        export(path, self.output_dir or str(Path(trainer.default_root_dir) / "export"), overwrite=True)
+        # Replacing is decided before training (check_before_fit): here the folder is this run's to write.
+        export(path, str(self.target(trainer)), overwrite=True)
+
+
+class GlobalStepAxis(Callback):
+    """Puts every logged scalar at ``trainer.global_step``, the optimizer steps done, as checkpoint names do.
+
+    Lightning plots the metrics of the k-th training step and of the validation after it at k-1 (its batch
+    counter before it moves on) while the checkpoint of that moment is ``step=k``. A metric named ``step`` is
+    Lightning's documented way to give the x-axis; ``ModelCheckpoint`` reads the same value, which is the
+    global step here, so checkpoint names do not change. ``train/lr`` (Lightning's LearningRateMonitor, logged
+    before each step) is at the steps done when it is read: the learning rate the next step uses.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        pl_module.log("step", float(trainer.global_step), on_step=True, on_epoch=False, batch_size=1)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log("step", float(trainer.global_step), on_step=False, on_epoch=True, batch_size=1)
+
+
+class FinalValidation(Callback):
+    """Validates after the last training step when the schedule of validations would not.
+
+    A run that ends between two validations (e.g. resumed to a ``max_steps`` that is not a multiple of
+    ``val_check_interval``) would otherwise end with no metrics of its final weights: no point on the curves,
+    nothing on the hparams tab, and a final checkpoint whose model card has no figures. Setting
+    ``trainer.should_stop`` at the last step makes Lightning run the validation it runs before an early stop;
+    a validation already due at that step is not repeated.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        max_epochs = trainer.max_epochs
+        last_epoch = max_epochs is not None and max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs
+        if last_step or (last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            trainer.should_stop = True

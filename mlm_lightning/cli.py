@@ -14,7 +14,14 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from mlm_lightning.callbacks import CorpusReport, ExportOnFitEnd, FillMaskProbes, HParamsSummary
+from mlm_lightning.callbacks import (
+    CorpusReport,
+    ExportOnFitEnd,
+    FillMaskProbes,
+    FinalValidation,
+    GlobalStepAxis,
+    HParamsSummary,
+)
 from mlm_lightning.checkpointing import (
     RESUME_KEYWORDS,
     UNREADABLE,
@@ -25,6 +32,7 @@ from mlm_lightning.checkpointing import (
     run_dir_guard,
     unreadable_checkpoint,
 )
+from mlm_lightning.console import console_callbacks
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.module import MLMModule
 from mlm_lightning.nonfinite import NonFiniteLoss
@@ -51,8 +59,17 @@ class MLMCLI(LightningCLI):
         parser.add_lightning_class_args(FillMaskProbes, "probes")
         parser.add_lightning_class_args(HParamsSummary, "hparams")
         parser.add_lightning_class_args(ExportOnFitEnd, "export")
+        # Lightning's Trainer flags last, so `fit --help` leads with this project's own settings (see below).
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.tokenizer_path", "model.tokenizer_name_or_path", apply_on="instantiate")
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # --help lists groups in the order they are added: LightningCLI adds the Trainer's first, ahead of
+        # everything a user of this project looks for. Model and data here; the Trainer in add_arguments_to_parser.
+        parser.add_lightning_class_args(self.model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(self.datamodule_class, "data", subclass_mode=self.subclass_mode_data)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -76,6 +93,7 @@ class MLMCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        callbacks = [*callbacks, *console_callbacks(config)]  # here, so enable_progress_bar false still works
         return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:
@@ -101,6 +119,9 @@ class MLMCLI(LightningCLI):
     def fit(self, model: MLMModule, **kwargs: Any) -> None:
         model.check_max_seq_length(getattr(self.datamodule, "max_seq_length", None))
         ckpt_path = kwargs.get("ckpt_path")
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ExportOnFitEnd):
+                callback.check_before_fit(self.trainer, ckpt_path)
         with run_dir_guard(self.trainer, ckpt_path), explain_checkpoint_errors(ckpt_path):
             self.trainer.fit(model, **kwargs)
 
@@ -127,6 +148,16 @@ class MLMArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
 
+SUBCOMMAND_HELP = {
+    "fit": "Trains the model, validating on the way; --ckpt_path last resumes the run of the same folder.",
+    "validate": "Computes validation loss, perplexity and masked-token accuracy of a checkpoint (--ckpt_path).",
+    "test": "Computes loss, perplexity and masked-token accuracy of a checkpoint (--ckpt_path) on data.test_files, "
+    "or on the validation split when there are none.",
+    "predict": "Runs the model's predict_step (top-1 predictions at the masked positions of the validation split) "
+    "for a checkpoint (--ckpt_path). The command line does not save them: use trainer.predict from Python.",
+}
+
+
 def _prog() -> str:
     """The command as the user typed it: ``python -m mlm_lightning`` rather than ``__main__.py``."""
     name = Path(sys.argv[0]).name
@@ -148,14 +179,19 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLM
         args=args,
         run=run,
         auto_configure_optimizers=False,
-        # RandomStates is always on (exact resume needs it); it has no settings.
-        trainer_defaults={"default_root_dir": "logs", "callbacks": [RandomStates()]},
+        # Always on, no settings: RandomStates (exact resume), one step axis, final metrics for every run.
+        trainer_defaults={
+            "default_root_dir": "logs",
+            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation()],
+        },
         save_config_kwargs={"overwrite": True},
         parser_class=MLMArgumentParser,
         parser_kwargs={
             "description": "Masked-language-model training for BERT-family encoders. Tools around a run: "
             "export, fill-mask, inspect, train-tokenizer (python -m mlm_lightning TOOL --help).",
             "prog": _prog(),
+            # Whole sentences for `--help` (LightningCLI takes the first lines of the Trainer methods' docstrings).
+            **{name: {"description": text} for name, text in SUBCOMMAND_HELP.items()},
         },
     )
 

@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mlm_lightning.atomic import check_can_write
+from mlm_lightning.console import tokenization_progress
 from mlm_lightning.errors import MLMError
 from mlm_lightning.masking import MLMCollator
 from mlm_lightning.sources import CACHE_SETTING, cache_write_error, default_cache_dir, resolve_files, resolve_pkg
@@ -617,7 +618,8 @@ class MLMDataModule(L.LightningDataModule):
                 )
             tok = self.tokenizer
             # Tokenize the whole corpus once (contiguous shards per worker), then split by document order.
-            ids = tokenize_documents(docs, tok, self.num_proc)
+            with tokenization_progress(int(size_mb * 1e6)):  # a bar in a terminal, for a large corpus only
+                ids = tokenize_documents(docs, tok, self.num_proc)
             lengths = document_lengths(ids)
             if split:
                 # The same split as ``datasets``' train_test_split(test_size=n_val, seed=split_seed).

@@ -79,5 +79,17 @@ def test_hparams_tab_has_settings_and_final_validation_metrics(events, trained_r
     # The tab's values are the last of each metric's series, which is the last validation's.
     last = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)["mlm_lightning"]["val_metrics"]
     assert events.Scalars("val/loss")[-1].value == pytest.approx(last["val/loss"])
-    steps = [e.step for e in events.Scalars("val/loss")]
-    assert len(steps) == len(set(steps)) + 1  # the hparams record repeats the last point, at the same step
+    # The record adds no point of its own: each validation is one point.
+    assert [e.step for e in events.Scalars("val/loss")] == [6, 12]
+
+
+def test_every_panel_uses_the_optimizer_steps_that_name_the_checkpoints(events, trained_run: Path) -> None:
+    # Validations after 6 and 12 optimizer steps (val_check_interval 6 of max_steps 12), once each.
+    for tag in ("val/loss", "val/perplexity", "val/accuracy"):
+        assert [e.step for e in events.Scalars(tag)] == [6, 12], tag
+    assert [step for step, _ in _texts(events, "val/fill_mask/text_summary")] == [6, 12]
+    # The best checkpoint's name carries the step of the validation that chose it.
+    (best,) = (trained_run / "checkpoints").glob("epoch*.ckpt")
+    assert int(best.name.split("-step")[1].split("-")[0]) in (6, 12)
+    # Training scalars: every log_every_n_steps=2 optimizer steps, at the steps done (2, 4, ..., 12).
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(2, 13, 2))
