@@ -123,10 +123,8 @@ def hf_step(arch: dict[str, int], device: torch.device, compile: bool) -> tuple[
 
     def step(batch: dict[str, Any]) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(
-                input_ids=batch["input_ids"], attention_mask=batch["hf_attention_mask"], labels=batch["labels"]
-            )
-        loss.loss.backward()
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["hf_attention_mask"], labels=batch["labels"])
+        out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -254,6 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         ratio = pair["project"]["tokens_per_sec"] / pair["HF recipe"]["tokens_per_sec"]
         print(f"{'ratio (tokens/s)':22s}{ratio:11.2f}")
+        print(f"attention: project {pair['project']['attention']}, HF recipe {pair['HF recipe']['attention']}")
         if compile:
             compile_s = pair["project"]["first_step_s"] - pair["project"]["step_ms"] / 1000
             print(f"compilation: the project's first step took {compile_s:.1f} s more than a timed step")

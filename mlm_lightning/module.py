@@ -262,8 +262,10 @@ class MLMModule(L.LightningModule):
 
     # -- throughput ---------------------------------------------------------------------------------------
     # Hand-written rather than Lightning's ThroughputMonitor, which (2.6) synchronises the GPU after every batch
-    # (a host sync per step), reports nothing until a 100-batch window is full, logs past `self.log` under fixed
-    # names (`train/device/items_per_sec`, `train/device/mfu`) and finds no peak for CPUs or an "NVIDIA H200".
+    # (a host sync per step; here once per logging interval), reports tokens/s and MFU only once its window of
+    # batches (`window_size`, default 100) is full, logs to the loggers directly under names that only overriding
+    # its private `_compute` could change (`train/device/items_per_sec`, `train/device/mfu`), and gets no peak for
+    # a CPU or for an "NVIDIA H200" from `get_available_flops` (see mlm_lightning/flops.py).
     def training_flops(self, batch: dict[str, Any]) -> int:
         """Model FLOPs of one training step (forward and backward) on ``batch``, at the rows' real lengths."""
         shape = self.__dict__.get("_encoder_shape")
@@ -293,7 +295,8 @@ class MLMModule(L.LightningModule):
         self._flops_seen += self.training_flops(batch)
         if (batch_idx + 1) % every == 0:
             self._sync()  # once per interval, so the clock sees the GPU's work and not just its queue
-            elapsed = max(time.perf_counter() - self._last_time, 1e-9)
+            now = time.perf_counter()
+            elapsed = max(now - self._last_time, 1e-9)
             rate = self._tokens_seen * self.trainer.world_size / elapsed
             self.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False, rank_zero_only=True)
             if self._peak_flops:
@@ -304,7 +307,7 @@ class MLMModule(L.LightningModule):
                         "train/mfu is above 1: this CPU's matmul peak was measured while it was busy; "
                         f"delete {peak_cache_path()} to measure it again"
                     )
-            self._last_time, self._tokens_seen, self._flops_seen = time.perf_counter(), 0, 0
+            self._last_time, self._tokens_seen, self._flops_seen = now, 0, 0
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
