@@ -237,28 +237,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{'1st step s':>12s}{'syncs/step':>12s}"
         )
         print(header)
-        pair = {}
+        pair: dict[str, dict[str, Any]] = {}
         for label, build, compiled in (("project", project_step, compile), ("HF recipe", hf_step, False)):
-            r = measure(build, arch, batches, args, compiled)
+            tag = f"{label}{' (compiled)' if compiled else ''}"
+            try:
+                r = measure(build, arch, batches, args, compiled)
+            except Exception as err:  # e.g. compilation or memory: keep the other figures of a lent GPU's run
+                pair[label] = {"error": f"{type(err).__name__}: {err}"}
+                print(f"{tag:22s}failed: {pair[label]['error'].splitlines()[0][:300]}", flush=True)
+                continue
             pair[label] = r
             mfu = f"{100 * r['mfu']:6.1f}%" if r["mfu"] is not None else f"{'-':>7s}"
             mem = f"{r['peak_memory_gib']:10.1f}" if r["peak_memory_gib"] is not None else f"{'-':>10s}"
             syncs = f"{r['host_syncs_per_step']:12d}" if r["host_syncs_per_step"] is not None else f"{'-':>12s}"
-            tag = f"{label}{' (compiled)' if compiled else ''}"
             print(
                 f"{tag:22s}{r['tokens_per_sec']:11,.0f}{r['tflops_per_sec']:9.3g}{mfu}{mem}"
                 f"{r['step_ms']:9.1f}{r['first_step_s']:12.1f}{syncs}",
                 flush=True,
             )
+        results["runs"].append(
+            {"seq_len": seq_len, "batch_size": rows, "project": pair["project"], "hf": pair["HF recipe"]}
+        )
+        if any("error" in r for r in pair.values()):
+            continue
         ratio = pair["project"]["tokens_per_sec"] / pair["HF recipe"]["tokens_per_sec"]
         print(f"{'ratio (tokens/s)':22s}{ratio:11.2f}")
         print(f"attention: project {pair['project']['attention']}, HF recipe {pair['HF recipe']['attention']}")
         if compile:
             compile_s = pair["project"]["first_step_s"] - pair["project"]["step_ms"] / 1000
             print(f"compilation: the project's first step took {compile_s:.1f} s more than a timed step")
-        results["runs"].append(
-            {"seq_len": seq_len, "batch_size": rows, "project": pair["project"], "hf": pair["HF recipe"]}
-        )
     return results
 
 
@@ -271,13 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per side and length (default 50)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps after the first (default 10)")
     parser.add_argument("--no-compile", action="store_true", help="the project without torch.compile")
+    parser.add_argument("--compile", action="store_true", help="compile in --smoke too (slow on a CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seq_lens = args.seq_lens or [32, 64]
         args.batch_size = args.batch_size or 4
         args.steps, args.warmup = args.steps or 3, 1 if args.warmup is None else args.warmup
-        args.no_compile = True  # compiling on a CPU takes longer than the smoke run itself
+        args.no_compile = not args.compile  # compiling on a CPU takes longer than the smoke run itself
         args.device = torch.device("cpu")
         torch.set_num_threads(1)  # it checks the code, not the speed: one thread stays fast on a busy machine
     else:
@@ -291,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    return 0
+    failed = any("error" in r[side] for r in results["runs"] for side in ("project", "hf"))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
