@@ -11,6 +11,9 @@ because a small shared machine is noisy. Figures per run:
 
 * real (non-pad) training tokens per second, timed from the end of step ``--skip`` to the last step
   (start-up, tokenization and the first steps excluded);
+* model FLOP/s over the same steps and MFU: ``mlm_lightning.flops`` counts the work each side does (the
+  project's head at the masked positions, the recipe's at every position) against this CPU's matmul peak at the
+  side's precision (a short matmul probe at the start of the invocation);
 * peak resident memory of the process (``ru_maxrss``);
 * validation perplexity after training, for both on the same held-out blocks (two plays neither side trains
   on) with the same fixed masks: exp(sum of masked-token losses / masked tokens);
@@ -100,25 +103,30 @@ def evaluate(model: Any, eval_path: Path) -> float:
 
 # ----------------------------------------------------------------------------------------------- runners
 class StepTimer:
-    """Wall time and real tokens from the end of step ``skip`` to the end of the last step."""
+    """Wall time, real tokens and model FLOPs from the end of step ``skip`` to the end of the last step."""
 
     def __init__(self, skip: int) -> None:
         self.skip, self.steps, self.tokens, self.t0, self.t1, self.first = skip, 0, 0, None, None, None
+        self.flops = 0
 
     def begin(self) -> None:
         if self.first is None:
             self.first = time.time()
 
-    def end(self, tokens: int) -> None:
+    def end(self, tokens: int, flops: int) -> None:
         self.steps += 1
         if self.steps == self.skip:
             self.t0 = time.perf_counter()
         elif self.steps > self.skip:
             self.tokens += tokens
+            self.flops += flops
             self.t1 = time.perf_counter()
 
     def rate(self) -> float:
         return self.tokens / (self.t1 - self.t0)
+
+    def flops_rate(self) -> float:
+        return self.flops / (self.t1 - self.t0)
 
 
 def run_project(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,7 +141,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
             timer.begin()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            timer.end(int(batch["num_tokens"]))
+            timer.end(int(batch["num_tokens"]), module.training_flops(batch))  # the masked-only head's FLOPs
 
     train, held = corpus_files()
     cli = run_cli(
@@ -191,6 +199,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
     peak = peak_rss_mb()  # training only: evaluation below holds full-vocabulary logits
     return {
         "tokens_per_sec": timer.rate(),
+        "flops_per_sec": timer.flops_rate(),
         "first_step_at": timer.first,
         "peak_rss_mb": peak,
         "perplexity": evaluate(cli.model.model, Path(args.eval_set)),
@@ -210,6 +219,7 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
         set_seed,
     )
 
+    from mlm_lightning.flops import EncoderShape, training_flops
     from mlm_lightning.sources import resolve_pkg
 
     timer = StepTimer(args.skip)
@@ -229,13 +239,15 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
     blocks = tokenized.map(group_texts, batched=True)
     set_seed(SEED)
     model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **ARCH))
+    # Full rows, and the full-vocabulary head at every position: the work this recipe does.
+    step_flops = training_flops(EncoderShape.from_config(model.config), BATCH * SEQ, BATCH * SEQ * SEQ, BATCH * SEQ)
 
     class Timing(TrainerCallback):
         def on_step_begin(self, *a, **k) -> None:
             timer.begin()
 
         def on_step_end(self, *a, **k) -> None:
-            timer.end(BATCH * SEQ)  # group_texts blocks are full: every token is real
+            timer.end(BATCH * SEQ, step_flops)  # group_texts blocks are full: every token is real
 
     training_args = TrainingArguments(
         output_dir=args.workdir,
@@ -266,6 +278,7 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
     peak = peak_rss_mb()
     return {
         "tokens_per_sec": timer.rate(),
+        "flops_per_sec": timer.flops_rate(),
         "first_step_at": timer.first,
         "peak_rss_mb": peak,
         "perplexity": evaluate(model, Path(args.eval_set)),
@@ -336,6 +349,12 @@ def main() -> None:
         child(args)
         return
 
+    from mlm_lightning.flops import compute_dtype, probe_cpu_flops
+
+    # MFU's denominator: this CPU's matmul peak at each side's precision, measured now (a cached peak may come
+    # from a busier moment; training's train/mfu uses the cached one).
+    peaks = {p: probe_cpu_flops(compute_dtype(p), seconds=1.0) for p in (args.precision, args.peer_precision)}
+    print("CPU matmul peak: " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
     with tempfile.TemporaryDirectory(prefix="mlm-speed-") as tmp:
         work = Path(tmp)
         build_eval_set(work / "eval.pt", str(work / "cache"), args.eval_blocks)
@@ -343,9 +362,12 @@ def main() -> None:
         for i in range(args.repeats):
             for kind, precision in (("project", args.precision), ("peer", args.peer_precision)):
                 r = spawn(kind, args, precision, work, i)
+                r["mfu_pct"] = 100 * r["flops_per_sec"] / peaks[precision]
                 runs[kind].append(r)
                 print(
-                    f"  run {i + 1} {kind:7s}: {r['tokens_per_sec']:8.0f} tok/s  peak {r['peak_rss_mb']:6.0f} MB  "
+                    f"  run {i + 1} {kind:7s}: {r['tokens_per_sec']:8.0f} tok/s  "
+                    f"{r['flops_per_sec'] / 1e9:6.1f} GFLOP/s  MFU {r['mfu_pct']:5.1f}%  "
+                    f"peak {r['peak_rss_mb']:6.0f} MB  "
                     f"ppl {r['perplexity']:8.1f}  first step after {r['startup_s']:.1f} s",
                     flush=True,
                 )
@@ -360,6 +382,7 @@ def main() -> None:
     print(f"{'':24s}{'project':>12s}{'HF recipe':>12s}{'ratio':>8s}")
     for key, label in (
         ("tokens_per_sec", "real tokens/s"),
+        ("mfu_pct", "MFU (%)"),
         ("peak_rss_mb", "peak RSS (MB)"),
         ("perplexity", "val perplexity"),
     ):

@@ -143,4 +143,5 @@ class MLMCollator:
         batch["masked_positions"] = torch.from_numpy(positions)
         batch["masked_labels"] = torch.from_numpy(flat[positions])
         batch["num_tokens"] = int(sum(lengths))  # real (non-pad) tokens, for throughput
+        batch["num_token_pairs"] = int(sum(n * n for n in lengths))  # attention's query-key pairs, for MFU
         return batch

@@ -9,11 +9,19 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import grad_norm
+from lightning.pytorch.utilities import grad_norm, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
 from mlm_lightning.errors import MLMError
+from mlm_lightning.flops import (
+    EncoderShape,
+    batch_token_counts,
+    compute_dtype,
+    peak_cache_path,
+    peak_flops,
+    training_flops,
+)
 from mlm_lightning.sources import resolve_pkg
 
 
@@ -149,7 +157,9 @@ class MLMModule(L.LightningModule):
         self.test_loss = MeanMetric()
         self.test_accuracy = MeanMetric()
         self._tokens_seen = 0
+        self._flops_seen = 0
         self._last_time: float | None = None
+        self._peak_flops: float | None = None
 
     # -- model ------------------------------------------------------------------------------------------
     @property
@@ -200,7 +210,6 @@ class MLMModule(L.LightningModule):
         if stage == "train":
             loss = losses.mean() if labels.numel() else logits.sum() * 0.0
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=labels.numel())
-            self._tokens_seen += int(batch["num_tokens"])
             return loss
         loss_metric, acc_metric = (
             (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
@@ -251,18 +260,58 @@ class MLMModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
+    # -- throughput ---------------------------------------------------------------------------------------
+    # Hand-written rather than Lightning's ThroughputMonitor, which (2.6) synchronises the GPU after every batch
+    # (a host sync per step; here once per logging interval), reports tokens/s and MFU only once its window of
+    # batches (`window_size`, default 100) is full, logs to the loggers directly under names that only overriding
+    # its private `_compute` could change (`train/device/items_per_sec`, `train/device/mfu`), and gets no peak for
+    # a CPU or for an "NVIDIA H200" from `get_available_flops` (see mlm_lightning/flops.py).
+    def training_flops(self, batch: dict[str, Any]) -> int:
+        """Model FLOPs of one training step (forward and backward) on ``batch``, at the rows' real lengths."""
+        shape = self.__dict__.get("_encoder_shape")
+        if shape is None:
+            shape = self.__dict__["_encoder_shape"] = EncoderShape.from_config(self.model.config)
+        tokens, pairs = batch_token_counts(batch)
+        # The head runs on the masked positions only, unless full logits are computed (then at every token).
+        head_positions = batch["masked_positions"].numel() if self._mlm_head() is not None else tokens
+        return training_flops(shape, tokens, pairs, head_positions)
+
+    def on_train_start(self) -> None:
+        # Known once the device and precision are: the GPU table, or this CPU's measured (cached) matmul peak.
+        if self.trainer.is_global_zero:
+            self._peak_flops = peak_flops(self.device, compute_dtype(self.trainer.precision))
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Real (non-pad) tokens per second over the logging interval; wall time, so it includes data loading.
+        # MFU: model FLOPs per second of this device over the same interval, divided by its peak.
         if not self.trainer.is_global_zero and self.trainer.world_size > 1:
             return
         every = max(1, self.trainer.log_every_n_steps)
         if self._last_time is None:
-            self._last_time, self._tokens_seen = time.perf_counter(), 0
-        elif (batch_idx + 1) % every == 0:
+            self._sync()
+            self._last_time, self._tokens_seen, self._flops_seen = time.perf_counter(), 0, 0
+            return
+        self._tokens_seen += batch_token_counts(batch)[0]
+        self._flops_seen += self.training_flops(batch)
+        if (batch_idx + 1) % every == 0:
+            self._sync()  # once per interval, so the clock sees the GPU's work and not just its queue
             now = time.perf_counter()
-            rate = self._tokens_seen * self.trainer.world_size / max(now - self._last_time, 1e-9)
+            elapsed = max(now - self._last_time, 1e-9)
+            rate = self._tokens_seen * self.trainer.world_size / elapsed
             self.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False, rank_zero_only=True)
-            self._last_time, self._tokens_seen = now, 0
+            if self._peak_flops:
+                mfu = self._flops_seen / elapsed / self._peak_flops
+                self.log("train/mfu", mfu, on_step=True, on_epoch=False, rank_zero_only=True)
+                if mfu > 1 and self.device.type == "cpu":
+                    rank_zero_warn(
+                        "train/mfu is above 1: this CPU's matmul peak was measured while it was busy; "
+                        f"delete {peak_cache_path()} to measure it again"
+                    )
+            self._last_time, self._tokens_seen, self._flops_seen = now, 0, 0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def on_train_epoch_start(self) -> None:
         self._last_time = None

@@ -130,5 +130,6 @@ def trained_run(corpus_file: Path, tokenizer_dir: Path, tmp_path_factory: pytest
         mp.setenv("HF_DATASETS_OFFLINE", "1")
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        mp.setenv("MLM_LIGHTNING_CACHE", str(base / "cache"))  # the CPU peak for MFU is cached there
         assert main(["fit", *args, "--export.enabled", "true"]) == 0
     return base / "run"
