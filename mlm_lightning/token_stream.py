@@ -131,7 +131,8 @@ def tokenize_documents(docs: Any, tokenizer: Any, num_proc: int | None) -> Any:
 
     def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
         texts = batch["text"]
-        if sum(map(len, texts)) <= CHARS_PER_CALL:  # the usual case: one call, as lists
+        lengths = [len(t) for t in texts]
+        if sum(lengths) <= CHARS_PER_CALL and max(lengths, default=0) <= LONG_DOCUMENT_CHARS:  # usual: one call
             return {"input_ids": encode(texts)}
         # Long text: ids as arrays (2 bytes per token rather than ~36 for a list of Python ints).
         out: list[np.ndarray] = []
