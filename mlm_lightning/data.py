@@ -41,7 +41,7 @@ from mlm_lightning.masking import MLMCollator
 from mlm_lightning.sources import CACHE_SETTING, cache_write_error, default_cache_dir, resolve_files, resolve_pkg
 from mlm_lightning.token_stream import document_lengths, tokenize_documents, write_token_stream
 
-CACHE_VERSION = 2  # 2: meta.json records each file's size and digest
+CACHE_VERSION = 3  # 2: sizes and digests in meta.json; 3: special-token strings are text, long documents in pieces
 _BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _SAMPLE_BY = {"line": "line", "paragraph": "paragraph", "file": "document"}
 log = logging.getLogger(__name__)
@@ -354,6 +354,43 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
+def _text_problems(ds: Any) -> tuple[int, int, np.ndarray]:
+    """Rows of a one-column (``text``) dataset whose value is null, or not a string (numbers, booleans, objects).
+
+    Read from the Arrow column as the reader typed it, before any cast to string: a column of numbers is
+    ``int64``/``double``, a ``.jsonl`` column mixing types is ``Json`` (each value stored as JSON text, so a
+    string is the one that starts with a quote). Returns the counts and a mask of the rows to keep.
+    """
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = ds.data.column("text")  # chunked: never copied whole
+    nulls = column.null_count
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        if not nulls:  # the usual case: nothing to compute
+            return 0, 0, np.ones(len(column), dtype=bool)
+        text = pc.is_valid(column)
+    elif isinstance(ds.features["text"], datasets.Json):
+        storage = pa.chunked_array([c.storage for c in column.chunks], type=column.type.storage_type)
+        text = pc.fill_null(pc.starts_with(storage.cast(pa.large_string()), '"'), False)
+    else:  # numbers, booleans, lists, objects: no row is text
+        return nulls, len(column) - nulls, np.zeros(len(column), dtype=bool)
+    keep = text.to_numpy().astype(bool)
+    return nulls, len(keep) - int(keep.sum()) - nulls, keep
+
+
+def _refuse(path: str, column: str, ds: Any, keep: np.ndarray) -> MLMError:
+    """The error for ``non_text_rows="error"``: the file, its first row that is null or not text, and its value."""
+    row = int(np.flatnonzero(~keep)[0])
+    value = ds[row]["text"]
+    what = "is null" if value is None else f"is the {type(value).__name__} {repr(value)[:40]}"
+    return MLMError(
+        f"{path}: row {row + 1}: {column!r} {what}, not text. Fix the file, or set data.non_text_rows=warn to drop "
+        f"(and count) such rows."
+    )
+
+
 def _load_documents(
     files: list[Path],
     text_layout: str,
@@ -361,18 +398,33 @@ def _load_documents(
     encoding_errors: str,
     workdir: Path,
     num_proc: int | None = None,
+    non_text_rows: Literal["warn", "error"] = "warn",
+    counts: dict[str, int] | None = None,
 ):
-    """Reads files into one ``datasets.Dataset`` with a single ``text`` column, dropping blank documents."""
+    """Reads files into one ``datasets.Dataset`` with a single ``text`` column, dropping blank documents.
+
+    Rows of ``.jsonl``/``.csv``/``.parquet`` files whose text is null or not a string are dropped and counted
+    into ``counts`` (``null_rows``, ``non_text_rows``) with one warning, or, with ``non_text_rows="error"``,
+    refused naming the first one.
+    """
     import datasets
 
     parts = []
+    problems: list[str] = []
+    counts = {} if counts is None else counts
+    counts.update(null_rows=0, non_text_rows=0)
     by_builder: dict[str, list[str]] = {}
     for f in files:
         builder = _BUILDERS.get(f.suffix.lower())
         if builder is None:
             raise MLMError(f"{f}: unsupported file type '{f.suffix}' (use one of {', '.join(_BUILDERS)})")
         by_builder.setdefault(builder, []).append(str(f))
+    # .jsonl/.csv/.parquet one file at a time: datasets would give every file the first one's column type (a
+    # later file's numbers cast to strings, its JSON values left encoded), hiding the rows that are not text.
+    groups: list[tuple[str, list[str]]] = []
     for builder, paths in by_builder.items():
+        groups += [(builder, paths)] if builder == "text" else [(builder, [p]) for p in paths]
+    for builder, paths in groups:
         kwargs: dict[str, Any] = {}
         if builder == "text":
             kwargs = {"sample_by": _SAMPLE_BY[text_layout], "encoding_errors": encoding_errors}
@@ -389,13 +441,33 @@ def _load_documents(
         ds = ds.select_columns([column])
         if column != "text":
             ds = ds.rename_column(column, "text")
-        if ds.features["text"] != datasets.Value("string"):  # a cast rewrites the whole table: only when needed
+        if builder != "text":
+            nulls, others, keep = _text_problems(ds)
+            if nulls or others:
+                if non_text_rows == "error":
+                    raise _refuse(paths[0], column, ds, keep)
+                problems.append(f"{paths[0]}: {others:,} not text, {nulls:,} null")
+                counts["null_rows"] += nulls
+                counts["non_text_rows"] += others
+                ds = ds.select(np.flatnonzero(keep))
+        if isinstance(ds.features["text"], datasets.Json):  # the strings of a mixed column, decoded
+            ds = ds.map(
+                lambda b: {"text": b["text"]},
+                batched=True,
+                features=datasets.Features({"text": datasets.Value("string")}),
+            )
+        elif ds.features["text"] != datasets.Value("string"):  # a cast rewrites the whole table: only when needed
             ds = ds.cast_column("text", datasets.Value("string"))
         parts.append(ds)
+    if problems:
+        rank_zero_warn(
+            f"dropped {counts['non_text_rows']:,} rows whose text is not a string (numbers, booleans, objects) and "
+            f"{counts['null_rows']:,} null rows: {'; '.join(problems)}. Set data.non_text_rows=error to refuse them."
+        )
     ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     # In workers, like tokenization: the main process then never maps (and holds) the whole text.
     return ds.filter(
-        lambda b: [bool(t and t.strip()) for t in b["text"]],
+        lambda b: [bool(t) and not t.isspace() for t in b["text"]],  # isspace: no copy of a long document
         batched=True,
         num_proc=num_proc,
         desc="drop blank documents",
@@ -415,6 +487,9 @@ class MLMDataModule(L.LightningDataModule):
         text_layout: How ``.txt`` files split into documents: one per ``line``, one per ``paragraph``
             (blank-line separated), or one per ``file``.
         text_column: The text column of ``.jsonl``, ``.csv`` and ``.parquet`` files.
+        non_text_rows: Rows of those files whose text is null, or not a string (a number, boolean or object;
+            in a ``.csv``, a column whose every value reads as a number): ``warn`` drops them, counts them (one
+            warning, and the corpus report) and carries on; ``error`` stops at the first (file, row, value).
         encoding_errors: ``strict`` stops at the first byte that is not UTF-8 (naming file and offset);
             ``replace`` reads such bytes in ``.txt`` files as U+FFFD, counts them (a warning per file and
             ``replaced_bytes``) and carries on. ``.jsonl``/``.csv`` files must be valid UTF-8 either way.
@@ -446,6 +521,7 @@ class MLMDataModule(L.LightningDataModule):
         test_files: list[str] | None = None,
         text_layout: Literal["line", "paragraph", "file"] = "line",
         text_column: str = "text",
+        non_text_rows: Literal["warn", "error"] = "warn",
         encoding_errors: Literal["strict", "replace"] = "strict",
         tokenizer: str | None = None,
         layout: Literal["packed", "line_by_line"] = "packed",
@@ -475,6 +551,7 @@ class MLMDataModule(L.LightningDataModule):
         self.test_files = test_files
         self.text_layout = text_layout
         self.text_column = text_column
+        self.non_text_rows = non_text_rows
         self.encoding_errors = encoding_errors
         self.tokenizer_name = tokenizer
         self.layout = layout
@@ -542,6 +619,7 @@ class MLMDataModule(L.LightningDataModule):
             "tokenizer": tokenizer_fingerprint(self.tokenizer),
             "text_layout": self.text_layout,
             "text_column": self.text_column,
+            "non_text_rows": self.non_text_rows,
             "encoding_errors": self.encoding_errors,
             **extra,
         }
@@ -606,8 +684,16 @@ class MLMDataModule(L.LightningDataModule):
             raise (cache_write_error(err, final.parent, "the tokenized corpus") or err) from None
         built = False
         try:
+            dropped: dict[str, int] = {}  # rows that are null or not text (non_text_rows)
             docs = _load_documents(
-                files, self.text_layout, self.text_column, self.encoding_errors, work / "hf", self.num_proc
+                files,
+                self.text_layout,
+                self.text_column,
+                self.encoding_errors,
+                work / "hf",
+                self.num_proc,
+                self.non_text_rows,
+                dropped,
             )
             if len(docs) == 0:
                 raise MLMError(f"no text in {', '.join(map(str, files))} (empty or whitespace only)")
@@ -628,7 +714,12 @@ class MLMDataModule(L.LightningDataModule):
                 orders: dict[str, np.ndarray | None] = {"train": perm[n_val:], "val": perm[:n_val]}
             else:
                 orders = {"all": None}
-            meta: dict[str, Any] = {"version": CACHE_VERSION, "files": [str(f) for f in files], "splits": {}}
+            meta: dict[str, Any] = {
+                "version": CACHE_VERSION,
+                "files": [str(f) for f in files],
+                "splits": {},
+                "dropped_rows": dropped,
+            }
             for name, order in orders.items():
                 meta["splits"][name] = write_token_stream(
                     ids, order, work / name, tok.sep_token_id, tok.unk_token_id, len(tok), lengths
@@ -663,11 +754,22 @@ class MLMDataModule(L.LightningDataModule):
             self._build(key, files, split)
 
     def corpus_meta(self, split: str) -> dict[str, Any]:
-        """Statistics of a split (``train``, ``val``, ``test``) as recorded when it was tokenized."""
+        """Statistics of a split (``train``, ``val``, ``test``) as recorded when it was tokenized.
+
+        ``null_rows`` and ``non_text_rows`` count the rows of the split's files that were dropped (see
+        ``non_text_rows``); a split held out of the training files (``val_fraction``) reports ``None`` for them,
+        as they are counted under ``train``.
+        """
         key, files, how = self._corpora()[split]
         if key not in self._metas:
             self._build(key, files, how, repair=False)
-        return self._metas[key]["splits"][split if how else "all"]
+        meta = self._metas[key]
+        dropped = meta.get("dropped_rows", {}) if split == "train" or not how else {}
+        return {
+            **meta["splits"][split if how else "all"],
+            "null_rows": dropped.get("null_rows"),
+            "non_text_rows": dropped.get("non_text_rows"),
+        }
 
     def _rows(self, split: str) -> TokenRows:
         key, files, how = self._corpora()[split]

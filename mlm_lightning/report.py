@@ -28,6 +28,9 @@ class SplitStats:
         batches: Batches per epoch on one device.
         row_tokens: Tokens in those rows, special tokens included.
         padding_share: Share of the batches' positions that are padding (first epoch's order, one device).
+        null_rows: Rows of the split's ``.jsonl``/``.csv``/``.parquet`` files whose text was null (dropped);
+            ``None`` when counted under another split (validation held out of the training files).
+        non_text_rows: Rows whose text was not a string, a number for instance (dropped); ``None`` likewise.
     """
 
     documents: int
@@ -39,6 +42,8 @@ class SplitStats:
     batches: int
     row_tokens: int
     padding_share: float
+    null_rows: int | None = None
+    non_text_rows: int | None = None
 
     @property
     def unk_rate(self) -> float:
@@ -71,6 +76,8 @@ def split_stats(dm: MLMDataModule, split: str) -> SplitStats:
         batches=len(firsts),
         row_tokens=int(lengths.sum()),
         padding_share=float(1.0 - served.sum() / max(1, padded)),
+        null_rows=meta.get("null_rows"),
+        non_text_rows=meta.get("non_text_rows"),
     )
 
 
@@ -95,6 +102,10 @@ def format_report(stats: dict[str, SplitStats], dm: MLMDataModule) -> str:
     ]
     fields = [
         ("documents", lambda s: f"{s.documents:,}"),
+        (
+            "rows dropped: not text / null",
+            lambda s: "(in train)" if s.null_rows is None else f"{s.non_text_rows:,} / {s.null_rows:,}",
+        ),
         ("tokens", lambda s: f"{s.tokens:,}"),
         ("unknown-token rate", lambda s: f"{100 * s.unk_rate:.2f}%"),
         (split_label, lambda s: f"{s.split_documents:,}"),
@@ -122,6 +133,12 @@ def report_warnings(
                 f"{100 * s.unk_rate:.1f}% of the {split} tokens are {dm.tokenizer.unk_token} (above "
                 f"{100 * max_unk_rate:g}%): the tokenizer does not cover this text (another language or script?). "
                 f"Use a tokenizer that does, or train one with `python -m mlm_lightning train-tokenizer`."
+            )
+        if s.non_text_rows or s.null_rows:
+            warnings.append(
+                f"{s.non_text_rows:,} rows of the {split} files are not text (numbers, booleans, objects) and "
+                f"{s.null_rows:,} are null: they were dropped. Check data.text_column (now '{dm.text_column}'), "
+                f"or set data.non_text_rows=error to find them"
             )
     train = stats["train"]
     share = train.longest_document / max(1, train.tokens)

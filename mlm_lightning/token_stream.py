@@ -9,13 +9,21 @@ allows it (4x less disk and page cache than the ``int64`` that ``datasets`` woul
 
 from __future__ import annotations
 
+import copy
+import json
+from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 
+from mlm_lightning.errors import MLMError
+
 TOKENS_PER_WRITE = 4_000_000  # tokens gathered and written per step: bounds memory whatever the document length
+LONG_DOCUMENT_CHARS = 1 << 18  # documents longer than this (characters) are tokenized in pieces, see split_text
+CHARS_PER_CALL = 1 << 20  # most text handed to the tokenizer at once: its memory is ~170 bytes per character
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -23,22 +31,126 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32)
 
 
+def text_only_tokenizer(tokenizer: Any) -> Any:
+    """A copy of ``tokenizer`` that cannot turn any text into one of its special tokens.
+
+    Corpus text is text: a literal ``[MASK]`` or ``</s>`` in it must not become the mask or a document boundary.
+    Fast tokenizers' ``split_special_tokens`` (passed by :func:`tokenize_documents`) only stops the added-token
+    matching; the model can still produce a special token from its vocabulary (a Unigram model matches the piece
+    ``<mask>`` inside ``▁<mask>``, a WordPiece model without punctuation splitting the word ``[MASK]``). So in the
+    copy's backend every special token's vocabulary entry is renamed to a string text cannot contain (ids, and the
+    tokens of every other text, stay the same). The original tokenizer is untouched: the fill-mask probes, which
+    are meant to contain ``[MASK]``, keep using it.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a Python tokenizer: split_special_tokens alone, and the check in tokenize_documents
+        return tokenizer
+    from tokenizers import Tokenizer
+
+    # NUL-delimited: no real text holds these (BERT's normalizer even deletes NUL); the check in
+    # tokenize_documents would catch one that did.
+    renamed = {token: f"\x00{token}\x00" for token in tokenizer.all_special_tokens}
+    data = json.loads(backend.to_str())
+    for added in data.get("added_tokens", []):
+        added["content"] = renamed.get(added["content"], added["content"])
+    model = data["model"]
+    vocab = model.get("vocab")
+    if isinstance(vocab, dict):  # WordPiece, BPE, WordLevel: token -> id
+        model["vocab"] = {renamed.get(token, token): i for token, i in vocab.items()}
+    elif isinstance(vocab, list):  # Unigram: [piece, score], the id is the position
+        model["vocab"] = [[renamed.get(piece, piece), score] for piece, score in vocab]
+    if model.get("unk_token") in renamed:  # referred to by name (the id is unchanged)
+        model["unk_token"] = renamed[model["unk_token"]]
+    if "merges" in model:  # BPE: no merge may build a special token (or start from one)
+        pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]]
+        model["merges"] = [p for p in pairs if not {p[0], p[1], p[0] + p[1]} & renamed.keys()]
+    text_only = copy.copy(tokenizer)
+    text_only._tokenizer = Tokenizer.from_str(json.dumps(data))  # the backend that the fast tokenizer calls
+    return text_only
+
+
+def split_text(text: str, size: int) -> Iterator[str]:
+    """Cuts ``text`` into consecutive pieces of about ``size`` characters whose tokens join into the whole's.
+
+    Each cut falls right before a single space that stands between two non-space characters. Every common
+    pre-tokenizer splits there and keeps that space with what follows (WordPiece drops it, byte-level BPE makes
+    it the next token's ``Ġ``, Metaspace its ``▁``, a normalizer that collapses runs of spaces sees the same runs),
+    so no token crosses the cut. A stretch of text without such a space stays in one piece.
+    """
+
+    def cuttable(i: int) -> bool:
+        return not text[i - 1].isspace() and i + 1 < len(text) and not text[i + 1].isspace()
+
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind(" ", start + 1, start + size + 1)  # the last one before start + size ...
+        while cut != -1 and not cuttable(cut):
+            cut = text.rfind(" ", start + 1, cut)
+        if cut == -1:  # ... or else the first one after it
+            cut = text.find(" ", start + size)
+            while cut != -1 and not cuttable(cut):
+                cut = text.find(" ", cut + 1)
+        if cut == -1:
+            break
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 def tokenize_documents(docs: Any, tokenizer: Any, num_proc: int | None) -> Any:
-    """Tokenizes the ``text`` column of a ``datasets.Dataset`` into an ``input_ids`` column (no special tokens)."""
+    """Tokenizes the ``text`` column of a ``datasets.Dataset`` into an ``input_ids`` column (no special tokens).
+
+    The text is tokenized as text: no special token can come out of it (see :func:`text_only_tokenizer`), and
+    tokenizing fails rather than store one. Memory does not grow with a document's length beyond its text and
+    ids (2 bytes per token): documents longer than ``LONG_DOCUMENT_CHARS`` are tokenized in pieces
+    (:func:`split_text`) whose ids join into exactly the whole document's, and the tokenizer is never given more
+    than about ``CHARS_PER_CALL`` characters at once.
+    """
     import datasets
 
     dtype = token_dtype(len(tokenizer))
     features = datasets.Features({"input_ids": datasets.List(datasets.Value(dtype.name))})
+    text_only = text_only_tokenizer(tokenizer)
+    # UNK is how a tokenizer spells text its vocabulary lacks; any other special id must never be stored.
+    forbidden = frozenset(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
 
-    def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
-        enc = tokenizer(
-            batch["text"],
+    def encode(texts: list[str]) -> list[list[int]]:
+        ids = text_only(
+            texts,
             add_special_tokens=False,
+            split_special_tokens=True,
             return_attention_mask=False,
             return_token_type_ids=False,
             verbose=False,
-        )
-        return {"input_ids": enc["input_ids"]}
+        )["input_ids"]
+        found = forbidden.intersection(chain.from_iterable(ids))
+        if found:
+            names = tokenizer.convert_ids_to_tokens(sorted(found))
+            raise MLMError(f"the tokenizer turned corpus text into its special token(s) {names}; use another tokenizer")
+        return ids
+
+    def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
+        texts = batch["text"]
+        lengths = [len(t) for t in texts]
+        if sum(lengths) <= CHARS_PER_CALL and max(lengths, default=0) <= LONG_DOCUMENT_CHARS:  # usual: one call
+            return {"input_ids": encode(texts)}
+        # Long text: ids as arrays (2 bytes per token rather than ~36 for a list of Python ints).
+        out: list[np.ndarray] = []
+        group: list[str] = []
+        group_chars = 0
+        for text in [*texts, None]:  # None: the end, flushes the last group
+            if group and (text is None or len(text) > LONG_DOCUMENT_CHARS or group_chars + len(text) > CHARS_PER_CALL):
+                out.extend(np.asarray(ids, dtype=dtype) for ids in encode(group))
+                group, group_chars = [], 0
+            if text is None:
+                break
+            if len(text) > LONG_DOCUMENT_CHARS:
+                pieces = split_text(text, LONG_DOCUMENT_CHARS)
+                out.append(np.concatenate([np.asarray(encode([p])[0], dtype=dtype) for p in pieces]))
+            else:
+                group.append(text)
+                group_chars += len(text)
+        return {"input_ids": out}
 
     return docs.map(
         tokenize, batched=True, num_proc=num_proc, remove_columns=["text"], features=features, desc="tokenize"
