@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -29,7 +30,7 @@ class NonFiniteLoss(Callback):
             keeps producing them has diverged).
     """
 
-    def __init__(self, action: Literal["stop", "skip"] = "stop", max_skipped: int = 100) -> None:
+    def __init__(self, action: Literal["stop", "skip"] = "stop", max_skipped: NonNegativeInt = 100) -> None:
         if action not in ("stop", "skip"):
             raise MLMError(f"nonfinite.action must be 'stop' or 'skip', got {action!r}")
         self.action = action
