@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import jsonargparse.typing
 import lightning as L
 import torch
 from jsonargparse import Namespace
@@ -292,22 +293,21 @@ class MLMArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
 
-_RESTRICTION = re.compile(
-    r'Parser key "(?P<key>[^"]+)":.*?Not of type \w+: (?P<value>.*?) ?does not conform to restriction '
-    r"(?P<rule>v\S+(?: and v\S+)*)"
-)
+_NOT_OF_TYPE = re.compile(r'Parser key "(?P<key>[^"]+)":.*?Not of type (?P<type>\w+): (?P<why>.*?)(?: - |$)')
 
 
 def _out_of_range(message: str) -> str:
-    """jsonargparse's message for a value outside its type's range, as ``KEY must be RANGE, got VALUE``."""
-    found = _RESTRICTION.search(message)
-    if found is None:
+    """jsonargparse's message for a value outside a range type (mlm_lightning.settings) as ``KEY must be RANGE``."""
+    found = _NOT_OF_TYPE.search(message)
+    kind = getattr(jsonargparse.typing, found["type"], None) if found else None
+    if found is None or not hasattr(kind, "_expression"):
         return message
-    rule = re.sub(r"v(<=|>=|<|>|==|!=)", r"\1 ", found["rule"])
-    if "NoneType" in message:  # an optional setting (`int | None`)
-        rule += ", or null"
-    value = found["value"] or next(iter(re.findall(r"Given value: (\S+)", message)), "?")
-    return f"{found['key']} must be {rule}, got {value}"
+    rule = re.sub(r"v(<=|>=|<|>|==|!=)", r"\1 ", kind._expression)
+    what = "an integer" if kind._type is int else "a number"
+    optional = ", or null" if "NoneType" in message else ""  # an optional setting (`int | None`)
+    given = re.search(r"Given value: (\S+)", message) or re.search(r"'([^']*)'$", found["why"])
+    value = given[1] if given else found["why"].split(" ")[0]
+    return f"{found['key']} must be {what} {rule}{optional}, got {value}"
 
 
 def _prog() -> str:
