@@ -70,7 +70,7 @@ def _user_error(err: BaseException) -> MLMError | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the CLI; user errors become one readable line and exit status 2.
+    """Runs the CLI; user errors become one readable line and exit status 2 (143 after ``SIGTERM``).
 
     Set ``MLM_LIGHTNING_DEBUG=1`` to get the full traceback instead.
     """
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if user_error is None or os.environ.get("MLM_LIGHTNING_DEBUG"):
             raise
         print(f"error: {' '.join(str(user_error).split())}", file=sys.stderr)
-        return 2
+        return user_error.exit_code
     return 0
 
 

@@ -26,6 +26,24 @@ def _sibling(target: Path, kind: str) -> Path:
     return target.parent / f".{target.name}.{kind}-{secrets.token_hex(4)}"
 
 
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` or an exception it was raised from is "no space left" (torch.save wraps the OSError)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def disk_full_error(target: Path, existed: bool) -> MLMError:
+    """The one-line message for an output that could not be written because the disk (or quota) is full."""
+    kept = f"the previous {target.name} is intact" if existed else "nothing was written"
+    return MLMError(f"disk full: could not write {target} ({kept}). Free some space, or write elsewhere")
+
+
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
     """Makes a rename inside ``folder`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
     with contextlib.suppress(OSError):
@@ -63,8 +81,10 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         _fsync_tree(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if _disk_full(err):
+            raise disk_full_error(target, target.exists()) from err
         raise
     fsync_dir(target.parent)
 
@@ -110,6 +130,7 @@ def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     work = _sibling(target, "tmp")
     work.mkdir()
+    existed = target.exists()
     try:
         yield work
         _fsync_tree(work)
@@ -129,6 +150,10 @@ def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) ->
         else:
             os.replace(work, target)
             fsync_dir(target.parent)
+    except BaseException as err:
+        if _disk_full(err):
+            raise disk_full_error(target, existed) from err
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from mlm_lightning.errors import MLMError
+from mlm_lightning.settings import ClosedUnitInterval, PositiveInt
 
 VAL_METRICS = ("val/loss", "val/perplexity", "val/accuracy")
 
@@ -32,7 +33,7 @@ class CorpusReport(Callback):
         max_document_share: Warn when one document holds more than this share of the training text.
     """
 
-    def __init__(self, max_unk_rate: float = 0.01, max_document_share: float = 0.5) -> None:
+    def __init__(self, max_unk_rate: ClosedUnitInterval = 0.01, max_document_share: ClosedUnitInterval = 0.5) -> None:
         self.max_unk_rate = max_unk_rate
         self.max_document_share = max_document_share
         self._panel: str | None = None
@@ -70,7 +71,7 @@ class FillMaskProbes(Callback):
         top_k: Candidates shown per mask.
     """
 
-    def __init__(self, sentences: list[str] | None = None, top_k: int = 3) -> None:
+    def __init__(self, sentences: list[str] | None = None, top_k: PositiveInt = 3) -> None:
         self.sentences = list(sentences or [])
         self.top_k = top_k
 

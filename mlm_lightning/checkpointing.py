@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from mlm_lightning.atomic import atomic_file, check_can_write, remove_leftovers
 from mlm_lightning.errors import MLMError
+from mlm_lightning.settings import NonNegativeInt
 
 try:  # POSIX only: elsewhere the concurrent-run lock is skipped
     import fcntl
@@ -87,8 +88,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        with atomic_file(str(path).removeprefix("file://")) as tmp:
-            torch.save(checkpoint, tmp)
+        # Through a Python file: a failed write then raises OSError with its errno (a full disk is reported as
+        # such by atomic_file), where torch's own file writer only says "unexpected pos".
+        with atomic_file(str(path).removeprefix("file://")) as tmp, open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if not _is_local(path):
@@ -126,7 +129,7 @@ class MLMCheckpoint(ModelCheckpoint):
         **kwargs: Every ``ModelCheckpoint`` argument (``dirpath``, ``monitor``, ``save_top_k``, ...).
     """
 
-    def __init__(self, save_last_every_n_steps: int = 100, **kwargs: Any) -> None:
+    def __init__(self, save_last_every_n_steps: NonNegativeInt = 100, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if save_last_every_n_steps < 0:
             raise MLMError(f"checkpoint.save_last_every_n_steps must be >= 0, got {save_last_every_n_steps}")
@@ -141,8 +144,22 @@ class MLMCheckpoint(ModelCheckpoint):
         # when validation is not at the epoch end), which breaks exact resume.
         last_of_epoch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         last_of_run = 0 < trainer.max_steps <= trainer.global_step
-        if (every > 0 and trainer.global_step % every == 0) or last_of_epoch or last_of_run:
+        if (every > 0 and trainer.global_step % every == 0) or last_of_epoch or last_of_run or self._sigterm(trainer):
             self._write_last(trainer)
+
+    @staticmethod
+    def _sigterm(trainer: L.Trainer) -> bool:
+        """Whether a SIGTERM arrived: Lightning then stops right after this batch, so last.ckpt is saved now.
+
+        Under DDP the ranks decide together (saving is collective, and a rank that went on alone would hang), and
+        every rank is told, so that all of them stop after this batch.
+        """
+        received = trainer.received_sigterm
+        if trainer.world_size > 1:
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+            if received:
+                trainer._signal_connector.received_sigterm = True  # what Lightning's loops check after the batch
+        return received
 
     def _write_last(self, trainer: L.Trainer) -> None:
         # Not ModelCheckpoint._save_last_checkpoint: that marks the step as saved, which would stop a

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import jsonargparse.typing
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from mlm_lightning.callbacks import (
     CorpusReport,
@@ -34,8 +41,52 @@ from mlm_lightning.checkpointing import (
 )
 from mlm_lightning.console import console_callbacks
 from mlm_lightning.data import MLMDataModule
+from mlm_lightning.errors import MLMError, Terminated
 from mlm_lightning.module import MLMModule
 from mlm_lightning.nonfinite import NonFiniteLoss
+from mlm_lightning.settings import plain_values
+
+# Model settings that may differ from the checkpoint's when resuming (optimisation and speed): the run uses the
+# configured values (MLMModule.on_train_start puts them into the restored optimizer and scheduler). Every other
+# model setting describes the network and must match; unset ones are taken from the checkpoint.
+RESUME_MAY_CHANGE = frozenset(
+    {"learning_rate", "weight_decay", "betas", "eps", "warmup_steps", "warmup_ratio", "scheduler"}
+    | {"full_logits", "compile"}
+)
+# Filled in from the data module (link_arguments), so compared once the classes are built.
+LINKED_MODEL_SETTINGS = ("vocab_size", "tokenizer_name_or_path")
+
+# Trainer settings whose impossible values the Trainer accepts (those it rejects raise MisconfigurationException,
+# turned into one line below): setting -> (is it allowed, the allowed range in words).
+TRAINER_RULES: dict[str, tuple[Any, str]] = {
+    "max_steps": (lambda v: v is None or v >= -1, "-1 (no limit) or >= 0"),
+    "max_epochs": (lambda v: v is None or v >= -1, "-1 (no limit), >= 0 or null"),
+    "min_steps": (lambda v: v is None or v >= 0, ">= 0 or null"),
+    "min_epochs": (lambda v: v is None or v >= 0, ">= 0 or null"),
+    "accumulate_grad_batches": (lambda v: v >= 1, ">= 1"),
+    "log_every_n_steps": (lambda v: v is None or v >= 0, ">= 0 or null"),
+    "check_val_every_n_epoch": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "num_sanity_val_steps": (lambda v: v is None or v >= -1, "-1 (all), >= 0 or null"),
+    "gradient_clip_val": (lambda v: v is None or v >= 0, ">= 0 or null"),
+}
+
+
+def _checkpoint_dir(config: Namespace) -> str:
+    """The run's checkpoint folder: ``checkpoint.dirpath``, else ``<trainer.default_root_dir>/checkpoints``."""
+    return config.checkpoint.dirpath or str(Path(config.trainer.default_root_dir or os.getcwd()) / "checkpoints")
+
+
+def _last_checkpoint(folder: str) -> str | None:
+    """The file ``--ckpt_path last`` resumes from: Lightning's rule (newest ``last*.ckpt``) for our one folder."""
+    name = MLMCheckpoint.CHECKPOINT_NAME_LAST
+    found = [p for p in Path(folder).glob("*.ckpt") if re.match(rf"^{name}(-(\d+))?$", p.stem)]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as settings: a tuple and a list of equal items are the same (YAML has no tuples)."""
+    norm = lambda v: [norm(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return norm(plain_values(a)) == norm(plain_values(b))
 
 
 class MLMCLI(LightningCLI):
@@ -71,21 +122,48 @@ class MLMCLI(LightningCLI):
         parser.add_lightning_class_args(self.model_class, "model", subclass_mode=self.subclass_mode_model)
         parser.add_lightning_class_args(self.datamodule_class, "data", subclass_mode=self.subclass_mode_data)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        self._args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        for key, (allowed, text) in TRAINER_RULES.items():
+            value = config.trainer.get(key)
+            if not isinstance(value, bool) and not allowed(value):
+                raise MLMError(f"trainer.{key} must be {text}, got {value}")
         # The tokenizer defaults to the pretrained model's own.
         if not config.data.tokenizer and config.model.model_name_or_path:
             config.data.tokenizer = config.model.model_name_or_path
         root = config.trainer.default_root_dir or os.getcwd()
         # A fixed checkpoint folder (not Lightning's per-version one), so `--ckpt_path last` finds the last run.
         if not config.checkpoint.dirpath:
-            config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+            config.checkpoint.dirpath = _checkpoint_dir(config)
         # Lightning's default TensorBoard logger, minus its placeholder hp_metric (HParamsSummary writes the real one).
         if config.trainer.logger in (None, True):
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir=root, default_hp_metric=False),
             )
+
+    def _add_instantiators(self) -> None:
+        # Lightning's instantiators (they record the model's and the data's settings for load_from_checkpoint) and
+        # one for every other class, all fed plain numbers: the range-checked types of mlm_lightning.settings parse
+        # into int/float subclasses, which would reach checkpoints (the model's config) and break weights_only loads.
+        for key, cls, subclasses in (
+            ("model", self._model_class, self.subclass_mode_model),
+            ("data", self._datamodule_class, self.subclass_mode_data),
+        ):
+            self.parser.add_instantiator(_PlainInstantiatorFn(cli=self, key=key), _get_module_type(cls), subclasses)
+        self.parser.add_instantiator(_plain_instantiator, object)
+
+    def instantiate_classes(self) -> None:
+        # The Trainer and Lightning's callbacks check some of their settings (`max_epochs -5`, `devices 0`,
+        # `checkpoint.save_top_k -3`) when built: one line too, and still before anything is written.
+        try:
+            super().instantiate_classes()
+        except MisconfigurationException as err:
+            raise MLMError(" ".join(str(err).split())) from err
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         # `enable_checkpointing false` / `logger false` switch our own callbacks off rather than clash with them.
@@ -97,16 +175,70 @@ class MLMCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the hyperparameters of a --ckpt_path file first thing: a bad file gets one message,
-        # and a missing one is reported now rather than after the Trainer has set up logging.
+        """Reconciles the model settings with those of the checkpoint to resume from or evaluate.
+
+        LightningCLI copies every hyperparameter of a ``--ckpt_path`` file over the configured ones (and those of
+        ``last`` over none), so ``--model.hidden_size 64`` with a hidden-32 checkpoint was silently ignored.
+        Here a setting the user gave (command line or config file) that differs from the checkpoint's is an error,
+        unless it is one that may change on resume (:data:`RESUME_MAY_CHANGE`); unset ones come from the
+        checkpoint. A bad or missing file gets one message, before anything is written.
+        """
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in RESUME_KEYWORDS and "://" not in ckpt_path and not os.path.isfile(ckpt_path):
             raise unreadable_checkpoint(ckpt_path)
-        try:
-            super()._parse_ckpt_path()
+        path = _last_checkpoint(_checkpoint_dir(config)) if ckpt_path == "last" else ckpt_path
+        self._checkpoint_settings: tuple[str, dict[str, Any]] | None = None
+        if not path or path in RESUME_KEYWORDS or "://" in path:  # hpc, registry, remote: Lightning's own way
+            return
+        try:  # mmap: only the small hyperparameter record is read from a large file
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
         except UNREADABLE as err:
-            raise unreadable_checkpoint(ckpt_path, err) from err
+            raise unreadable_checkpoint(path, err) from err
+        saved = {k: v for k, v in saved.items() if not k.startswith("_")}  # LightningCLI's `_instantiator`
+        self._checkpoint_settings = (path, saved)
+        given = self.parser.parse_args(self._args, defaults=False)[subcommand] if self._args is not None else config
+        given = given.get("model") or Namespace()
+        taken, changed = {}, []
+        for key, value in saved.items():
+            if key in LINKED_MODEL_SETTINGS or _same(config.model.get(key), value):
+                continue
+            if key not in given:
+                taken[key] = value  # not set: the checkpoint's
+            elif key in RESUME_MAY_CHANGE:
+                changed.append(f"model.{key} {value} -> {plain_values(given[key])}")
+            else:
+                raise MLMError(
+                    f"model.{key} is {plain_values(given[key])} but the checkpoint {path} has {value}: the network's "
+                    f"settings cannot change (only {', '.join(sorted(RESUME_MAY_CHANGE))} can). Leave model.{key} "
+                    f"unset to take the checkpoint's value"
+                )
+        if changed:
+            rank_zero_info(f"settings that differ from the checkpoint {path}, used from here on: {', '.join(changed)}")
+        if taken:
+            self.config = self.parser.parse_object({subcommand: {"model": taken}}, self.config)
+
+    def after_instantiate_classes(self) -> None:
+        # The values linked from the data module exist only now: the tokenizer must be the checkpoint's.
+        saved = getattr(self, "_checkpoint_settings", None)
+        model = getattr(self, "model", None)
+        if not saved or model is None:
+            return
+        path, hparams = saved
+        if "vocab_size" in hparams and hparams["vocab_size"] != model.hparams.vocab_size:
+            raise MLMError(
+                f"the tokenizer ({model.hparams.tokenizer_name_or_path}) has {model.hparams.vocab_size} tokens but "
+                f"the checkpoint {path} was trained with {hparams['vocab_size']} "
+                f"({hparams.get('tokenizer_name_or_path')}): set data.tokenizer to the checkpoint's"
+            )
+        if hparams.get("tokenizer_name_or_path") not in (None, model.hparams.tokenizer_name_or_path):
+            rank_zero_warn(
+                f"the checkpoint {path} was trained with the tokenizer {hparams['tokenizer_name_or_path']}, this run "
+                f"uses {model.hparams.tokenizer_name_or_path}: make sure they are the same tokenizer"
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -122,18 +254,52 @@ class MLMCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if isinstance(callback, ExportOnFitEnd):
                 callback.check_before_fit(self.trainer, ckpt_path)
-        with run_dir_guard(self.trainer, ckpt_path), explain_checkpoint_errors(ckpt_path):
+        with report_sigterm(self.trainer), run_dir_guard(self.trainer, ckpt_path), explain_checkpoint_errors(ckpt_path):
             self.trainer.fit(model, **kwargs)
 
     def validate(self, model: MLMModule, **kwargs: Any) -> None:
         model.check_max_seq_length(getattr(self.datamodule, "max_seq_length", None))
-        with explain_checkpoint_errors(kwargs.get("ckpt_path")):
+        with report_sigterm(self.trainer), explain_checkpoint_errors(kwargs.get("ckpt_path")):
             self.trainer.validate(model, **kwargs)
 
     def test(self, model: MLMModule, **kwargs: Any) -> None:
         model.check_max_seq_length(getattr(self.datamodule, "max_seq_length", None))
-        with explain_checkpoint_errors(kwargs.get("ckpt_path")):
+        with report_sigterm(self.trainer), explain_checkpoint_errors(kwargs.get("ckpt_path")):
             self.trainer.test(model, **kwargs)
+
+
+@contextlib.contextmanager
+def report_sigterm(trainer: Trainer) -> Iterator[None]:
+    """Turns Lightning's ``SIGTERMException`` (a ``SystemExit`` with status 0) into :class:`Terminated` (status 143).
+
+    Lightning notes a ``SIGTERM`` and stops after the current training batch (MLMCheckpoint saves ``last.ckpt``
+    there, on every rank together); this says so, and where to continue from, instead of looking like a success.
+    """
+    try:
+        yield
+    except SIGTERMException as err:
+        where = f"{trainer.state.fn.value if trainer.state.fn else 'the run'} at step {trainer.global_step}"
+        callback = trainer.checkpoint_callback
+        last = getattr(callback, "last_model_path", "") if callback is not None else ""
+        if not last or not os.path.isfile(last):
+            raise Terminated(f"stopped by SIGTERM ({where}); no checkpoint was saved") from err
+        try:
+            step = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        except Exception:  # the message matters more than the step number in it
+            step = "?"
+        raise Terminated(
+            f"stopped by SIGTERM ({where}); the last checkpoint is {last} (step {step}): continue with --ckpt_path last"
+        ) from err
+
+
+class _PlainInstantiatorFn(_InstantiatorFn):
+    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
+        args, kwargs = plain_values(list(args)), plain_values(kwargs)
+        return super().__call__(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
+
+
+def _plain_instantiator(class_type: type, *args: Any, **kwargs: Any) -> Any:
+    return class_type(*plain_values(list(args)), **plain_values(kwargs))
 
 
 class MLMArgumentParser(LightningArgumentParser):
@@ -144,7 +310,7 @@ class MLMArgumentParser(LightningArgumentParser):
             super().error(message, ex)  # internal trial parses, or the user asked for everything
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"error: {' '.join(message.split())} (every setting: {prog} --help)\n")
+        sys.stderr.write(f"error: {_out_of_range(' '.join(message.split()))} (every setting: {prog} --help)\n")
         sys.exit(2)
 
 
@@ -156,6 +322,21 @@ SUBCOMMAND_HELP = {
     "predict": "Runs the model's predict_step (top-1 predictions at the masked positions of the validation split) "
     "for a checkpoint (--ckpt_path). The command line does not save them: use trainer.predict from Python.",
 }
+_NOT_OF_TYPE = re.compile(r'Parser key "(?P<key>[^"]+)":.*?Not of type (?P<type>\w+): (?P<why>.*?)(?: - |$)')
+
+
+def _out_of_range(message: str) -> str:
+    """jsonargparse's message for a value outside a range type (mlm_lightning.settings) as ``KEY must be RANGE``."""
+    found = _NOT_OF_TYPE.search(message)
+    kind = getattr(jsonargparse.typing, found["type"], None) if found else None
+    if found is None or not hasattr(kind, "_expression"):
+        return message
+    rule = re.sub(r"v(<=|>=|<|>|==|!=)", r"\1 ", kind._expression)
+    what = "an integer" if kind._type is int else "a number"
+    optional = ", or null" if "NoneType" in message else ""  # an optional setting (`int | None`)
+    given = re.search(r"Given value: (\S+)", message) or re.search(r"'([^']*)'$", found["why"])
+    value = given[1] if given else found["why"].split(" ")[0]
+    return f"{found['key']} must be {what} {rule}{optional}, got {value}"
 
 
 def _prog() -> str:

@@ -38,6 +38,7 @@ from mlm_lightning.atomic import check_can_write
 from mlm_lightning.console import tokenization_progress
 from mlm_lightning.errors import MLMError
 from mlm_lightning.masking import MLMCollator
+from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, NonZeroProbability, PositiveInt, SequenceLength
 from mlm_lightning.sources import CACHE_SETTING, cache_write_error, default_cache_dir, resolve_files, resolve_pkg
 from mlm_lightning.token_stream import document_lengths, tokenize_documents, write_token_stream
 
@@ -517,7 +518,7 @@ class MLMDataModule(L.LightningDataModule):
         self,
         train_files: list[str] | None = None,
         val_files: list[str] | None = None,
-        val_fraction: float = 0.05,
+        val_fraction: ClosedUnitInterval = 0.05,
         test_files: list[str] | None = None,
         text_layout: Literal["line", "paragraph", "file"] = "line",
         text_column: str = "text",
@@ -525,16 +526,16 @@ class MLMDataModule(L.LightningDataModule):
         encoding_errors: Literal["strict", "replace"] = "strict",
         tokenizer: str | None = None,
         layout: Literal["packed", "line_by_line"] = "packed",
-        max_seq_length: int = 128,
-        mlm_probability: float = 0.15,
-        mask_replace_prob: float = 0.8,
-        random_replace_prob: float = 0.1,
+        max_seq_length: SequenceLength = 128,
+        mlm_probability: NonZeroProbability = 0.15,
+        mask_replace_prob: ClosedUnitInterval = 0.8,
+        random_replace_prob: ClosedUnitInterval = 0.1,
         whole_word_mask: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        num_proc: int | None = None,
-        seed: int = 1234,
+        batch_size: PositiveInt = 32,
+        eval_batch_size: PositiveInt | None = None,
+        num_workers: NonNegativeInt = 0,
+        num_proc: PositiveInt | None = None,
+        seed: NonNegativeInt = 1234,
         cache_dir: str | None = None,
         prepare_data_per_node: bool = True,
     ) -> None:
@@ -545,6 +546,11 @@ class MLMDataModule(L.LightningDataModule):
             raise MLMError(f"data.max_seq_length={max_seq_length} is too small (at least 8)")
         if val_files is None and not 0.0 < val_fraction < 1.0:
             raise MLMError(f"data.val_fraction must be in (0, 1) when data.val_files is unset, got {val_fraction}")
+        if mask_replace_prob + random_replace_prob > 1.0:
+            raise MLMError(
+                f"data.mask_replace_prob + data.random_replace_prob must be at most 1 (the rest of the chosen tokens "
+                f"stay as they are), got {mask_replace_prob} + {random_replace_prob}"
+            )
         self.train_files = train_files
         self.val_files = val_files
         self.val_fraction = val_fraction

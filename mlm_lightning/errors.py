@@ -7,3 +7,14 @@ class MLMError(Exception):
     ``python -m mlm_lightning`` prints it as one line and exits with status 2; set ``MLM_LIGHTNING_DEBUG=1``
     to see the traceback as well.
     """
+
+    exit_code = 2
+
+
+class Terminated(MLMError):
+    """The run was stopped by ``SIGTERM`` (pre-emption, eviction, ``kill``): exit status 143 (128 + 15).
+
+    The message says where the last checkpoint was saved; ``python -m mlm_lightning`` prints it as one line.
+    """
+
+    exit_code = 143

@@ -22,6 +22,7 @@ from mlm_lightning.flops import (
     peak_flops,
     training_flops,
 )
+from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
 from mlm_lightning.sources import resolve_pkg
 
 
@@ -113,28 +114,34 @@ class MLMModule(L.LightningModule):
         self,
         model_name_or_path: str | None = None,
         tokenizer_name_or_path: str | None = None,
-        vocab_size: int = 30522,
+        vocab_size: PositiveInt = 30522,
         model_type: str = "bert",
-        hidden_size: int = 256,
-        num_hidden_layers: int = 4,
-        num_attention_heads: int = 4,
-        intermediate_size: int = 1024,
-        max_position_embeddings: int = 512,
-        dropout: float = 0.1,
-        pad_token_id: int = 0,
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        warmup_steps: int = 0,
-        warmup_ratio: float = 0.06,
+        hidden_size: PositiveInt = 256,
+        num_hidden_layers: PositiveInt = 4,
+        num_attention_heads: PositiveInt = 4,
+        intermediate_size: PositiveInt = 1024,
+        max_position_embeddings: PositiveInt = 512,
+        dropout: ShareBelowOne = 0.1,
+        pad_token_id: NonNegativeInt = 0,
+        learning_rate: NonNegativeFloat = 5e-5,
+        weight_decay: NonNegativeFloat = 0.01,
+        betas: tuple[ShareBelowOne, ShareBelowOne] = (0.9, 0.999),
+        eps: NonNegativeFloat = 1e-8,
+        warmup_steps: NonNegativeInt = 0,
+        warmup_ratio: ClosedUnitInterval = 0.06,
         scheduler: Literal["linear", "cosine", "constant"] = "linear",
         full_logits: bool = False,
         compile: bool = False,
-        pad_vocab_multiple: int = 1,
+        pad_vocab_multiple: PositiveInt = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if not model_name_or_path and hidden_size % num_attention_heads:
+            raise MLMError(
+                f"model.hidden_size={hidden_size} is not a multiple of model.num_attention_heads={num_attention_heads}"
+            )
+        if not model_name_or_path and pad_token_id >= vocab_size:
+            raise MLMError(f"model.pad_token_id={pad_token_id} is not below the vocabulary size {vocab_size}")
         self.model = build_model(
             model_name_or_path,
             vocab_size,
@@ -277,6 +284,7 @@ class MLMModule(L.LightningModule):
         return training_flops(shape, tokens, pairs, head_positions)
 
     def on_train_start(self) -> None:
+        self.apply_optimizer_settings()  # after a resume: the configured settings, not the checkpoint's
         # Known once the device and precision are: the GPU table, or this CPU's measured (cached) matmul peak.
         if self.trainer.is_global_zero:
             self._peak_flops = peak_flops(self.device, compute_dtype(self.trainer.precision))
@@ -381,6 +389,28 @@ class MLMModule(L.LightningModule):
         else:
             schedule = get_constant_schedule_with_warmup(optimizer, warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
+
+    def apply_optimizer_settings(self) -> None:
+        """Puts the configured optimisation settings into the optimizer and scheduler, also after a resume.
+
+        A resumed run loads the optimizer's and the scheduler's state from the checkpoint, and with it the
+        checkpoint's learning rate (the scheduler's ``base_lrs``), weight decay, betas and eps: a changed setting
+        would be silently undone. The moments and the step count stay the checkpoint's; the learning rate continues
+        from the schedule's current step. Without a change (and in a fresh run) this changes nothing.
+        """
+        hp = self.hparams
+        optimizer = self.trainer.optimizers[0]
+        for group, decay in zip(optimizer.param_groups, (hp.weight_decay, 0.0)):  # the groups of configure_optimizers
+            group.update(weight_decay=decay, betas=tuple(hp.betas), eps=hp.eps, initial_lr=hp.learning_rate)
+        for config in self.trainer.lr_scheduler_configs:
+            schedule = config.scheduler
+            if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR) and schedule.optimizer is optimizer:
+                schedule.base_lrs = [hp.learning_rate] * len(schedule.base_lrs)
+                # What LambdaLR.step() would set at this step, from the configured peak.
+                lrs = [base * fn(schedule.last_epoch) for base, fn in zip(schedule.base_lrs, schedule.lr_lambdas)]
+                for group, lr in zip(optimizer.param_groups, lrs):
+                    group["lr"] = lr
+                schedule._last_lr = lrs
 
     def check_max_seq_length(self, length: int | None) -> None:
         """Raises :class:`MLMError` when rows of ``length`` tokens exceed the model's position embeddings."""

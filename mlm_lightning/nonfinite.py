@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mlm_lightning.errors import MLMError
+from mlm_lightning.settings import NonNegativeInt
 
 
 class NonFiniteLoss(Callback):
@@ -29,7 +30,7 @@ class NonFiniteLoss(Callback):
             keeps producing them has diverged).
     """
 
-    def __init__(self, action: Literal["stop", "skip"] = "stop", max_skipped: int = 100) -> None:
+    def __init__(self, action: Literal["stop", "skip"] = "stop", max_skipped: NonNegativeInt = 100) -> None:
         if action not in ("stop", "skip"):
             raise MLMError(f"nonfinite.action must be 'stop' or 'skip', got {action!r}")
         self.action = action

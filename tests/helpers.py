@@ -19,7 +19,8 @@ class LossRecorder(Callback):
 
     Args:
         path: The CSV file.
-        pause_at_step: After recording this step, touch ``<path>.paused`` and sleep until killed (0 = never).
+        pause_at_step: After recording this step, touch ``<path>.paused`` and wait until killed or sent SIGTERM
+            (0 = never).
     """
 
     def __init__(self, path: str, pause_at_step: int = 0) -> None:
@@ -36,7 +37,9 @@ class LossRecorder(Callback):
             os.fsync(fh.fileno())
         if self.pause_at_step and trainer.global_step == self.pause_at_step:
             Path(f"{self.path}.paused").touch()
-            time.sleep(600)  # the test SIGKILLs us here
+            deadline = time.monotonic() + 600
+            while not trainer.received_sigterm and time.monotonic() < deadline:  # the test SIGKILLs or SIGTERMs us
+                time.sleep(0.05)
 
 
 def read_losses(path: Path) -> dict[int, tuple[float, int]]:

@@ -122,7 +122,7 @@ def test_config_typo_and_wrong_type_are_one_line(tiny_args: list[str], tmp_path:
         main(["fit", *set_arg(tiny_args, "--data.batch_size", "four")])
     assert info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith("error: Parser key \"data.batch_size\": Expected a <class 'int'>. Got value: four")
+    assert lines[-1].startswith("error: data.batch_size must be an integer > 0, got four")
 
 
 def test_debug_setting_shows_the_traceback(tiny_args: list[str], monkeypatch) -> None:

@@ -114,10 +114,10 @@ def test_run_folder_belongs_to_one_run(tiny_args: list[str], tmp_path: Path, cap
     # A new run into the same folder: refused before it writes anything.
     assert main(["fit", *args]) == 2
     assert "already holds checkpoints of another run" in capsys.readouterr().err
-    # A resume with a model of another shape: one message, not a state_dict traceback.
+    # A resume with a model of another shape: one message naming both values, not a state_dict traceback.
     assert main(["fit", *args, "--model.hidden_size", "16", "--ckpt_path", "last"]) == 2
     err = capsys.readouterr().err
-    assert "does not fit the configured model" in err and "Traceback" not in err
+    assert "model.hidden_size is 16 but the checkpoint" in err and "has 32" in err and "Traceback" not in err
     # While another process holds the folder, a second run (even a resume) is refused.
     fd = os.open(folder, os.O_RDONLY)
     try:
