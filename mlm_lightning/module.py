@@ -9,9 +9,9 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import grad_norm
+from lightning.pytorch.utilities import grad_norm, rank_zero_warn
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from mlm_lightning.errors import MLMError
 from mlm_lightning.sources import resolve_pkg
@@ -144,10 +144,13 @@ class MLMModule(L.LightningModule):
                 self.model.config.vocab_size, pad_to_multiple_of=pad_vocab_multiple, mean_resizing=False
             )
         # Token-weighted sums that torchmetrics reduces across devices: loss, then perplexity = exp(loss).
-        self.val_loss = MeanMetric()
+        # nan_strategy="disable": a NaN loss must make the mean NaN, not be dropped from it (the default).
+        self.val_loss = MeanMetric(nan_strategy="disable")
         self.val_accuracy = MeanMetric()
-        self.test_loss = MeanMetric()
+        self.val_nonfinite = SumMetric(nan_strategy="disable")  # masked tokens whose loss is NaN or infinite
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_accuracy = MeanMetric()
+        self.test_nonfinite = SumMetric(nan_strategy="disable")
         self._tokens_seen = 0
         self._last_time: float | None = None
 
@@ -202,12 +205,11 @@ class MLMModule(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=labels.numel())
             self._tokens_seen += int(batch["num_tokens"])
             return loss
-        loss_metric, acc_metric = (
-            (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
-        )
+        loss_metric, acc_metric, nonfinite = self._metrics(stage)
         if labels.numel():
             loss_metric.update(losses)  # mean over all masked tokens of the split: token-weighted
             acc_metric.update((logits.argmax(-1) == labels).float())
+            nonfinite.update((~torch.isfinite(losses)).sum())  # on the device: no synchronisation per step
         return losses.sum()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -230,20 +232,33 @@ class MLMModule(L.LightningModule):
             "losses": F.cross_entropy(logits, labels, reduction="none"),
         }
 
+    def _metrics(self, stage: str) -> tuple[MeanMetric, MeanMetric, SumMetric]:
+        if stage == "val":
+            return self.val_loss, self.val_accuracy, self.val_nonfinite
+        return self.test_loss, self.test_accuracy, self.test_nonfinite
+
     def _log_epoch_metrics(self, stage: str) -> None:
-        loss_metric, acc_metric = (
-            (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
-        )
+        loss_metric, acc_metric, nonfinite = self._metrics(stage)
         # Decided on the count of all devices: compute() below gathers from every device, so all must join it.
         updates = torch.tensor(loss_metric.update_count, device=self.device)
         if self.trainer.strategy.reduce(updates, reduce_op="sum") == 0:
             return
         loss = loss_metric.compute()
+        # Both counts summed over devices (every device is here: the update count above was reduced the same way).
+        local = torch.stack([nonfinite.sum_value, loss_metric.weight]).double()
+        bad, total = (int(x) for x in self.trainer.strategy.reduce(local, reduce_op="sum").tolist())
+        if bad:
+            split = "validation" if stage == "val" else "test"
+            rank_zero_warn(
+                f"{split}: {bad:,} of {total:,} masked tokens have a non-finite loss (NaN or "
+                f"infinite), so {stage}/loss and {stage}/perplexity are {float(loss)}: the model has (partly) "
+                f"diverged. Lower model.learning_rate or resume from an earlier checkpoint."
+            )
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
         self.log(f"{stage}/perplexity", torch.exp(loss), prog_bar=stage == "val")
         self.log(f"{stage}/accuracy", acc_metric.compute())
-        loss_metric.reset()
-        acc_metric.reset()
+        for metric in (loss_metric, acc_metric, nonfinite):
+            metric.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")

@@ -117,3 +117,40 @@ def test_pretrained_model_trains_with_dropout(tmp_path: Path) -> None:
     ).save_pretrained(tmp_path)
     module = MLMModule(model_name_or_path=str(tmp_path), vocab_size=100)
     assert all(m.training for m in module.modules())
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_evaluation_loss_is_reported_not_averaged_away(dm: MLMDataModule, stage: str, bad: float) -> None:
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=dm.vocab_size, **TINY)
+    plain = module.masked_logits
+    seen = []
+
+    def poisoned(batch: dict) -> torch.Tensor:  # the second batch's first 3 masked tokens get a non-finite loss
+        logits = plain(batch)
+        seen.append(len(logits))
+        if len(seen) == 2:
+            logits = logits.clone()
+            if math.isnan(bad):
+                logits[:3] = bad  # NaN logits: NaN loss
+            else:
+                logits[torch.arange(3), batch["masked_labels"][:3]] = -bad  # the target's logit -inf: loss inf
+        return logits
+
+    module.masked_logits = poisoned
+    trainer = L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=3, limit_test_batches=3
+    )
+    split, prefix = ("validation", "val") if stage == "validate" else ("test", "test")
+    with pytest.warns(UserWarning) as caught:
+        metrics = getattr(trainer, stage)(module, datamodule=dm, verbose=False)[0]
+    loss = metrics[f"{prefix}/loss"]
+    assert not math.isfinite(loss) and not math.isfinite(metrics[f"{prefix}/perplexity"])
+    assert math.isnan(loss) if math.isnan(bad) else loss == math.inf
+    notes = [str(w.message) for w in caught if "non-finite loss" in str(w.message)]
+    assert notes == [
+        f"{split}: 3 of {sum(seen):,} masked tokens have a non-finite loss (NaN or infinite), "
+        f"so {prefix}/loss and {prefix}/perplexity are {loss}: the model has (partly) diverged. "
+        f"Lower model.learning_rate or resume from an earlier checkpoint."
+    ]
