@@ -114,11 +114,13 @@ class MLMCollator:
         return out.numpy(), labels.numpy()
 
     def _select_whole_words(self, ids: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        # A word starts at every eligible token that is not a continuation piece (or follows a special token).
-        cont = torch.from_numpy(self.continuation_mask[ids.numpy()]) & eligible
-        starts = eligible & ~cont
-        if eligible.any() and not starts.any():
-            starts = eligible.clone()  # a window that begins mid-word: treat its first piece as a start
+        # A word starts at every eligible token that is not a continuation piece, and at every eligible token
+        # right after a special token or the row's start: a word never spans [SEP] (a "##" piece after it belongs
+        # to the next document), and a word cut by a block's start is still a word of its own.
+        cont = torch.from_numpy(self.continuation_mask[ids.numpy()])
+        after_special = torch.ones_like(eligible)
+        after_special[1:] = ~eligible[:-1]
+        starts = eligible & (~cont | after_special)
         word_id = torch.cumsum(starts.long(), 0) - 1
         word_id[~eligible] = -1
         n_words = int(starts.sum())
