@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
@@ -15,6 +16,43 @@ from torchmetrics import MeanMetric, SumMetric
 
 from mlm_lightning.errors import MLMError
 from mlm_lightning.sources import resolve_pkg
+
+# Masked-LM types whose position ids start after the padding index (fairseq's ``make_positions``): a row of n
+# tokens takes positions padding_idx+1 .. padding_idx+n, so the first padding_idx+1 position embeddings are never
+# usable. The value is where the padding index comes from: a config key, or a fixed index (MPNet's is always 1).
+# From transformers' sources: the masked-LM models whose embeddings call ``create_position_ids_from_input_ids``.
+POSITIONS_AFTER_PADDING: dict[str, str | int] = {
+    "camembert": "pad_token_id",
+    "data2vec-text": "pad_token_id",
+    "esm": "pad_token_id",  # with absolute position embeddings; rotary ones have no table to run past
+    "ibert": "pad_token_id",
+    "longformer": "pad_token_id",
+    "luke": "pad_token_id",
+    "mpnet": 1,
+    "roberta": "pad_token_id",
+    "roberta-prelayernorm": "pad_token_id",
+    "xlm-roberta": "pad_token_id",
+    "xlm-roberta-xl": "pad_token_id",
+    "xmod": "pad_token_id",
+}
+
+
+def max_sequence_length(config: Mapping[str, Any]) -> int:
+    """Longest row, in tokens, that a model's position embeddings take (0 when unknown).
+
+    ``max_position_embeddings``, less the positions that :data:`POSITIONS_AFTER_PADDING` families reserve
+    (RoBERTa, XLM-R: 514 - pad_token_id 1 - 1 = 512).
+
+    Args:
+        config: A model configuration as a mapping (``PretrainedConfig.to_dict()``, or the ``model`` section of
+            the command line: ``model_type``, ``max_position_embeddings``, ``pad_token_id``).
+    """
+    positions = int(config.get("max_position_embeddings") or 0)
+    padding = POSITIONS_AFTER_PADDING.get(str(config.get("model_type")))
+    if not positions or padding is None or config.get("position_embedding_type", "absolute") != "absolute":
+        return positions
+    padding_idx = config.get(padding) if isinstance(padding, str) else padding
+    return max(0, positions - int(padding_idx or 0) - 1)
 
 
 def build_model(
@@ -157,7 +195,8 @@ class MLMModule(L.LightningModule):
     # -- model ------------------------------------------------------------------------------------------
     @property
     def max_positions(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        """Longest row the model takes, in tokens (:func:`max_sequence_length` of its configuration)."""
+        return max_sequence_length(self.model.config.to_dict())
 
     def _mlm_head(self) -> nn.Module | None:
         """The module mapping hidden states to vocabulary logits, if it can be applied position-wise."""
@@ -350,10 +389,19 @@ class MLMModule(L.LightningModule):
 
     def check_max_seq_length(self, length: int | None) -> None:
         """Raises :class:`MLMError` when rows of ``length`` tokens exceed the model's position embeddings."""
-        if length and self.max_positions and length > self.max_positions:
+        limit = self.max_positions
+        if length and limit and length > limit:
+            config = self.model.config
+            reserved = config.max_position_embeddings - limit
+            why = (
+                f" ({config.max_position_embeddings} position embeddings, of which {config.model_type} reserves "
+                f"the first {reserved}: its position ids start after the padding index)"
+                if reserved > 0
+                else ""
+            )
             raise MLMError(
-                f"data.max_seq_length={length} but the model has position embeddings for only "
-                f"{self.max_positions} tokens: lower data.max_seq_length"
+                f"data.max_seq_length={length} but the model has position embeddings for only {limit} tokens"
+                f"{why}: lower data.max_seq_length"
             )
 
     def setup(self, stage: str) -> None:

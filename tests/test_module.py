@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError
 from mlm_lightning.masking import IGNORE_INDEX
-from mlm_lightning.module import MLMModule
+from mlm_lightning.module import POSITIONS_AFTER_PADDING, MLMModule, max_sequence_length
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
@@ -154,3 +154,37 @@ def test_a_non_finite_evaluation_loss_is_reported_not_averaged_away(dm: MLMDataM
         f"so {prefix}/loss and {prefix}/perplexity are {loss}: the model has (partly) diverged. "
         f"Lower model.learning_rate or resume from an earlier checkpoint."
     ]
+
+
+@pytest.mark.parametrize("model_type", [*POSITIONS_AFTER_PADDING, "bert"])
+def test_max_sequence_length_is_the_longest_row_the_model_takes(model_type: str) -> None:
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    extra = {"longformer": {"attention_window": 4}, "luke": {"entity_vocab_size": 10, "entity_emb_size": 8}}
+    config = AutoConfig.for_model(
+        model_type, vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=20, pad_token_id=3, **extra.get(model_type, {}),
+    )  # fmt: skip
+    model = AutoModelForMaskedLM.from_config(config).eval()
+    if model_type == "xmod":
+        model.set_default_language(config.languages[0])
+    limit = max_sequence_length(config.to_dict())
+    assert limit == {"bert": 20, "mpnet": 18}.get(model_type, 16)  # mpnet's padding index is always 1
+    with torch.no_grad():
+        model(input_ids=torch.full((1, limit), 7))
+        with pytest.raises((IndexError, RuntimeError)):  # one token more reads past the position table
+            model(input_ids=torch.full((1, limit + 1), 7))
+
+
+def test_every_masked_lm_family_with_positions_after_padding_is_in_the_table() -> None:
+    import importlib.util
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    root = Path(importlib.util.find_spec("transformers.models").origin).parent
+    found = set()
+    for source in root.glob("*/modeling_*.py"):  # the model files that make position ids from padding
+        text = source.read_text(encoding="utf-8")
+        if "create_position_ids_from_input_ids(" in text:
+            found |= {t for t, name in MODEL_FOR_MASKED_LM_MAPPING_NAMES.items() if f"class {name}(" in text}
+    assert found == set(POSITIONS_AFTER_PADDING)

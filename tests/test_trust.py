@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from mlm_lightning.cli import run_cli
 from tests.helpers import MetricRecorder
 
 
+@pytest.mark.slow
 def test_frozen_model_logs_the_same_val_loss_every_epoch_and_validate_reproduces_it(
     tiny_args: list[str], tmp_path: Path
 ) -> None:
@@ -30,3 +32,31 @@ def test_frozen_model_logs_the_same_val_loss_every_epoch_and_validate_reproduces
     assert recorded == pytest.approx(values[-1], abs=1e-6)
     again = run_cli(["validate", *args, "--ckpt_path", str(last)]).trainer.callback_metrics["val/loss"].item()
     assert again == pytest.approx(values[-1], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_roberta_rows_fit_the_positions_after_its_padding_index(
+    tiny_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from mlm_lightning.__main__ import main
+
+    # RoBERTa's position ids run from pad_token_id + 1: 130 position embeddings with padding index 1 take 128 tokens.
+    roberta = ["--model.model_type", "roberta", "--model.max_position_embeddings", "130", "--model.pad_token_id", "1"]
+    args = [*tiny_args, *roberta, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]
+    root = tmp_path / "run"
+    cache = Path(os.environ["MLM_LIGHTNING_CACHE"])
+    assert main(["fit", *args, "--data.max_seq_length", "129"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: data.max_seq_length=129 but the model has position embeddings for only 128 tokens (130 position "
+        "embeddings, of which roberta reserves the first 2: its position ids start after the padding index): "
+        "lower data.max_seq_length"
+    ]
+    assert not root.exists() and not any(cache.iterdir())  # nothing written: no logs, no tokenized corpus
+
+    assert main(["inspect", *args, "--data.max_seq_length", "129"]) == 0  # the corpus report: the same rule
+    assert "data.max_seq_length=129 is above the 128 tokens the model's position embeddings take" in (
+        capsys.readouterr().err
+    )
+    assert main(["fit", *args, "--data.max_seq_length", "128"]) == 0
+    assert (root / "checkpoints" / "last.ckpt").is_file()
