@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import grad_norm, rank_zero_warn
+from lightning.pytorch.utilities import grad_norm, rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
@@ -53,6 +54,21 @@ def max_sequence_length(config: Mapping[str, Any]) -> int:
         return positions
     padding_idx = config.get(padding) if isinstance(padding, str) else padding
     return max(0, positions - int(padding_idx or 0) - 1)
+
+
+def _lr_multiplier(
+    step: float, base: Callable[[float], float], stretches: tuple[tuple[int, int, int], ...], end: int
+) -> float:
+    """A schedule's multiplier at ``step``: ``base`` held at its value at ``end``, through resumes' stretches.
+
+    A stretch ``(anchor, old_end, new_end)`` maps steps after ``anchor`` linearly so that ``new_end`` lands on
+    ``old_end``: the schedule is unchanged up to ``anchor`` (no jump) and its remaining decay ends at ``new_end``.
+    """
+    s = float(min(step, end))
+    for anchor, old_end, new_end in reversed(stretches):
+        if s > anchor:
+            s = anchor + (s - anchor) * (old_end - anchor) / (new_end - anchor)
+    return base(s)
 
 
 def build_model(
@@ -137,6 +153,10 @@ class MLMModule(L.LightningModule):
         compile: ``torch.compile`` the encoder (static shapes; the first steps pay the compilation).
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
             matrix units; the extra rows are never a target). 1 keeps the tokenizer's size.
+        resume_schedule: When a resumed run ends at another step than the checkpoint's learning-rate schedule
+            (``max_steps`` or ``max_epochs`` changed): ``keep`` the recorded schedule (steps past its end run at its
+            final rate), or ``stretch`` its remaining decay from the current rate to the new end. Said in a log
+            line either way.
     """
 
     def __init__(
@@ -162,6 +182,7 @@ class MLMModule(L.LightningModule):
         full_logits: bool = False,
         compile: bool = False,
         pad_vocab_multiple: int = 1,
+        resume_schedule: Literal["keep", "stretch"] = "keep",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -191,6 +212,8 @@ class MLMModule(L.LightningModule):
         self.test_nonfinite = SumMetric(nan_strategy="disable")
         self._tokens_seen = 0
         self._last_time: float | None = None
+        self._schedule: dict[str, Any] | None = None  # the learning-rate schedule in use (saved in checkpoints)
+        self._resumed: tuple[dict[str, Any] | None, int] | None = None  # (its record, step) in the resumed checkpoint
 
     # -- model ------------------------------------------------------------------------------------------
     @property
@@ -338,6 +361,17 @@ class MLMModule(L.LightningModule):
             "model_config": self.model.config.to_dict(),
             "val_metrics": {k: float(v) for k, v in metrics.items() if k.startswith("val/")},
         }
+        if self._schedule is not None:
+            checkpoint["mlm_lightning"]["schedule"] = self._schedule
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        record = checkpoint.get("mlm_lightning", {}).get("schedule")
+        self._resumed = (record, int(checkpoint.get("global_step", 0)))
+        # FSDP and DeepSpeed restore after configure_optimizers: give their scheduler the resumed schedule now.
+        if self._trainer is not None and self.trainer.lr_scheduler_configs:
+            self._schedule = self._plan_schedule()
+            for config in self.trainer.lr_scheduler_configs:
+                config.scheduler.lr_lambdas = [self._lr_lambda(self._schedule)] * len(config.scheduler.lr_lambdas)
 
     # -- optimisation -----------------------------------------------------------------------------------
     def total_optimizer_steps(self) -> int:
@@ -345,27 +379,84 @@ class MLMModule(L.LightningModule):
 
         ``trainer.estimated_stepping_batches`` would build it before a checkpoint is restored, which
         loses a stateful dataloader's position (Lightning issue 20550), so it is computed from the data.
+        Lightning stops at ``max_steps`` or at the end of ``max_epochs``, whichever comes first: so does the
+        schedule.
         """
         trainer = self.trainer
-        if trainer.max_steps and trainer.max_steps > 0:
-            return trainer.max_steps
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "num_train_batches") or trainer.max_epochs in (None, -1):
-            return max(1, int(trainer.estimated_stepping_batches))
+        if dm is None or not hasattr(dm, "num_train_batches"):
+            return max(1, int(trainer.estimated_stepping_batches))  # the same minimum, from the dataloader
+        if trainer.max_epochs in (None, -1):
+            return max_steps or max(1, int(trainer.estimated_stepping_batches))
         per_epoch = dm.num_train_batches()  # per device: each device steps once per batch of its own shard
         if isinstance(trainer.limit_train_batches, int):
             per_epoch = min(per_epoch, trainer.limit_train_batches)
         elif trainer.limit_train_batches is not None and trainer.limit_train_batches < 1.0:
             per_epoch = int(per_epoch * trainer.limit_train_batches)
-        return max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches) * trainer.max_epochs)
+        by_epochs = max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches) * trainer.max_epochs)
+        return min(max_steps, by_epochs) if max_steps else by_epochs
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    @staticmethod
+    def _lr_lambda(plan: dict[str, Any]) -> Callable[[int], float]:
+        """The multiplier of the peak learning rate at each step, for a schedule plan."""
         from transformers import (
             get_constant_schedule_with_warmup,
             get_cosine_schedule_with_warmup,
             get_linear_schedule_with_warmup,
         )
 
+        # transformers' warm-up-and-decay function, taken from a scheduler on a throwaway optimizer.
+        probe = torch.optim.SGD([torch.zeros(1)], lr=1.0)
+        warmup, total = plan["warmup_steps"], plan["base_total"]
+        if plan["scheduler"] == "linear":
+            base = get_linear_schedule_with_warmup(probe, warmup, total)
+        elif plan["scheduler"] == "cosine":
+            base = get_cosine_schedule_with_warmup(probe, warmup, total)
+        else:
+            base = get_constant_schedule_with_warmup(probe, warmup)
+        # A partial of a module-level function: LambdaLR's state dict then holds no code.
+        stretches = tuple(tuple(s) for s in plan["stretches"])
+        return functools.partial(_lr_multiplier, base=base.lr_lambdas[0], stretches=stretches, end=plan["total_steps"])
+
+    def _plan_schedule(self) -> dict[str, Any]:
+        """The schedule of this run: a new one, or a resumed checkpoint's, kept or stretched to this run's end."""
+        hp = self.hparams
+        total = self.total_optimizer_steps()
+        record, step = self._resumed or (None, 0)
+        if record is None or record["scheduler"] != hp.scheduler:  # a new run (or a checkpoint without a record)
+            warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
+            return {"scheduler": hp.scheduler, "warmup_steps": warmup, "base_total": total, "stretches": [],
+                    "total_steps": total}  # fmt: skip
+        end = record["total_steps"]
+        if total == end or hp.scheduler == "constant":
+            return record
+        anchor = max(step, record["warmup_steps"])  # the warm-up is never stretched
+        if hp.resume_schedule == "stretch" and total > anchor:
+            rank_zero_info(
+                f"model.resume_schedule=stretch: the learning-rate schedule of the checkpoint (step {step}) ended at "
+                f"step {end}; its remaining decay now ends at step {total}, from the current rate without a jump"
+            )
+            return {**record, "stretches": [*record["stretches"], [anchor, end, total]], "total_steps": total}
+        lam = self._lr_lambda(record)
+        if total > end:
+            rank_zero_warn(
+                f"this run ends at step {total} but the checkpoint's learning-rate schedule ends at step {end} "
+                f"(model.resume_schedule={hp.resume_schedule}): steps {end + 1} to {total} run at its final learning "
+                f"rate {hp.learning_rate * lam(end):.3g}. Set model.resume_schedule=stretch to stretch the "
+                f"remaining decay to step {total}."
+            )
+        else:
+            why = "" if hp.resume_schedule == "keep" else f" (nothing to stretch: the run is at step {step})"
+            rank_zero_warn(
+                f"this run ends at step {total}, before the end of the checkpoint's learning-rate schedule at step "
+                f"{end} (model.resume_schedule={hp.resume_schedule}){why}: it stops at a learning rate of "
+                f"{hp.learning_rate * lam(total):.3g}, not the schedule's final one."
+                + (f" Set model.resume_schedule=stretch to end the decay at step {total}." if not why else "")
+            )
+        return record
+
+    def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         decay, no_decay = [], []
         for name, param in self.model.named_parameters():
@@ -377,14 +468,9 @@ class MLMModule(L.LightningModule):
         # One fused kernel per step on GPU; multi-tensor (foreach) on CPU, where it beats both alternatives.
         impl = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.eps, **impl)
-        total = self.total_optimizer_steps()
-        warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
-        if hp.scheduler == "linear":
-            schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
-        elif hp.scheduler == "cosine":
-            schedule = get_cosine_schedule_with_warmup(optimizer, warmup, total)
-        else:
-            schedule = get_constant_schedule_with_warmup(optimizer, warmup)
+        # Its length is recorded in checkpoints: a resumed run continues the same schedule (see resume_schedule).
+        self._schedule = self._plan_schedule()
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda(self._schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
 
     def check_max_seq_length(self, length: int | None) -> None:

@@ -188,3 +188,70 @@ def test_every_masked_lm_family_with_positions_after_padding_is_in_the_table() -
         if "create_position_ids_from_input_ids(" in text:
             found |= {t for t, name in MODEL_FOR_MASKED_LM_MAPPING_NAMES.items() if f"class {name}(" in text}
     assert found == set(POSITIONS_AFTER_PADDING)
+
+
+class LearningRates(L.Callback):
+    """``{step: learning rate}`` of the steps a fit ran (the rate each step's update used)."""
+
+    def __init__(self) -> None:
+        self.rates: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_) -> None:
+        self.rates[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_schedule_ends_when_max_epochs_ends_training_before_max_steps(dm: MLMDataModule) -> None:
+    module = MLMModule(vocab_size=dm.vocab_size, learning_rate=1e-3, warmup_steps=0, **TINY)
+    rates = LearningRates()
+    trainer = L.Trainer(
+        max_epochs=2, max_steps=100, limit_train_batches=3, limit_val_batches=0, callbacks=[rates],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 6 and module.total_optimizer_steps() == 6  # 2 epochs of 3, not max_steps
+    assert [rates.rates[s] for s in range(6)] == pytest.approx([1e-3 * (6 - s) / 6 for s in range(6)])
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0  # decayed to its end
+
+
+@pytest.mark.slow
+def test_resuming_with_more_steps_never_jumps_the_learning_rate(
+    dm: MLMDataModule, tmp_path: Path, recwarn: pytest.WarningsRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(name: str, max_steps: int, ckpt_path: Path | None = None, **kwargs) -> dict[int, float]:
+        module = MLMModule(vocab_size=dm.vocab_size, learning_rate=1e-3, warmup_steps=2, **TINY, **kwargs)
+        rates = LearningRates()
+        saves = ModelCheckpoint(tmp_path / name, every_n_train_steps=4, save_top_k=-1, filename="{step}")
+        trainer = L.Trainer(
+            max_steps=max_steps, limit_val_batches=0, callbacks=[rates, saves], logger=False,
+            enable_progress_bar=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return rates.rates
+
+    first = fit("first", 10)  # linear: warm-up to 1e-3 at step 2, then down to 0 at step 10; saved at step 4
+    assert first[4] == pytest.approx(1e-3 * 6 / 8)
+    saved = tmp_path / "first" / "step=4.ckpt"
+
+    # keep (the default, not named: the same call runs on a build without the setting): the recorded schedule,
+    # as if uninterrupted up to step 10, then its final rate (0); and one warning that says so.
+    recwarn.clear()
+    keep = fit("keep", 20, saved)
+    assert sorted(keep) == list(range(4, 20))
+    assert [keep[s] for s in range(4, 20)] == pytest.approx([first[s] for s in range(4, 10)] + [0.0] * 10, abs=1e-12)
+    notes = [str(w.message) for w in recwarn if "learning-rate schedule" in str(w.message)]
+    assert notes == [
+        "this run ends at step 20 but the checkpoint's learning-rate schedule ends at step 10 "
+        "(model.resume_schedule=keep): steps 11 to 20 run at its final learning rate 0. "
+        "Set model.resume_schedule=stretch to stretch the remaining decay to step 20."
+    ]
+
+    # stretch: from the rate at step 4 (no jump), down to 0 at step 20 instead of 10.
+    stretch = fit("stretch", 20, saved, resume_schedule="stretch")
+    expected = [first[4] * (20 - s) / 16 for s in range(4, 20)]
+    assert [stretch[s] for s in range(4, 20)] == pytest.approx(expected, abs=1e-12)
+    assert "its remaining decay now ends at step 20, from the current rate without a jump" in caplog.text
+    # Its checkpoints record the stretched schedule: resumed again with the same settings, it goes on unchanged.
+    again = fit("again", 20, tmp_path / "stretch" / "step=12.ckpt")
+    assert [again[s] for s in range(12, 20)] == pytest.approx(expected[8:], abs=1e-12)
