@@ -185,7 +185,10 @@ class MLMModule(L.LightningModule):
         resume_schedule: Literal["keep", "stretch"] = "keep",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # resume_schedule is a choice of each run, not a property of the model: kept out of the checkpoint's
+        # hyperparameters, so a resumed run takes the value it is given, not the one the checkpoint was saved with.
+        self.save_hyperparameters(ignore=["resume_schedule"])
+        self.resume_schedule = resume_schedule
         self.model = build_model(
             model_name_or_path,
             vocab_size,
@@ -432,7 +435,7 @@ class MLMModule(L.LightningModule):
         if total == end or hp.scheduler == "constant":
             return record
         anchor = max(step, record["warmup_steps"])  # the warm-up is never stretched
-        if hp.resume_schedule == "stretch" and total > anchor:
+        if self.resume_schedule == "stretch" and total > anchor:
             rank_zero_info(
                 f"model.resume_schedule=stretch: the learning-rate schedule of the checkpoint (step {step}) ended at "
                 f"step {end}; its remaining decay now ends at step {total}, from the current rate without a jump"
@@ -442,15 +445,15 @@ class MLMModule(L.LightningModule):
         if total > end:
             rank_zero_warn(
                 f"this run ends at step {total} but the checkpoint's learning-rate schedule ends at step {end} "
-                f"(model.resume_schedule={hp.resume_schedule}): steps {end + 1} to {total} run at its final learning "
+                f"(model.resume_schedule={self.resume_schedule}): steps {end + 1} to {total} run at its final learning "
                 f"rate {hp.learning_rate * lam(end):.3g}. Set model.resume_schedule=stretch to stretch the "
                 f"remaining decay to step {total}."
             )
         else:
-            why = "" if hp.resume_schedule == "keep" else f" (nothing to stretch: the run is at step {step})"
+            why = "" if self.resume_schedule == "keep" else f" (nothing to stretch: the run is at step {step})"
             rank_zero_warn(
                 f"this run ends at step {total}, before the end of the checkpoint's learning-rate schedule at step "
-                f"{end} (model.resume_schedule={hp.resume_schedule}){why}: it stops at a learning rate of "
+                f"{end} (model.resume_schedule={self.resume_schedule}){why}: it stops at a learning rate of "
                 f"{hp.learning_rate * lam(total):.3g}, not the schedule's final one."
                 + (f" Set model.resume_schedule=stretch to end the decay at step {total}." if not why else "")
             )

@@ -60,3 +60,18 @@ def test_roberta_rows_fit_the_positions_after_its_padding_index(
     )
     assert main(["fit", *args, "--data.max_seq_length", "128"]) == 0
     assert (root / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_resume_schedule_given_when_resuming_is_the_one_used(
+    tiny_args: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlm_lightning.__main__ import main
+
+    # Not taken from the checkpoint's hyperparameters (LightningCLI copies those over the command line's).
+    args = [*tiny_args, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4"]
+    assert main(["fit", *args]) == 0
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"  # a file: LightningCLI reads hyperparameters from it
+    resume = ["--trainer.max_steps", "8", "--ckpt_path", str(last), "--model.resume_schedule", "stretch"]
+    assert main(["fit", *args, *resume]) == 0
+    assert "schedule of the checkpoint (step 4) ended at step 4; its remaining decay now ends at step 8" in caplog.text
