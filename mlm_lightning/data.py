@@ -818,6 +818,7 @@ class MLMDataModule(L.LightningDataModule):
             random_replace_prob=self.random_replace_prob,
             seed=self.seed if train else self.seed + 7919,
             continuation_mask=continuation,
+            redraw_each_epoch=train,
         )
 
     def _loader(self, split: str) -> DataLoader:

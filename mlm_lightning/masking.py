@@ -5,7 +5,8 @@ draws from the global RNG: its masks cannot be fixed per example for validation,
 exactly after a resume, and change when the number of dataloader workers changes. Here every example's
 mask comes from its own generator seeded by ``(seed, epoch, example index)``, so
 
-* validation masks (epoch fixed at 0) are identical in every epoch, every run and every batch size;
+* validation masks are identical in every epoch, every run and every batch size: an evaluation collator
+  (``redraw_each_epoch=False``) ignores the epoch it is handed, whatever the sampler or Lightning passes;
 * training masks are re-drawn each epoch, yet reproducible and independent of worker count;
 * the masked positions are computed on the CPU in the workers, so the training step needs no
   host-device synchronisation to find them.
@@ -52,6 +53,8 @@ class MLMCollator:
         continuation_mask: For whole-word masking: a boolean array over the vocabulary, True for tokens
             that continue a word (WordPiece ``##`` pieces). ``None`` masks single tokens.
         pad_to_multiple_of: Round the padded length up to this multiple (1 = pad to the longest row).
+        redraw_each_epoch: Draw new masks every epoch (training). ``False`` (validation, test) makes every mask
+            a function of ``(seed, example)`` only: the epoch an example arrives with is ignored.
     """
 
     pad_token_id: int
@@ -64,6 +67,7 @@ class MLMCollator:
     seed: int = 0
     continuation_mask: np.ndarray | None = None
     pad_to_multiple_of: int = 1
+    redraw_each_epoch: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:
@@ -84,6 +88,10 @@ class MLMCollator:
 
     def mask_example(self, input_ids: np.ndarray, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Masks one example; returns ``(masked_input_ids, labels)``, labels -100 where not selected."""
+        if not self.redraw_each_epoch:
+            # Here, not in the sampler: Lightning calls set_epoch on evaluation samplers too, and a metric
+            # compared across epochs (or reproduced by `validate` on a checkpoint) needs the same masks.
+            epoch = 0
         gen = torch.Generator().manual_seed(example_seed(self.seed, epoch, index))
         ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
         eligible = ~torch.from_numpy(self._special[ids.numpy()])
@@ -106,11 +114,13 @@ class MLMCollator:
         return out.numpy(), labels.numpy()
 
     def _select_whole_words(self, ids: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        # A word starts at every eligible token that is not a continuation piece (or follows a special token).
-        cont = torch.from_numpy(self.continuation_mask[ids.numpy()]) & eligible
-        starts = eligible & ~cont
-        if eligible.any() and not starts.any():
-            starts = eligible.clone()  # a window that begins mid-word: treat its first piece as a start
+        # A word starts at every eligible token that is not a continuation piece, and at every eligible token
+        # right after a special token or the row's start: a word never spans [SEP] (a "##" piece after it belongs
+        # to the next document), and a word cut by a block's start is still a word of its own.
+        cont = torch.from_numpy(self.continuation_mask[ids.numpy()])
+        after_special = torch.ones_like(eligible)
+        after_special[1:] = ~eligible[:-1]
+        starts = eligible & (~cont | after_special)
         word_id = torch.cumsum(starts.long(), 0) - 1
         word_id[~eligible] = -1
         n_words = int(starts.sum())

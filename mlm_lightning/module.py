@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import grad_norm, rank_zero_warn
+from lightning.pytorch.utilities import grad_norm, rank_zero_info, rank_zero_warn
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from mlm_lightning.errors import MLMError
 from mlm_lightning.flops import (
@@ -24,6 +26,58 @@ from mlm_lightning.flops import (
 )
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
 from mlm_lightning.sources import resolve_pkg
+
+# Masked-LM types whose position ids start after the padding index (fairseq's ``make_positions``): a row of n
+# tokens takes positions padding_idx+1 .. padding_idx+n, so the first padding_idx+1 position embeddings are never
+# usable. The value is where the padding index comes from: a config key, or a fixed index (MPNet's is always 1).
+# From transformers' sources: the masked-LM models whose embeddings call ``create_position_ids_from_input_ids``.
+POSITIONS_AFTER_PADDING: dict[str, str | int] = {
+    "camembert": "pad_token_id",
+    "data2vec-text": "pad_token_id",
+    "esm": "pad_token_id",  # with absolute position embeddings; rotary ones have no table to run past
+    "ibert": "pad_token_id",
+    "longformer": "pad_token_id",
+    "luke": "pad_token_id",
+    "mpnet": 1,
+    "roberta": "pad_token_id",
+    "roberta-prelayernorm": "pad_token_id",
+    "xlm-roberta": "pad_token_id",
+    "xlm-roberta-xl": "pad_token_id",
+    "xmod": "pad_token_id",
+}
+
+
+def max_sequence_length(config: Mapping[str, Any]) -> int:
+    """Longest row, in tokens, that a model's position embeddings take (0 when unknown).
+
+    ``max_position_embeddings``, less the positions that :data:`POSITIONS_AFTER_PADDING` families reserve
+    (RoBERTa, XLM-R: 514 - pad_token_id 1 - 1 = 512).
+
+    Args:
+        config: A model configuration as a mapping (``PretrainedConfig.to_dict()``, or the ``model`` section of
+            the command line: ``model_type``, ``max_position_embeddings``, ``pad_token_id``).
+    """
+    positions = int(config.get("max_position_embeddings") or 0)
+    padding = POSITIONS_AFTER_PADDING.get(str(config.get("model_type")))
+    if not positions or padding is None or config.get("position_embedding_type", "absolute") != "absolute":
+        return positions
+    padding_idx = config.get(padding) if isinstance(padding, str) else padding
+    return max(0, positions - int(padding_idx or 0) - 1)
+
+
+def _lr_multiplier(
+    step: float, base: Callable[[float], float], stretches: tuple[tuple[int, int, int], ...], end: int
+) -> float:
+    """A schedule's multiplier at ``step``: ``base`` held at its value at ``end``, through resumes' stretches.
+
+    A stretch ``(anchor, old_end, new_end)`` maps steps after ``anchor`` linearly so that ``new_end`` lands on
+    ``old_end``: the schedule is unchanged up to ``anchor`` (no jump) and its remaining decay ends at ``new_end``.
+    """
+    s = float(min(step, end))
+    for anchor, old_end, new_end in reversed(stretches):
+        if s > anchor:
+            s = anchor + (s - anchor) * (old_end - anchor) / (new_end - anchor)
+    return base(s)
 
 
 def build_model(
@@ -108,6 +162,10 @@ class MLMModule(L.LightningModule):
         compile: ``torch.compile`` the encoder (static shapes; the first steps pay the compilation).
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
             matrix units; the extra rows are never a target). 1 keeps the tokenizer's size.
+        resume_schedule: When a resumed run ends at another step than the checkpoint's learning-rate schedule
+            (``max_steps`` or ``max_epochs`` changed): ``keep`` the recorded schedule (steps past its end run at its
+            final rate), or ``stretch`` its remaining decay from the current rate to the new end. Said in a log
+            line either way.
     """
 
     def __init__(
@@ -133,9 +191,13 @@ class MLMModule(L.LightningModule):
         full_logits: bool = False,
         compile: bool = False,
         pad_vocab_multiple: PositiveInt = 1,
+        resume_schedule: Literal["keep", "stretch"] = "keep",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # resume_schedule is a choice of each run, not a property of the model: kept out of the checkpoint's
+        # hyperparameters, so a resumed run takes the value it is given, not the one the checkpoint was saved with.
+        self.save_hyperparameters(ignore=["resume_schedule"])
+        self.resume_schedule = resume_schedule
         if not model_name_or_path and hidden_size % num_attention_heads:
             raise MLMError(
                 f"model.hidden_size={hidden_size} is not a multiple of model.num_attention_heads={num_attention_heads}"
@@ -159,19 +221,25 @@ class MLMModule(L.LightningModule):
                 self.model.config.vocab_size, pad_to_multiple_of=pad_vocab_multiple, mean_resizing=False
             )
         # Token-weighted sums that torchmetrics reduces across devices: loss, then perplexity = exp(loss).
-        self.val_loss = MeanMetric()
+        # nan_strategy="disable": a NaN loss must make the mean NaN, not be dropped from it (the default).
+        self.val_loss = MeanMetric(nan_strategy="disable")
         self.val_accuracy = MeanMetric()
-        self.test_loss = MeanMetric()
+        self.val_nonfinite = SumMetric(nan_strategy="disable")  # masked tokens whose loss is NaN or infinite
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_accuracy = MeanMetric()
+        self.test_nonfinite = SumMetric(nan_strategy="disable")
         self._tokens_seen = 0
         self._flops_seen = 0
         self._last_time: float | None = None
         self._peak_flops: float | None = None
+        self._schedule: dict[str, Any] | None = None  # the learning-rate schedule in use (saved in checkpoints)
+        self._resumed: tuple[dict[str, Any] | None, int] | None = None  # (its record, step) in the resumed checkpoint
 
     # -- model ------------------------------------------------------------------------------------------
     @property
     def max_positions(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        """Longest row the model takes, in tokens (:func:`max_sequence_length` of its configuration)."""
+        return max_sequence_length(self.model.config.to_dict())
 
     def _mlm_head(self) -> nn.Module | None:
         """The module mapping hidden states to vocabulary logits, if it can be applied position-wise."""
@@ -218,12 +286,11 @@ class MLMModule(L.LightningModule):
             loss = losses.mean() if labels.numel() else logits.sum() * 0.0
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=labels.numel())
             return loss
-        loss_metric, acc_metric = (
-            (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
-        )
+        loss_metric, acc_metric, nonfinite = self._metrics(stage)
         if labels.numel():
             loss_metric.update(losses)  # mean over all masked tokens of the split: token-weighted
             acc_metric.update((logits.argmax(-1) == labels).float())
+            nonfinite.update((~torch.isfinite(losses)).sum())  # on the device: no synchronisation per step
         return losses.sum()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -246,20 +313,33 @@ class MLMModule(L.LightningModule):
             "losses": F.cross_entropy(logits, labels, reduction="none"),
         }
 
+    def _metrics(self, stage: str) -> tuple[MeanMetric, MeanMetric, SumMetric]:
+        if stage == "val":
+            return self.val_loss, self.val_accuracy, self.val_nonfinite
+        return self.test_loss, self.test_accuracy, self.test_nonfinite
+
     def _log_epoch_metrics(self, stage: str) -> None:
-        loss_metric, acc_metric = (
-            (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
-        )
+        loss_metric, acc_metric, nonfinite = self._metrics(stage)
         # Decided on the count of all devices: compute() below gathers from every device, so all must join it.
         updates = torch.tensor(loss_metric.update_count, device=self.device)
         if self.trainer.strategy.reduce(updates, reduce_op="sum") == 0:
             return
         loss = loss_metric.compute()
+        # Both counts summed over devices (every device is here: the update count above was reduced the same way).
+        local = torch.stack([nonfinite.sum_value, loss_metric.weight]).double()
+        bad, total = (int(x) for x in self.trainer.strategy.reduce(local, reduce_op="sum").tolist())
+        if bad:
+            split = "validation" if stage == "val" else "test"
+            rank_zero_warn(
+                f"{split}: {bad:,} of {total:,} masked tokens have a non-finite loss (NaN or "
+                f"infinite), so {stage}/loss and {stage}/perplexity are {float(loss)}: the model has (partly) "
+                f"diverged. Lower model.learning_rate or resume from an earlier checkpoint."
+            )
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
         self.log(f"{stage}/perplexity", torch.exp(loss), prog_bar=stage == "val")
         self.log(f"{stage}/accuracy", acc_metric.compute())
-        loss_metric.reset()
-        acc_metric.reset()
+        for metric in (loss_metric, acc_metric, nonfinite):
+            metric.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
@@ -341,6 +421,17 @@ class MLMModule(L.LightningModule):
             "model_config": self.model.config.to_dict(),
             "val_metrics": {k: float(v) for k, v in metrics.items() if k.startswith("val/")},
         }
+        if self._schedule is not None:
+            checkpoint["mlm_lightning"]["schedule"] = self._schedule
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        record = checkpoint.get("mlm_lightning", {}).get("schedule")
+        self._resumed = (record, int(checkpoint.get("global_step", 0)))
+        # FSDP and DeepSpeed restore after configure_optimizers: give their scheduler the resumed schedule now.
+        if self._trainer is not None and self.trainer.lr_scheduler_configs:
+            self._schedule = self._plan_schedule()
+            for config in self.trainer.lr_scheduler_configs:
+                config.scheduler.lr_lambdas = [self._lr_lambda(self._schedule)] * len(config.scheduler.lr_lambdas)
 
     # -- optimisation -----------------------------------------------------------------------------------
     def total_optimizer_steps(self) -> int:
@@ -348,27 +439,84 @@ class MLMModule(L.LightningModule):
 
         ``trainer.estimated_stepping_batches`` would build it before a checkpoint is restored, which
         loses a stateful dataloader's position (Lightning issue 20550), so it is computed from the data.
+        Lightning stops at ``max_steps`` or at the end of ``max_epochs``, whichever comes first: so does the
+        schedule.
         """
         trainer = self.trainer
-        if trainer.max_steps and trainer.max_steps > 0:
-            return trainer.max_steps
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "num_train_batches") or trainer.max_epochs in (None, -1):
-            return max(1, int(trainer.estimated_stepping_batches))
+        if dm is None or not hasattr(dm, "num_train_batches"):
+            return max(1, int(trainer.estimated_stepping_batches))  # the same minimum, from the dataloader
+        if trainer.max_epochs in (None, -1):
+            return max_steps or max(1, int(trainer.estimated_stepping_batches))
         per_epoch = dm.num_train_batches()  # per device: each device steps once per batch of its own shard
         if isinstance(trainer.limit_train_batches, int):
             per_epoch = min(per_epoch, trainer.limit_train_batches)
         elif trainer.limit_train_batches is not None and trainer.limit_train_batches < 1.0:
             per_epoch = int(per_epoch * trainer.limit_train_batches)
-        return max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches) * trainer.max_epochs)
+        by_epochs = max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches) * trainer.max_epochs)
+        return min(max_steps, by_epochs) if max_steps else by_epochs
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    @staticmethod
+    def _lr_lambda(plan: dict[str, Any]) -> Callable[[int], float]:
+        """The multiplier of the peak learning rate at each step, for a schedule plan."""
         from transformers import (
             get_constant_schedule_with_warmup,
             get_cosine_schedule_with_warmup,
             get_linear_schedule_with_warmup,
         )
 
+        # transformers' warm-up-and-decay function, taken from a scheduler on a throwaway optimizer.
+        probe = torch.optim.SGD([torch.zeros(1)], lr=1.0)
+        warmup, total = plan["warmup_steps"], plan["base_total"]
+        if plan["scheduler"] == "linear":
+            base = get_linear_schedule_with_warmup(probe, warmup, total)
+        elif plan["scheduler"] == "cosine":
+            base = get_cosine_schedule_with_warmup(probe, warmup, total)
+        else:
+            base = get_constant_schedule_with_warmup(probe, warmup)
+        # A partial of a module-level function: LambdaLR's state dict then holds no code.
+        stretches = tuple(tuple(s) for s in plan["stretches"])
+        return functools.partial(_lr_multiplier, base=base.lr_lambdas[0], stretches=stretches, end=plan["total_steps"])
+
+    def _plan_schedule(self) -> dict[str, Any]:
+        """The schedule of this run: a new one, or a resumed checkpoint's, kept or stretched to this run's end."""
+        hp = self.hparams
+        total = self.total_optimizer_steps()
+        record, step = self._resumed or (None, 0)
+        if record is None or record["scheduler"] != hp.scheduler:  # a new run (or a checkpoint without a record)
+            warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
+            return {"scheduler": hp.scheduler, "warmup_steps": warmup, "base_total": total, "stretches": [],
+                    "total_steps": total}  # fmt: skip
+        end = record["total_steps"]
+        if total == end or hp.scheduler == "constant":
+            return record
+        anchor = max(step, record["warmup_steps"])  # the warm-up is never stretched
+        if self.resume_schedule == "stretch" and total > anchor:
+            rank_zero_info(
+                f"model.resume_schedule=stretch: the learning-rate schedule of the checkpoint (step {step}) ended at "
+                f"step {end}; its remaining decay now ends at step {total}, from the current rate without a jump"
+            )
+            return {**record, "stretches": [*record["stretches"], [anchor, end, total]], "total_steps": total}
+        lam = self._lr_lambda(record)
+        if total > end:
+            rank_zero_warn(
+                f"this run ends at step {total} but the checkpoint's learning-rate schedule ends at step {end} "
+                f"(model.resume_schedule={self.resume_schedule}): steps {end + 1} to {total} run at its final learning "
+                f"rate {hp.learning_rate * lam(end):.3g}. Set model.resume_schedule=stretch to stretch the "
+                f"remaining decay to step {total}."
+            )
+        else:
+            why = "" if self.resume_schedule == "keep" else f" (nothing to stretch: the run is at step {step})"
+            rank_zero_warn(
+                f"this run ends at step {total}, before the end of the checkpoint's learning-rate schedule at step "
+                f"{end} (model.resume_schedule={self.resume_schedule}){why}: it stops at a learning rate of "
+                f"{hp.learning_rate * lam(total):.3g}, not the schedule's final one."
+                + (f" Set model.resume_schedule=stretch to end the decay at step {total}." if not why else "")
+            )
+        return record
+
+    def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         decay, no_decay = [], []
         for name, param in self.model.named_parameters():
@@ -380,14 +528,9 @@ class MLMModule(L.LightningModule):
         # One fused kernel per step on GPU; multi-tensor (foreach) on CPU, where it beats both alternatives.
         impl = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.eps, **impl)
-        total = self.total_optimizer_steps()
-        warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
-        if hp.scheduler == "linear":
-            schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
-        elif hp.scheduler == "cosine":
-            schedule = get_cosine_schedule_with_warmup(optimizer, warmup, total)
-        else:
-            schedule = get_constant_schedule_with_warmup(optimizer, warmup)
+        # Its length is recorded in checkpoints: a resumed run continues the same schedule (see resume_schedule).
+        self._schedule = self._plan_schedule()
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda(self._schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
 
     def apply_optimizer_settings(self) -> None:
@@ -414,10 +557,19 @@ class MLMModule(L.LightningModule):
 
     def check_max_seq_length(self, length: int | None) -> None:
         """Raises :class:`MLMError` when rows of ``length`` tokens exceed the model's position embeddings."""
-        if length and self.max_positions and length > self.max_positions:
+        limit = self.max_positions
+        if length and limit and length > limit:
+            config = self.model.config
+            reserved = config.max_position_embeddings - limit
+            why = (
+                f" ({config.max_position_embeddings} position embeddings, of which {config.model_type} reserves "
+                f"the first {reserved}: its position ids start after the padding index)"
+                if reserved > 0
+                else ""
+            )
             raise MLMError(
-                f"data.max_seq_length={length} but the model has position embeddings for only "
-                f"{self.max_positions} tokens: lower data.max_seq_length"
+                f"data.max_seq_length={length} but the model has position embeddings for only {limit} tokens"
+                f"{why}: lower data.max_seq_length"
             )
 
     def setup(self, stage: str) -> None:

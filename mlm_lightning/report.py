@@ -150,23 +150,29 @@ def report_warnings(
         )
     if max_positions and dm.max_seq_length > max_positions:
         warnings.append(
-            f"data.max_seq_length={dm.max_seq_length} is above the model's {max_positions} position embeddings: "
+            f"data.max_seq_length={dm.max_seq_length} is above the {max_positions} tokens the model's position "
+            f"embeddings take: "
             f"lower data.max_seq_length (fit refuses it)"
         )
     return warnings
 
 
 def model_max_positions(model_config: dict) -> int | None:
-    """The position-embedding count of the model a ``model`` config section describes (``None`` if unknown)."""
+    """The longest row the model a ``model`` config section describes takes (``None`` if unknown).
+
+    The same rule as ``fit``'s check: :func:`mlm_lightning.module.max_sequence_length`.
+    """
+    from mlm_lightning.module import max_sequence_length
+
     name = model_config.get("model_name_or_path")
     if not name:
-        return model_config.get("max_position_embeddings")
+        return max_sequence_length(model_config) or None
     from transformers import AutoConfig
 
     from mlm_lightning.sources import resolve_pkg
 
     try:
-        return getattr(AutoConfig.from_pretrained(resolve_pkg(name)), "max_position_embeddings", None)
+        return max_sequence_length(AutoConfig.from_pretrained(resolve_pkg(name)).to_dict()) or None
     except (OSError, ValueError):  # a hub name offline: the report goes on without this check
         return None
 

@@ -64,3 +64,19 @@ def sigkill_when(proc: subprocess.Popen, marker: Path, timeout: float = 600) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+class MetricRecorder(Callback):
+    """Keeps every value a metric had at the end of each validation of a run (``values``), for in-process tests.
+
+    Args:
+        name: The metric, e.g. ``val/loss``.
+    """
+
+    def __init__(self, name: str = "val/loss") -> None:
+        self.name = name
+        self.values: list[float] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.name in trainer.callback_metrics:
+            self.values.append(float(trainer.callback_metrics[self.name]))

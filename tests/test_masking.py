@@ -114,3 +114,23 @@ def test_whole_word_masking_masks_all_pieces_of_a_word() -> None:
             total_words += 1
             chosen_words += bool(sel[a])
     assert abs(chosen_words / total_words - 0.15) < 0.015
+
+
+def test_whole_words_never_cross_a_special_token_and_start_at_a_block_start() -> None:
+    continuation = np.zeros(VOCAB, dtype=bool)
+    continuation[500:] = True  # ids >= 500 are "##" pieces
+    # A packed block that starts mid-word (600 601), a "##" piece right after [SEP] (602, the next document's
+    # first piece), and one after [UNK] (604): each of those starts a word of its own.
+    row = np.array([CLS, 600, 601, 10, 601, SEP, 602, 11, 603, UNK, 604, SEP])
+    words = [[1, 2], [3, 4], [6], [7, 8], [10]]
+    c = collator(continuation_mask=continuation, mlm_probability=0.5)
+    labels = c([{"input_ids": row, "index": i} for i in range(400)])["labels"]
+    selected = (labels != IGNORE_INDEX).numpy()
+    assert not selected[:, [0, 5, 9, 11]].any()
+    chosen = np.stack([selected[:, w[0]] for w in words], axis=1)
+    for a in range(len(words)):
+        for b in range(a + 1, len(words)):
+            assert (chosen[:, a] != chosen[:, b]).any(), f"words {words[a]} and {words[b]} are one word"
+    for k, w in enumerate(words):
+        assert (selected[:, w] == chosen[:, [k]]).all(), f"word {w} was partly masked"
+        assert 0.4 < chosen[:, k].mean() < 0.6, f"word {w} is chosen {chosen[:, k].mean():.2f} of the time"

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError
 from mlm_lightning.masking import IGNORE_INDEX
-from mlm_lightning.module import MLMModule
+from mlm_lightning.module import POSITIONS_AFTER_PADDING, MLMModule, max_sequence_length
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
@@ -117,3 +117,141 @@ def test_pretrained_model_trains_with_dropout(tmp_path: Path) -> None:
     ).save_pretrained(tmp_path)
     module = MLMModule(model_name_or_path=str(tmp_path), vocab_size=100)
     assert all(m.training for m in module.modules())
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_evaluation_loss_is_reported_not_averaged_away(dm: MLMDataModule, stage: str, bad: float) -> None:
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=dm.vocab_size, **TINY)
+    plain = module.masked_logits
+    seen = []
+
+    def poisoned(batch: dict) -> torch.Tensor:  # the second batch's first 3 masked tokens get a non-finite loss
+        logits = plain(batch)
+        seen.append(len(logits))
+        if len(seen) == 2:
+            logits = logits.clone()
+            if math.isnan(bad):
+                logits[:3] = bad  # NaN logits: NaN loss
+            else:
+                logits[torch.arange(3), batch["masked_labels"][:3]] = -bad  # the target's logit -inf: loss inf
+        return logits
+
+    module.masked_logits = poisoned
+    trainer = L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=3, limit_test_batches=3
+    )
+    split, prefix = ("validation", "val") if stage == "validate" else ("test", "test")
+    with pytest.warns(UserWarning) as caught:
+        metrics = getattr(trainer, stage)(module, datamodule=dm, verbose=False)[0]
+    loss = metrics[f"{prefix}/loss"]
+    assert not math.isfinite(loss) and not math.isfinite(metrics[f"{prefix}/perplexity"])
+    assert math.isnan(loss) if math.isnan(bad) else loss == math.inf
+    notes = [str(w.message) for w in caught if "non-finite loss" in str(w.message)]
+    assert notes == [
+        f"{split}: 3 of {sum(seen):,} masked tokens have a non-finite loss (NaN or infinite), "
+        f"so {prefix}/loss and {prefix}/perplexity are {loss}: the model has (partly) diverged. "
+        f"Lower model.learning_rate or resume from an earlier checkpoint."
+    ]
+
+
+@pytest.mark.parametrize("model_type", [*POSITIONS_AFTER_PADDING, "bert"])
+def test_max_sequence_length_is_the_longest_row_the_model_takes(model_type: str) -> None:
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    extra = {"longformer": {"attention_window": 4}, "luke": {"entity_vocab_size": 10, "entity_emb_size": 8}}
+    config = AutoConfig.for_model(
+        model_type, vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=20, pad_token_id=3, **extra.get(model_type, {}),
+    )  # fmt: skip
+    model = AutoModelForMaskedLM.from_config(config).eval()
+    if model_type == "xmod":
+        model.set_default_language(config.languages[0])
+    limit = max_sequence_length(config.to_dict())
+    assert limit == {"bert": 20, "mpnet": 18}.get(model_type, 16)  # mpnet's padding index is always 1
+    with torch.no_grad():
+        model(input_ids=torch.full((1, limit), 7))
+        with pytest.raises((IndexError, RuntimeError)):  # one token more reads past the position table
+            model(input_ids=torch.full((1, limit + 1), 7))
+
+
+def test_every_masked_lm_family_with_positions_after_padding_is_in_the_table() -> None:
+    import importlib.util
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    root = Path(importlib.util.find_spec("transformers.models").origin).parent
+    found = set()
+    for source in root.glob("*/modeling_*.py"):  # the model files that make position ids from padding
+        text = source.read_text(encoding="utf-8")
+        if "create_position_ids_from_input_ids(" in text:
+            found |= {t for t, name in MODEL_FOR_MASKED_LM_MAPPING_NAMES.items() if f"class {name}(" in text}
+    assert found == set(POSITIONS_AFTER_PADDING)
+
+
+class LearningRates(L.Callback):
+    """``{step: learning rate}`` of the steps a fit ran (the rate each step's update used)."""
+
+    def __init__(self) -> None:
+        self.rates: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_) -> None:
+        self.rates[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_schedule_ends_when_max_epochs_ends_training_before_max_steps(dm: MLMDataModule) -> None:
+    module = MLMModule(vocab_size=dm.vocab_size, learning_rate=1e-3, warmup_steps=0, **TINY)
+    rates = LearningRates()
+    trainer = L.Trainer(
+        max_epochs=2, max_steps=100, limit_train_batches=3, limit_val_batches=0, callbacks=[rates],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 6 and module.total_optimizer_steps() == 6  # 2 epochs of 3, not max_steps
+    assert [rates.rates[s] for s in range(6)] == pytest.approx([1e-3 * (6 - s) / 6 for s in range(6)])
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0  # decayed to its end
+
+
+@pytest.mark.slow
+def test_resuming_with_more_steps_never_jumps_the_learning_rate(
+    dm: MLMDataModule, tmp_path: Path, recwarn: pytest.WarningsRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(name: str, max_steps: int, ckpt_path: Path | None = None, **kwargs) -> dict[int, float]:
+        module = MLMModule(vocab_size=dm.vocab_size, learning_rate=1e-3, warmup_steps=2, **TINY, **kwargs)
+        rates = LearningRates()
+        saves = ModelCheckpoint(tmp_path / name, every_n_train_steps=4, save_top_k=-1, filename="{step}")
+        trainer = L.Trainer(
+            max_steps=max_steps, limit_val_batches=0, callbacks=[rates, saves], logger=False,
+            enable_progress_bar=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return rates.rates
+
+    first = fit("first", 10)  # linear: warm-up to 1e-3 at step 2, then down to 0 at step 10; saved at step 4
+    assert first[4] == pytest.approx(1e-3 * 6 / 8)
+    saved = tmp_path / "first" / "step=4.ckpt"
+
+    # keep (the default, not named: the same call runs on a build without the setting): the recorded schedule,
+    # as if uninterrupted up to step 10, then its final rate (0); and one warning that says so.
+    recwarn.clear()
+    keep = fit("keep", 20, saved)
+    assert sorted(keep) == list(range(4, 20))
+    assert [keep[s] for s in range(4, 20)] == pytest.approx([first[s] for s in range(4, 10)] + [0.0] * 10, abs=1e-12)
+    notes = [str(w.message) for w in recwarn if "learning-rate schedule" in str(w.message)]
+    assert notes == [
+        "this run ends at step 20 but the checkpoint's learning-rate schedule ends at step 10 "
+        "(model.resume_schedule=keep): steps 11 to 20 run at its final learning rate 0. "
+        "Set model.resume_schedule=stretch to stretch the remaining decay to step 20."
+    ]
+
+    # stretch: from the rate at step 4 (no jump), down to 0 at step 20 instead of 10.
+    stretch = fit("stretch", 20, saved, resume_schedule="stretch")
+    expected = [first[4] * (20 - s) / 16 for s in range(4, 20)]
+    assert [stretch[s] for s in range(4, 20)] == pytest.approx(expected, abs=1e-12)
+    assert "its remaining decay now ends at step 20, from the current rate without a jump" in caplog.text
+    # Its checkpoints record the stretched schedule: resumed again with the same settings, it goes on unchanged.
+    again = fit("again", 20, tmp_path / "stretch" / "step=12.ckpt")
+    assert [again[s] for s in range(12, 20)] == pytest.approx(expected[8:], abs=1e-12)

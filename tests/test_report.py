@@ -63,7 +63,7 @@ def test_report_warns_on_likely_mistakes(tmp_path: Path, tokenizer_dir: Path) ->
     unk, one_doc, positions = found
     assert "of the train tokens are [UNK]" in unk and stats["train"].unk_rate > 0.01
     assert "one document holds" in one_doc and "data.text_layout" in one_doc
-    assert "data.max_seq_length=128 is above the model's 64 position embeddings" in positions
+    assert "data.max_seq_length=128 is above the 64 tokens the model's position embeddings take" in positions
 
 
 def test_inspect_reads_the_fit_config_and_trains_nothing(tiny_args: list[str], tmp_path: Path, capsys) -> None:
@@ -75,4 +75,4 @@ def test_inspect_reads_the_fit_config_and_trains_nothing(tiny_args: list[str], t
     assert main(["inspect", *tiny_args, "--data.max_seq_length", "128", "--data.layout", "line_by_line"]) == 0
     out, err = capsys.readouterr()
     assert "| rows per epoch |" in out
-    assert "warning: data.max_seq_length=128 is above the model's 64 position embeddings" in err
+    assert "warning: data.max_seq_length=128 is above the 64 tokens the model's position embeddings take" in err
