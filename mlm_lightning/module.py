@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import grad_norm, rank_zero_warn
+from lightning.pytorch.utilities import grad_norm, rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
+from mlm_lightning import families
 from mlm_lightning.errors import MLMError
 from mlm_lightning.flops import (
     EncoderShape,
@@ -36,8 +38,12 @@ def build_model(
     max_position_embeddings: int,
     dropout: float,
     pad_token_id: int,
+    embedding_size: int | None = None,
 ) -> nn.Module:
-    """Loads a pretrained masked LM, or builds one from scratch from a few architecture settings."""
+    """Loads a pretrained masked LM, or builds one from scratch from a few architecture settings.
+
+    From scratch, each setting goes under the family's own config name (``families.config_kwargs``).
+    """
     from transformers import AutoConfig, AutoModelForMaskedLM
     from transformers.utils import logging as hf_logging
 
@@ -61,19 +67,21 @@ def build_model(
                 f"only {model.config.vocab_size}: use the model's own tokenizer (leave data.tokenizer unset)"
             )
         return model
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        pad_token_id=pad_token_id,
-    )
-    return AutoModelForMaskedLM.from_config(config)
+    settings = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": max_position_embeddings,
+        "dropout": dropout,
+        "pad_token_id": pad_token_id,
+    }
+    kwargs = families.config_kwargs(model_type, settings, embedding_size)
+    try:
+        return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
+    except (ValueError, TypeError) as err:  # the family's own validation, e.g. heads not dividing the width
+        raise MLMError(f"cannot build a new {model_type} model from these settings: {err}") from err
 
 
 class MLMModule(L.LightningModule):
@@ -95,6 +103,8 @@ class MLMModule(L.LightningModule):
         max_position_embeddings: Longest sequence a new model takes.
         dropout: Hidden and attention dropout of a new model.
         pad_token_id: Padding id of a new model.
+        embedding_size: Embedding width of a new model of a factorised-embedding family (ALBERT, ELECTRA,
+            ConvBERT, MobileBERT, RoFormer, SqueezeBERT); ``None`` is ``hidden_size``.
         learning_rate: Peak AdamW learning rate.
         weight_decay: AdamW weight decay (never applied to biases and normalisation weights).
         betas: AdamW betas.
@@ -103,8 +113,9 @@ class MLMModule(L.LightningModule):
         warmup_ratio: Warm-up as a share of all optimizer steps (used when ``warmup_steps`` is 0).
         scheduler: Decay after warm-up: ``linear`` or ``cosine`` to zero, or ``constant``.
         full_logits: Compute vocabulary logits at every position instead of only the masked ones (slower;
-            for models whose MLM head cannot be applied to a subset of positions).
-        compile: ``torch.compile`` the encoder (static shapes; the first steps pay the compilation).
+            families whose MLM head cannot be applied to a subset of positions do this anyway).
+        compile: ``torch.compile`` what runs: the encoder (masked-only head) or the whole model (full logits);
+            static shapes, the first steps pay the compilation.
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
             matrix units; the extra rows are never a target). 1 keeps the tokenizer's size.
     """
@@ -122,6 +133,7 @@ class MLMModule(L.LightningModule):
         max_position_embeddings: int = 512,
         dropout: float = 0.1,
         pad_token_id: int = 0,
+        embedding_size: int | None = None,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -146,6 +158,7 @@ class MLMModule(L.LightningModule):
             max_position_embeddings,
             dropout,
             pad_token_id,
+            embedding_size,
         )
         if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:
             self.model.resize_token_embeddings(
@@ -166,36 +179,42 @@ class MLMModule(L.LightningModule):
     def max_positions(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
 
-    def _mlm_head(self) -> nn.Module | None:
-        """The module mapping hidden states to vocabulary logits, if it can be applied position-wise."""
+    def _mlm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The function mapping hidden states to vocabulary logits, if the family's head is position-wise."""
         if self.hparams.full_logits:
             return None
-        for name in ("cls", "lm_head"):  # BERT family / RoBERTa family
-            head = getattr(self.model, name, None)
-            if isinstance(head, nn.Module):
-                return head
-        return None
+        if "_masked_head" not in self.__dict__:  # decided once; kept out of the module tree
+            head = families.masked_head(self.model)
+            if isinstance(head, str):
+                rank_zero_info(
+                    f"model_type={self.model.config.model_type}: vocabulary logits at every position, because {head}"
+                )
+                head = None
+            self.__dict__["_masked_head"] = head
+        return self.__dict__["_masked_head"]
 
     def masked_logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """Vocabulary logits at the masked positions only, shape (masked tokens, vocab)."""
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+        inputs = families.encoder_inputs(self.model, batch["input_ids"], batch.get("attention_mask"))
         positions = batch["masked_positions"]
         head = self._mlm_head()
         if head is None:
-            logits = self.model(**inputs).logits
+            logits = self._encoder(whole_model=True)(**inputs).logits
             return logits.flatten(0, 1).index_select(0, positions)
-        hidden = self._encoder()(**inputs).last_hidden_state
+        hidden = self._encoder()(**inputs)[0]
         # Most of a small model's work is the vocabulary projection: apply it to ~15% of positions only.
         return head(hidden.flatten(0, 1).index_select(0, positions))
 
-    def _encoder(self) -> nn.Module:
-        encoder = self.__dict__.get("_compiled_encoder")
+    def _encoder(self, whole_model: bool = False) -> nn.Module:
+        """The encoder (or, for full logits, the whole model), compiled when ``compile`` is on."""
+        key = "_compiled_model" if whole_model else "_compiled_encoder"
+        encoder = self.__dict__.get(key)
         if encoder is None:
-            encoder = self.model.base_model
+            encoder = self.model if whole_model else self.model.base_model
             if self.hparams.compile:
                 encoder = torch.compile(encoder, dynamic=False)
             # Kept out of the module tree, so the state dict has no second copy of the weights.
-            self.__dict__["_compiled_encoder"] = encoder
+            self.__dict__[key] = encoder
         return encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
