@@ -183,15 +183,16 @@ class MLMModule(L.LightningModule):
         """The function mapping hidden states to vocabulary logits, if the family's head is position-wise."""
         if self.hparams.full_logits:
             return None
-        if "_masked_head" not in self.__dict__:  # decided once; kept out of the module tree
-            head = families.masked_head(self.model)
-            if isinstance(head, str):
+        # Looked up on every call (a dict lookup), so copies of the module never use a stale model's head.
+        head = families.masked_head(self.model)
+        if isinstance(head, str):
+            if not self.__dict__.get("_said_full_logits"):  # once per module
                 rank_zero_info(
                     f"model_type={self.model.config.model_type}: vocabulary logits at every position, because {head}"
                 )
-                head = None
-            self.__dict__["_masked_head"] = head
-        return self.__dict__["_masked_head"]
+                self.__dict__["_said_full_logits"] = True
+            return None
+        return head
 
     def masked_logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """Vocabulary logits at the masked positions only, shape (masked tokens, vocab)."""
