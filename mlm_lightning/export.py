@@ -154,7 +154,7 @@ def export(ckpt_path: str, output_dir: str, overwrite: bool = False, tokenizer: 
     target = check_writable(output_dir, overwrite)
     ckpt = load_checkpoint(ckpt_path)
     model, tok, tokenizer_name = from_checkpoint(ckpt, ckpt_path, tokenizer)
-    from mlm_lightning.module import max_sequence_length
+    from mlm_lightning.families import max_sequence_length
 
     # Pipelines truncate to the tokenizer's limit: make it the model's, as hub tokenizers do.
     max_positions = max_sequence_length(model.config.to_dict())  # RoBERTa's 514 positions take 512 tokens

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
@@ -15,7 +15,9 @@ from lightning.pytorch.utilities import grad_norm, rank_zero_info, rank_zero_war
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
+from mlm_lightning import families
 from mlm_lightning.errors import MLMError
+from mlm_lightning.families import max_sequence_length
 from mlm_lightning.flops import (
     EncoderShape,
     batch_token_counts,
@@ -26,43 +28,6 @@ from mlm_lightning.flops import (
 )
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
 from mlm_lightning.sources import resolve_pkg
-
-# Masked-LM types whose position ids start after the padding index (fairseq's ``make_positions``): a row of n
-# tokens takes positions padding_idx+1 .. padding_idx+n, so the first padding_idx+1 position embeddings are never
-# usable. The value is where the padding index comes from: a config key, or a fixed index (MPNet's is always 1).
-# From transformers' sources: the masked-LM models whose embeddings call ``create_position_ids_from_input_ids``.
-POSITIONS_AFTER_PADDING: dict[str, str | int] = {
-    "camembert": "pad_token_id",
-    "data2vec-text": "pad_token_id",
-    "esm": "pad_token_id",  # with absolute position embeddings; rotary ones have no table to run past
-    "ibert": "pad_token_id",
-    "longformer": "pad_token_id",
-    "luke": "pad_token_id",
-    "mpnet": 1,
-    "roberta": "pad_token_id",
-    "roberta-prelayernorm": "pad_token_id",
-    "xlm-roberta": "pad_token_id",
-    "xlm-roberta-xl": "pad_token_id",
-    "xmod": "pad_token_id",
-}
-
-
-def max_sequence_length(config: Mapping[str, Any]) -> int:
-    """Longest row, in tokens, that a model's position embeddings take (0 when unknown).
-
-    ``max_position_embeddings``, less the positions that :data:`POSITIONS_AFTER_PADDING` families reserve
-    (RoBERTa, XLM-R: 514 - pad_token_id 1 - 1 = 512).
-
-    Args:
-        config: A model configuration as a mapping (``PretrainedConfig.to_dict()``, or the ``model`` section of
-            the command line: ``model_type``, ``max_position_embeddings``, ``pad_token_id``).
-    """
-    positions = int(config.get("max_position_embeddings") or 0)
-    padding = POSITIONS_AFTER_PADDING.get(str(config.get("model_type")))
-    if not positions or padding is None or config.get("position_embedding_type", "absolute") != "absolute":
-        return positions
-    padding_idx = config.get(padding) if isinstance(padding, str) else padding
-    return max(0, positions - int(padding_idx or 0) - 1)
 
 
 def _lr_multiplier(
@@ -91,8 +56,12 @@ def build_model(
     max_position_embeddings: int,
     dropout: float,
     pad_token_id: int,
+    embedding_size: int | None = None,
 ) -> nn.Module:
-    """Loads a pretrained masked LM, or builds one from scratch from a few architecture settings."""
+    """Loads a pretrained masked LM, or builds one from scratch from a few architecture settings.
+
+    From scratch, each setting goes under the family's own config name (``families.config_kwargs``).
+    """
     from transformers import AutoConfig, AutoModelForMaskedLM
     from transformers.utils import logging as hf_logging
 
@@ -116,19 +85,21 @@ def build_model(
                 f"only {model.config.vocab_size}: use the model's own tokenizer (leave data.tokenizer unset)"
             )
         return model
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        pad_token_id=pad_token_id,
-    )
-    return AutoModelForMaskedLM.from_config(config)
+    settings = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": max_position_embeddings,
+        "dropout": dropout,
+        "pad_token_id": pad_token_id,
+    }
+    kwargs = families.config_kwargs(model_type, settings, embedding_size)
+    try:
+        return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
+    except (ValueError, TypeError) as err:  # the family's own validation, e.g. heads not dividing the width
+        raise MLMError(f"cannot build a new {model_type} model from these settings: {err}") from err
 
 
 class MLMModule(L.LightningModule):
@@ -150,6 +121,8 @@ class MLMModule(L.LightningModule):
         max_position_embeddings: Longest sequence a new model takes.
         dropout: Hidden and attention dropout of a new model.
         pad_token_id: Padding id of a new model.
+        embedding_size: Embedding width of a new model of a factorised-embedding family (ALBERT, ELECTRA,
+            ConvBERT, MobileBERT, RoFormer, SqueezeBERT); ``None`` is ``hidden_size``.
         learning_rate: Peak AdamW learning rate.
         weight_decay: AdamW weight decay (never applied to biases and normalisation weights).
         betas: AdamW betas.
@@ -158,8 +131,9 @@ class MLMModule(L.LightningModule):
         warmup_ratio: Warm-up as a share of all optimizer steps (used when ``warmup_steps`` is 0).
         scheduler: Decay after warm-up: ``linear`` or ``cosine`` to zero, or ``constant``.
         full_logits: Compute vocabulary logits at every position instead of only the masked ones (slower;
-            for models whose MLM head cannot be applied to a subset of positions).
-        compile: ``torch.compile`` the encoder (static shapes; the first steps pay the compilation).
+            families whose MLM head cannot be applied to a subset of positions do this anyway).
+        compile: ``torch.compile`` what runs: the encoder (masked-only head) or the whole model (full logits);
+            static shapes, the first steps pay the compilation.
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
             matrix units; the extra rows are never a target). 1 keeps the tokenizer's size.
         resume_schedule: When a resumed run ends at another step than the checkpoint's learning-rate schedule
@@ -181,6 +155,7 @@ class MLMModule(L.LightningModule):
         max_position_embeddings: PositiveInt = 512,
         dropout: ShareBelowOne = 0.1,
         pad_token_id: NonNegativeInt = 0,
+        embedding_size: PositiveInt | None = None,
         learning_rate: NonNegativeFloat = 5e-5,
         weight_decay: NonNegativeFloat = 0.01,
         betas: tuple[ShareBelowOne, ShareBelowOne] = (0.9, 0.999),
@@ -215,6 +190,7 @@ class MLMModule(L.LightningModule):
             max_position_embeddings,
             dropout,
             pad_token_id,
+            embedding_size,
         )
         if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:
             self.model.resize_token_embeddings(
@@ -241,36 +217,43 @@ class MLMModule(L.LightningModule):
         """Longest row the model takes, in tokens (:func:`max_sequence_length` of its configuration)."""
         return max_sequence_length(self.model.config.to_dict())
 
-    def _mlm_head(self) -> nn.Module | None:
-        """The module mapping hidden states to vocabulary logits, if it can be applied position-wise."""
+    def _mlm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The function mapping hidden states to vocabulary logits, if the family's head is position-wise."""
         if self.hparams.full_logits:
             return None
-        for name in ("cls", "lm_head"):  # BERT family / RoBERTa family
-            head = getattr(self.model, name, None)
-            if isinstance(head, nn.Module):
-                return head
-        return None
+        # Looked up on every call (a dict lookup), so copies of the module never use a stale model's head.
+        head = families.masked_head(self.model)
+        if isinstance(head, str):
+            if not self.__dict__.get("_said_full_logits"):  # once per module
+                rank_zero_info(
+                    f"model_type={self.model.config.model_type}: vocabulary logits at every position, because {head}"
+                )
+                self.__dict__["_said_full_logits"] = True
+            return None
+        return head
 
     def masked_logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """Vocabulary logits at the masked positions only, shape (masked tokens, vocab)."""
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+        inputs = families.encoder_inputs(self.model, batch["input_ids"], batch.get("attention_mask"))
         positions = batch["masked_positions"]
         head = self._mlm_head()
         if head is None:
-            logits = self.model(**inputs).logits
+            logits = self._encoder(whole_model=True)(**inputs).logits
             return logits.flatten(0, 1).index_select(0, positions)
-        hidden = self._encoder()(**inputs).last_hidden_state
+        hidden = self._encoder()(**inputs)[0]
         # Most of a small model's work is the vocabulary projection: apply it to ~15% of positions only.
         return head(hidden.flatten(0, 1).index_select(0, positions))
 
-    def _encoder(self) -> nn.Module:
-        encoder = self.__dict__.get("_compiled_encoder")
+    def _encoder(self, whole_model: bool = False) -> nn.Module:
+        """The encoder (or, for full logits, the whole model), compiled when ``compile`` is on."""
+        key = "_compiled_model" if whole_model else "_compiled_encoder"
+        encoder = self.__dict__.get(key)
         if encoder is None:
-            encoder = self.model.base_model
+            encoder = self.model if whole_model else self.model.base_model
             if self.hparams.compile:
                 encoder = torch.compile(encoder, dynamic=False)
             # Kept out of the module tree, so the state dict has no second copy of the weights.
-            self.__dict__["_compiled_encoder"] = encoder
+            self.__dict__[key] = encoder
         return encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -160,9 +160,9 @@ def report_warnings(
 def model_max_positions(model_config: dict) -> int | None:
     """The longest row the model a ``model`` config section describes takes (``None`` if unknown).
 
-    The same rule as ``fit``'s check: :func:`mlm_lightning.module.max_sequence_length`.
+    The same rule as ``fit``'s check: :func:`mlm_lightning.families.max_sequence_length`.
     """
-    from mlm_lightning.module import max_sequence_length
+    from mlm_lightning.families import max_sequence_length
 
     name = model_config.get("model_name_or_path")
     if not name:

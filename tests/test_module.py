@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError
+from mlm_lightning.families import POSITIONS_AFTER_PADDING, max_sequence_length
 from mlm_lightning.masking import IGNORE_INDEX
-from mlm_lightning.module import POSITIONS_AFTER_PADDING, MLMModule, max_sequence_length
+from mlm_lightning.module import MLMModule
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64

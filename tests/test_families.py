@@ -1,0 +1,225 @@
+"""Every masked-LM family: the masked-only head gives the model's own loss and gradients; from-scratch sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForMaskedLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+from mlm_lightning import families
+from mlm_lightning.errors import MLMError
+from mlm_lightning.module import MLMModule, build_model
+
+VOCAB = 100
+SETTINGS = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    dropout=0.0,
+    pad_token_id=0,
+)
+# What the shared settings do not cover, for families that need it at this size.
+EXTRAS: dict[str, dict] = {
+    "big_bird": {"attention_type": "original_full"},  # block-sparse needs far longer rows
+    "longformer": {"attention_window": 8},
+    "xmod": {"default_language": "en_XX"},
+    "funnel": {"block_sizes": [1, 1], "d_model": 32, "n_head": 2, "d_head": 16, "d_inner": 48},
+    "reformer": {
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "attention_head_size": 16,
+        "feed_forward_size": 48,
+        "attn_layers": ["local", "local"],
+        "local_attn_chunk_length": 4,
+        "axial_pos_shape": [4, 4],
+        "axial_pos_embds_dim": [16, 16],
+        "max_position_embeddings": 16,
+        "is_decoder": False,
+        "hidden_dropout_prob": 0.0,
+        "local_attention_probs_dropout_prob": 0.0,
+    },
+}
+# (family, config overrides): every family with a masked-only head, DeBERTa in both head layouts.
+HEAD_CASES = [(f, {}) for f in families.HEADS] + [("deberta", {"legacy": False}), ("deberta-v2", {"legacy": False})]
+
+
+def tiny_model(family: str, **overrides: object) -> torch.nn.Module:
+    if family in families.NO_FROM_SCRATCH:
+        config = AutoConfig.for_model(family, vocab_size=VOCAB, pad_token_id=0, **EXTRAS[family], **overrides)
+    else:
+        kwargs = families.config_kwargs(family, SETTINGS, None)
+        config = AutoConfig.for_model(family, **{**kwargs, **EXTRAS.get(family, {}), **overrides})
+    return AutoModelForMaskedLM.from_config(config)
+
+
+def tiny_batch(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, VOCAB, (3, 16), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 12:] = 0  # a padded row
+    input_ids[attention_mask == 0] = 0
+    labels = torch.where(torch.rand(input_ids.shape, generator=g) < 0.25, input_ids, -100)
+    labels[attention_mask == 0] = -100
+    labels[0, 3] = input_ids[0, 3]
+    positions = (labels.flatten() != -100).nonzero().squeeze(1)
+    batch = {"input_ids": input_ids, "labels": labels, "masked_positions": positions}
+    batch["masked_labels"] = labels.flatten().index_select(0, positions)
+    if family not in families.NO_ATTENTION_MASK:
+        batch["attention_mask"] = attention_mask
+    return batch
+
+
+def test_every_masked_lm_family_is_decided() -> None:
+    """A family transformers adds must be looked at: a masked-only head, or a reason why not."""
+    undecided = set(MODEL_FOR_MASKED_LM_MAPPING_NAMES) - set(families.HEADS) - set(families.NO_MASKED_HEAD)
+    assert not undecided
+    assert not set(families.HEADS) & set(families.NO_MASKED_HEAD)
+
+
+@pytest.mark.parametrize(("family", "overrides"), HEAD_CASES, ids=[f"{f}{'-' if o else ''}" for f, o in HEAD_CASES])
+def test_masked_head_gives_the_models_own_loss_and_gradients(
+    family: str, overrides: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    tiny = tiny_model(family, **overrides)
+    monkeypatch.setattr("mlm_lightning.module.build_model", lambda *args: tiny)
+    # eval: no dropout (Reformer's backward needs train mode: its dropouts are 0 in EXTRAS).
+    module = MLMModule(vocab_size=VOCAB).train(family == "reformer")
+    model, batch = module.model, tiny_batch(family)
+    assert module._mlm_head() is not None
+
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+    own = model(**kwargs, labels=batch["labels"]).loss
+    own.backward()
+    own_grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    # Every module outside the encoder (the head) must see the masked rows only.
+    rows: dict[str, int] = {}
+    encoder = {id(m) for m in model.base_model.modules()}
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, name=name: rows.__setitem__(name, args[0].shape[0]))
+        for name, m in model.named_modules()
+        if id(m) not in encoder and m is not model
+    ]
+    logits = module.masked_logits(batch)
+    for hook in hooks:
+        hook.remove()
+    n = batch["masked_positions"].numel()
+    assert rows and set(rows.values()) == {n}, rows
+    assert logits.shape == (n, model.config.vocab_size)
+
+    loss = F.cross_entropy(logits.float(), batch["masked_labels"])
+    loss.backward()
+    torch.testing.assert_close(loss, own, rtol=1e-5, atol=1e-5)
+    for name, param in model.named_parameters():
+        if own_grads[name] is None:
+            assert param.grad is None or not param.grad.any(), name
+        else:
+            torch.testing.assert_close(param.grad, own_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("family", ["bart", "xlm-asm"])
+def test_full_logits_families_say_so_once_and_match(family: str, caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    if family == "xlm-asm":
+        model_type, extra = "xlm", {"asm": True}
+    else:
+        model_type, extra = family, {}
+    module = MLMModule(model_type=model_type, **SETTINGS)
+    if extra:  # only the setting decides
+        module.model.config.asm = True
+    module.eval()
+    batch = tiny_batch(model_type)
+    with caplog.at_level(logging.INFO):
+        if family == "xlm-asm":
+            assert module._mlm_head() is None and module._mlm_head() is None
+        else:
+            fast = module.masked_logits(batch)
+            module.masked_logits(batch)
+            kwargs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+            full = module.model(**kwargs).logits.flatten(0, 1)[batch["masked_positions"]]
+            torch.testing.assert_close(fast, full)
+    said = [r.getMessage() for r in caplog.records if "every position" in r.getMessage()]
+    assert len(said) == 1 and model_type in said[0]
+
+
+def test_compile_covers_the_full_logits_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or m)
+    module = MLMModule(model_type="bart", compile=True, **SETTINGS).eval()
+    module.masked_logits(tiny_batch("bart"))
+    assert compiled == [module.model]  # the whole model, since that is what runs
+    module = MLMModule(model_type="bert", compile=True, **SETTINGS).eval()
+    module.masked_logits(tiny_batch("bert"))
+    assert compiled[-1] is module.model.base_model
+
+
+# -- from scratch ----------------------------------------------------------------------------------------------
+FROM_SCRATCH = sorted(set(MODEL_FOR_MASKED_LM_MAPPING_NAMES) - set(families.NO_FROM_SCRATCH))
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights count once
+
+
+@pytest.mark.parametrize("family", FROM_SCRATCH)
+def test_from_scratch_builds_the_requested_sizes(family: str) -> None:
+    settings = {**SETTINGS, "dropout": 0.125}
+    model = build_model(None, model_type=family, embedding_size=None, **settings)
+    config = model.config
+    names = {**families.BERT_NAMES, **families.CONFIG_NAMES.get(family, {})}
+    declared = {f.name for f in dataclasses.fields(type(config))}
+    for setting in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "dropout"):
+        for name in names[setting]:
+            if name in declared:  # read back under the family's own name (others were reported as ignored)
+                assert getattr(config, name) == settings[setting], (setting, name)
+    assert model.get_input_embeddings().weight.shape == (VOCAB, 32)  # embedding_size too defaults to hidden_size
+    if family in families.HEADS:  # the encoder's output width, read from a forward pass
+        hidden = model.base_model(input_ids=torch.ones(1, 8, dtype=torch.long))[0]
+        assert hidden.shape[-1] == 32
+    for name, value in config.to_dict().items():
+        if name.endswith("_token_id") and isinstance(value, int) and name != "mask_token_id":
+            assert value < VOCAB, name  # EuroBERT's mask_token_id cannot be None: the tokenizer's is linked in
+
+
+def test_from_scratch_names_per_family() -> None:
+    distil = build_model(None, model_type="distilbert", embedding_size=None, **SETTINGS).config
+    assert (distil.dim, distil.n_layers, distil.n_heads, distil.hidden_dim) == (32, 2, 2, 48)
+    modern = build_model(None, model_type="modernbert", embedding_size=None, **{**SETTINGS, "dropout": 0.2}).config
+    assert modern.attention_dropout == modern.mlp_dropout == modern.embedding_dropout == 0.2
+    assert modern.bos_token_id is None and modern.cls_token_id is None  # defaults 50281.. lie outside 100 ids
+    electra = build_model(None, model_type="electra", embedding_size=None, **SETTINGS)
+    assert electra.config.embedding_size == 32
+    assert electra.generator_lm_head.weight.shape == (VOCAB, 32)
+    albert = build_model(None, model_type="albert", embedding_size=16, **SETTINGS)
+    assert albert.albert.embeddings.word_embeddings.weight.shape == (VOCAB, 16)
+
+
+def test_from_scratch_says_what_does_not_apply() -> None:
+    with pytest.warns(UserWarning, match="model_type=fnet has no setting for num_attention_heads: ignored"):
+        build_model(None, model_type="fnet", embedding_size=None, **SETTINGS)
+    with pytest.warns(UserWarning, match="model_type=bert has no setting for embedding_size"):
+        build_model(None, model_type="bert", embedding_size=16, **SETTINGS)
+    with pytest.raises(MLMError, match="model_type=funnel sets its depth by block_sizes"):
+        build_model(None, model_type="funnel", embedding_size=None, **SETTINGS)
+    with pytest.raises(MLMError, match="cannot build a new bert model"):
+        build_model(None, model_type="bert", embedding_size=None, **{**SETTINGS, "num_attention_heads": 5})
+
+
+def test_parameter_count_matches_the_formula() -> None:
+    v, h, layers, f, p = VOCAB, 32, 2, 48, 64
+    layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h  # attention, norm, feed-forward, norm
+    head = (h * h + h) + 2 * h + v  # transform, norm, output bias (the projection is tied to the embeddings)
+    bert = (v + p + 2) * h + 2 * h + layers * layer + head  # word, position, 2 token types, norm
+    distilbert = (v + p) * h + 2 * h + layers * layer + head
+    assert n_params(build_model(None, model_type="bert", embedding_size=None, **SETTINGS)) == bert
+    assert n_params(build_model(None, model_type="distilbert", embedding_size=None, **SETTINGS)) == distilbert
