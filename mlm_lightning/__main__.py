@@ -22,6 +22,26 @@ TOOLS: dict[str, tuple[str, str, str | None, bool]] = {
     "train-tokenizer": ("mlm_lightning.tokenizer", "train_tokenizer", "files", False),
 }
 
+# `python -m mlm_lightning --help`, written out so it needs no Lightning import (seconds); each subcommand's own
+# `--help` lists its settings.
+USAGE = """usage: python -m mlm_lightning SUBCOMMAND [options]
+
+Masked-language-model training for BERT-family encoders.
+
+training (a LightningCLI: --config YAML files and --section.key flags):
+  fit              train a model (validation, checkpoints and export on the way)
+  validate         evaluate a checkpoint on the validation split
+  test             evaluate a checkpoint on the test split
+  predict          run the model over the validation split
+
+tools around a run:
+  inspect          the corpus report of a fit configuration, without training
+  export           turn a checkpoint into a Hugging Face model folder
+  fill-mask        the most likely tokens for each [MASK] of a sentence
+  train-tokenizer  train a WordPiece tokenizer on text files
+
+Every setting of a subcommand: python -m mlm_lightning SUBCOMMAND --help"""
+
 
 def _tool_parser(name: str, func: Callable[..., Any], nargs_arg: str | None, positional: bool) -> Any:
     """A jsonargparse parser for ``func``: one typed flag per parameter, help from its docstring.
@@ -76,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and (argv[0] in TOOLS or argv[0] == "inspect"):
+        if argv in (["-h"], ["--help"]):
+            print(USAGE)
+        elif argv and (argv[0] in TOOLS or argv[0] == "inspect"):
             run_tool(argv[0], argv[1:])
         else:
             from mlm_lightning.cli import run_cli

@@ -14,6 +14,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from mlm_lightning.allocator import limit_heap_growth
 from mlm_lightning.callbacks import CorpusReport, ExportOnFitEnd, FillMaskProbes, HParamsSummary
 from mlm_lightning.checkpointing import (
     RESUME_KEYWORDS,
@@ -142,6 +143,8 @@ class _ConfigOnly(MLMCLI):
 
 def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLMCLI] = MLMCLI) -> MLMCLI:
     """Builds (and by default runs) the CLI; ``args`` replaces ``sys.argv[1:]`` for in-process use."""
+    if run:
+        limit_heap_growth()
     return cli_class(
         MLMModule,
         MLMDataModule,

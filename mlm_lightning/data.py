@@ -617,7 +617,9 @@ class MLMDataModule(L.LightningDataModule):
             sampler=sampler,
             collate_fn=self.collator(train),
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # Training workers live through the run; evaluation ones only while they are needed: a worker forked
+            # from the training process ends up holding a private copy of every page the trainer rewrites.
+            persistent_workers=train and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
         if train and trainer is not None:
