@@ -349,7 +349,8 @@ class MLMDataModule(L.LightningDataModule):
         whole_word_mask: Choose whole words rather than single WordPiece tokens.
         batch_size: Rows per training batch on each device.
         eval_batch_size: Rows per validation/test batch; ``None`` uses ``batch_size``.
-        num_workers: Dataloader worker processes for masking and collation (0 = in the training process).
+        num_workers: Dataloader worker processes for masking and collation of training batches (0 = in the
+            training process; validation and test batches are always collated there).
         num_proc: Processes for tokenization (``datasets.map``); ``None`` tokenizes in this process.
         seed: Seed of the validation split, the shuffling and the masks (validation masks are fixed by it).
         cache_dir: Where tokenized corpora and downloads are kept; ``None`` = ``$MLM_LIGHTNING_CACHE`` or
@@ -616,9 +617,9 @@ class MLMDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             collate_fn=self.collator(train),
-            num_workers=self.num_workers,
-            # Training workers live through the run; evaluation ones only while they are needed: a worker forked
-            # from the training process ends up holding a private copy of every page the trainer rewrites.
+            # Evaluation collates in this process: a worker forked from the trainer mid-run (Lightning keeps it
+            # until the next validation) ends up holding a private copy of every page the trainer rewrites.
+            num_workers=self.num_workers if train else 0,
             persistent_workers=train and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
