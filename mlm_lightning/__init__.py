@@ -16,15 +16,25 @@ if TYPE_CHECKING:
 __all__ = ["MLMCollator", "MLMDataModule", "MLMError", "MLMModule"]
 __version__ = "0.1.0"
 
-# Imported on first use: `import mlm_lightning.module` must not pull in the data side (pyarrow, datasets), which
-# a GPU box running only benchmarks/gpu.py may not have.
-_LAZY = {"MLMCollator": "masking", "MLMDataModule": "data", "MLMModule": "module"}
+# The public classes load on first use: `python -m mlm_lightning --help` and `fill-mask` need neither Lightning
+# nor `datasets`, and importing them costs seconds.
+_LAZY = {
+    "MLMCollator": "mlm_lightning.masking",
+    "MLMDataModule": "mlm_lightning.data",
+    "MLMModule": "mlm_lightning.module",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(f"mlm_lightning.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'mlm_lightning' has no attribute {name!r}")
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 # Like Lightning's own logger: progress messages (e.g. "tokenizing ...") show unless the application set up logging.

@@ -23,6 +23,27 @@ TOOLS: dict[str, tuple[str, str, str | None, bool]] = {
     "train-tokenizer": ("mlm_lightning.tokenizer", "train_tokenizer", "files", False),
 }
 
+# `python -m mlm_lightning --help`, written out so it needs no Lightning import (seconds); each subcommand's own
+# `--help` lists its settings.
+USAGE = """usage: python -m mlm_lightning SUBCOMMAND [options]
+
+Masked-language-model training for BERT-family encoders.
+
+training (a LightningCLI: --config YAML files and --section.key flags):
+  fit              train a model (validation, checkpoints and export on the way)
+  validate         evaluate a checkpoint on the validation split
+  test             evaluate a checkpoint on the test split
+  predict          run the model over the validation split
+
+tools around a run:
+  inspect          the corpus report of a fit configuration, without training
+  export           turn a checkpoint into a Hugging Face model folder
+  fill-mask        the most likely tokens for each [MASK] of a sentence
+  train-tokenizer  train a WordPiece tokenizer on text files
+  extend-vocab     add a domain corpus's most-split words to a model's vocabulary
+
+Every setting of a subcommand: python -m mlm_lightning SUBCOMMAND --help"""
+
 
 def _tool_parser(name: str, func: Callable[..., Any], nargs_arg: str | None, positional: bool) -> Any:
     """A jsonargparse parser for ``func``: one typed flag per parameter, help from its docstring.
@@ -76,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    from mlm_lightning.console import quiet_libraries
+    if argv in (["-h"], ["--help"]):
+        print(USAGE)  # without building LightningCLI's parser: instant
+        return 0
+    from mlm_lightning.quiet import quiet_libraries
 
     try:
         with quiet_libraries():  # known library messages a user cannot act on, for this command only

@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_mo
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from mlm_lightning.allocator import limit_heap_growth
 from mlm_lightning.callbacks import (
     CorpusReport,
     ExportOnFitEnd,
@@ -354,6 +355,8 @@ class _ConfigOnly(MLMCLI):
 
 def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLMCLI] = MLMCLI) -> MLMCLI:
     """Builds (and by default runs) the CLI; ``args`` replaces ``sys.argv[1:]`` for in-process use."""
+    if run:
+        limit_heap_growth()
     return cli_class(
         MLMModule,
         MLMDataModule,

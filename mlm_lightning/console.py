@@ -1,107 +1,17 @@
-"""What a run prints: library noise filtered at its source, a progress bar in steps, one line per validation.
+"""What a run prints: a progress bar in steps, one line per validation, a model summary without empty columns.
 
-Every filter here names one message a normal run would otherwise print and that the user cannot act on, and
-says why it is dropped. Everything else Lightning, ``datasets`` and ``transformers`` say still gets through.
+The library messages a run does not print are filtered in :mod:`mlm_lightning.quiet`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import sys
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
-
-# Corpora at least this large show ``datasets``' tokenization progress bar in a terminal (smaller ones take
-# seconds; their "tokenizing ..." log line is enough).
-TOKENIZE_PROGRESS_MIN_BYTES = 50_000_000
-
-# (message regex, module regex of the line the warning points at, why it is dropped)
-_WARNINGS: list[tuple[str, str, str]] = [
-    # torch >= 2.10 deprecates LeafSpec; Lightning's own _pytree copy still uses it (nothing a user can change).
-    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch\.utilities\._pytree", "torch/Lightning"),
-    # We pass `args` on purpose (in-process `main([...])` calls, and `inspect`, which hands its own arguments on)
-    # while sys.argv also holds words: the warning is about a mistake this project does not make.
-    (r"LightningCLI's args parameter is intended", r"lightning\.pytorch\.cli", "in-process CLI"),
-    # A non-empty checkpoint folder is already refused unless the run resumes from it (checkpointing.run_dir_guard),
-    # so when Lightning sees one, it is the documented `--ckpt_path last` resume.
-    (r"Checkpoint directory .* exists and is not empty", r"lightning\.pytorch\.callbacks\.model_checkpoint", "resume"),
-]
-
-# Lightning info lines (logger ``lightning.pytorch.utilities.rank_zero``) that say nothing on this machine.
-_INFO_LINES: list[str] = [
-    "💡 Tip:",  # advertisement for Lightning's cloud logger, printed on every run without it
-    "GPU available: False, used: False",  # no accelerator at all: nothing to choose (a GPU machine still says so)
-    "TPU available: False, using: 0 TPU cores",
-    "Trainer already configured with model summary callbacks",  # ours (PlainModelSummary), on purpose
-]
-
-
-class _DropInfoLines(logging.Filter):
-    """Drops the log records in :data:`_INFO_LINES`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(message.startswith(line) for line in _INFO_LINES)
-
-
-_LOG_FILTER = _DropInfoLines()
-
-
-@contextlib.contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """Filters the known, unactionable library messages for the length of a command, and restores them after.
-
-    ``datasets``' progress bars are switched off too ("Downloading data: 42/42 files" and "Generating train
-    split" for files on this disk); :func:`tokenization_progress` brings the one that is useful back.
-    """
-    import datasets
-
-    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    bars_were_disabled = datasets.utils.are_progress_bars_disabled()
-    # HF_DATASETS_DISABLE_PROGRESS_BARS, when set, has priority (and datasets warns if we try to override it).
-    touch_bars = datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is None
-    with warnings.catch_warnings():
-        for message, module, _why in _WARNINGS:
-            warnings.filterwarnings("ignore", message=message, module=module)
-        rank_zero_log.addFilter(_LOG_FILTER)
-        if touch_bars:
-            datasets.utils.disable_progress_bars()
-        try:
-            yield
-        finally:
-            rank_zero_log.removeFilter(_LOG_FILTER)
-            if touch_bars and not bars_were_disabled:
-                datasets.utils.enable_progress_bars()
-
-
-@contextlib.contextmanager
-def tokenization_progress(total_bytes: int) -> Iterator[None]:
-    """Shows ``datasets``' progress bars inside the block for a large corpus when stderr is a terminal.
-
-    Elsewhere (logs, CI, small corpora) the caller's one "tokenizing ..." line stands for the whole step.
-    """
-    import datasets
-
-    show = (
-        total_bytes >= TOKENIZE_PROGRESS_MIN_BYTES
-        and sys.stderr.isatty()
-        and datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is None
-        and datasets.utils.are_progress_bars_disabled()
-    )
-    if show:
-        datasets.utils.enable_progress_bars()
-    try:
-        yield
-    finally:
-        if show:
-            datasets.utils.disable_progress_bars()
 
 
 def validation_line(trainer: L.Trainer) -> str:

@@ -35,9 +35,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mlm_lightning.atomic import check_can_write
-from mlm_lightning.console import tokenization_progress
 from mlm_lightning.errors import MLMError
 from mlm_lightning.masking import MLMCollator
+from mlm_lightning.quiet import no_datasets_progress, tokenization_progress
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, NonZeroProbability, PositiveInt, SequenceLength
 from mlm_lightning.sources import CACHE_SETTING, cache_write_error, default_cache_dir, resolve_files, resolve_pkg
 from mlm_lightning.token_stream import document_lengths, tokenize_documents, write_token_stream
@@ -392,6 +392,7 @@ def _refuse(path: str, column: str, ds: Any, keep: np.ndarray) -> MLMError:
     )
 
 
+@no_datasets_progress()  # loading local files: nothing a progress bar would tell
 def _load_documents(
     files: list[Path],
     text_layout: str,
@@ -505,7 +506,8 @@ class MLMDataModule(L.LightningDataModule):
         whole_word_mask: Choose whole words rather than single WordPiece tokens.
         batch_size: Rows per training batch on each device.
         eval_batch_size: Rows per validation/test batch; ``None`` uses ``batch_size``.
-        num_workers: Dataloader worker processes for masking and collation (0 = in the training process).
+        num_workers: Dataloader worker processes for masking and collation of training batches (0 = in the
+            training process; validation and test batches are always collated there).
         num_proc: Processes for tokenization (``datasets.map``); ``None`` tokenizes in this process.
         seed: Seed of the validation split, the shuffling and the masks (validation masks are fixed by it).
         cache_dir: Where tokenized corpora and downloads are kept; ``None`` = ``$MLM_LIGHTNING_CACHE`` or
@@ -849,8 +851,10 @@ class MLMDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             collate_fn=self.collator(train),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # Evaluation collates in this process: a worker forked from the trainer mid-run (Lightning keeps it
+            # until the next validation) ends up holding a private copy of every page the trainer rewrites.
+            num_workers=self.num_workers if train else 0,
+            persistent_workers=train and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
         if train and trainer is not None:

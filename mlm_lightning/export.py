@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from mlm_lightning.atomic import atomic_output_dir, check_writable
-from mlm_lightning.checkpointing import read_checkpoint
 from mlm_lightning.errors import MLMError
 from mlm_lightning.sources import PKG_SCHEME, resolve_pkg
 
 
 def load_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     """Reads a Lightning checkpoint of an ``MLMModule`` onto the CPU."""
+    from mlm_lightning.checkpointing import read_checkpoint  # imports Lightning: not for fill-mask on an export
+
     path = Path(ckpt_path).expanduser()
     # Lightning checkpoints hold plain Python objects (hyperparameters, loop state) besides tensors.
     ckpt = read_checkpoint(path, map_location="cpu", weights_only=False)
