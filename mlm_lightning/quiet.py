@@ -88,22 +88,20 @@ def no_datasets_progress() -> Iterator[None]:
 
 @contextlib.contextmanager
 def tokenization_progress(total_bytes: int) -> Iterator[None]:
-    """Shows ``datasets``' progress bars inside the block for a large corpus when stderr is a terminal.
+    """``datasets``' progress bars inside the block only for a large corpus when stderr is a terminal.
 
-    Elsewhere (logs, CI, small corpora) the caller's one "tokenizing ..." line stands for the whole step.
+    Elsewhere (logs, CI, small corpora) the caller's one "tokenizing ..." line stands for the whole step. The
+    previous state is restored afterwards; ``HF_DATASETS_DISABLE_PROGRESS_BARS``, when set, decides alone.
     """
     import datasets
 
-    show = (
-        total_bytes >= TOKENIZE_PROGRESS_MIN_BYTES
-        and sys.stderr.isatty()
-        and datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is None
-        and datasets.utils.are_progress_bars_disabled()
-    )
-    if show:
-        datasets.utils.enable_progress_bars()
+    if datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is not None:
+        yield
+        return
+    show = total_bytes >= TOKENIZE_PROGRESS_MIN_BYTES and sys.stderr.isatty()
+    were_disabled = datasets.utils.are_progress_bars_disabled()
+    (datasets.utils.enable_progress_bars if show else datasets.utils.disable_progress_bars)()
     try:
         yield
     finally:
-        if show:
-            datasets.utils.disable_progress_bars()
+        (datasets.utils.disable_progress_bars if were_disabled else datasets.utils.enable_progress_bars)()

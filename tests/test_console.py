@@ -19,6 +19,7 @@ NOISE = [
     "Downloading data",  # datasets' progress bars for files on this disk
     "Generating train split",
     "drop blank documents",
+    "examples/s",  # any datasets progress bar, tokenization's included (a small corpus, output not a terminal)
     "LightningCLI's args parameter",
     "exists and is not empty",  # the documented resume
     "GPU available: False",
