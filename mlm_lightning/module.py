@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from mlm_lightning.flops import (
     peak_flops,
     training_flops,
 )
+from mlm_lightning.masking import IGNORE_INDEX
 from mlm_lightning.sources import resolve_pkg
 
 
@@ -193,6 +195,7 @@ class MLMModule(L.LightningModule):
         if encoder is None:
             encoder = self.model.base_model
             if self.hparams.compile:
+                skip_mask_of_unpadded_batches()
                 encoder = torch.compile(encoder, dynamic=False)
             # Kept out of the module tree, so the state dict has no second copy of the weights.
             self.__dict__["_compiled_encoder"] = encoder
@@ -203,14 +206,39 @@ class MLMModule(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     # -- steps ------------------------------------------------------------------------------------------
+    def train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The training loss: mean cross-entropy over the masked positions (0, with gradients, if there are none).
+
+        With ``compile`` on a GPU and a position-wise MLM head, encoder, gather, head and loss are one compiled
+        graph (:func:`masked_mean_loss`) whose number of masked positions is symbolic, so every batch of the same
+        shape runs it without recompiling. Otherwise the gather, head and loss run eagerly (around the encoder
+        compiled alone, when ``compile`` is on).
+        """
+        if not self._compiles_whole_loss():
+            return masked_mean_loss(self, batch)
+        loss_fn = self.__dict__.get("_compiled_loss")
+        if loss_fn is None:
+            self._encoder()  # built before tracing (the trace inlines it), kept out of the module tree as it is
+            loss_fn = self.__dict__["_compiled_loss"] = torch.compile(masked_mean_loss, dynamic=False)
+        # The masked count changes from batch to batch: marked dynamic, it is the graph's one symbolic size
+        # (rather than one graph, and a compilation, per count; padding the positions to a few fixed budgets
+        # would still compile a graph per budget and run the head on the padding).
+        torch._dynamo.maybe_mark_dynamic(batch["masked_positions"], 0)
+        torch._dynamo.maybe_mark_dynamic(batch["masked_labels"], 0)
+        return loss_fn(self, batch)
+
+    def _compiles_whole_loss(self) -> bool:
+        # On a CPU the encoder alone stays compiled: measured there (benchmarks/README.md), not retuned here.
+        return bool(self.hparams.compile) and self.device.type == "cuda" and self._mlm_head() is not None
+
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         labels = batch["masked_labels"]
-        logits = self.masked_logits(batch).float()
-        losses = F.cross_entropy(logits, labels, reduction="none")
         if stage == "train":
-            loss = losses.mean() if labels.numel() else logits.sum() * 0.0
+            loss = self.train_loss(batch)
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=labels.numel())
             return loss
+        logits = self.masked_logits(batch).float()
+        losses = F.cross_entropy(logits, labels, reduction="none")
         loss_metric, acc_metric = (
             (self.val_loss, self.val_accuracy) if stage == "val" else (self.test_loss, self.test_accuracy)
         )
@@ -393,3 +421,48 @@ class MLMModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         self.check_max_seq_length(getattr(dm, "max_seq_length", None))
+
+
+def masked_mean_loss(module: MLMModule, batch: dict[str, Any]) -> torch.Tensor:
+    """Mean cross-entropy of ``module``'s logits at ``batch``'s masked positions; labels ``-100`` are ignored.
+
+    A sum over the counted labels rather than ``reduction="mean"``, so a batch without masked tokens gives a loss
+    of 0 (with gradients) instead of NaN, and padding slots labelled ``-100`` change neither loss nor gradients.
+    """
+    labels = batch["masked_labels"]
+    logits = module.masked_logits(batch).float()
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def skip_mask_of_unpadded_batches() -> None:
+    """Lets a compiled encoder run SDPA without a mask on batches without padding, as it runs uncompiled.
+
+    Uncompiled, ``transformers`` passes no mask to SDPA when no attention mask is given, so SDPA takes its fused
+    (flash or cuDNN) kernels. While ``torch.compile`` traces, ``transformers`` before 5.2x cannot look at the mask
+    and builds an all-true one for every batch instead, and with a mask the compiled attention falls back to
+    unfused float32 matrix products, softmax and dropout (measured on an H200: a sixth of a BERT-base step at
+    sequence length 128). This wraps the registered ``sdpa`` mask function to return no mask in exactly the
+    case its uncompiled path does: no attention mask (no padding), a bidirectional mask, no sliding window.
+    Idempotent; a no-op where ``transformers`` has no mask registry (4.x).
+    """
+    try:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    except ImportError:
+        return
+    try:
+        sdpa_mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
+    except KeyError:
+        return
+    if getattr(sdpa_mask, "skips_unpadded", False):
+        return
+
+    @functools.wraps(sdpa_mask)
+    def mask(*args: Any, **kwargs: Any) -> Any:
+        unpadded = not args and kwargs.get("attention_mask") is None and kwargs.get("local_size") is None
+        if unpadded and kwargs.get("allow_is_bidirectional_skip"):
+            return None
+        return sdpa_mask(*args, **kwargs)
+
+    mask.skips_unpadded = True  # type: ignore[attr-defined]
+    AttentionMaskInterface.register("sdpa", mask)
