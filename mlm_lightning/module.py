@@ -397,8 +397,7 @@ class MLMModule(L.LightningModule):
             # Biases and normalisation weights are 1-D: decaying them only hurts.
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # One fused kernel per step on GPU; multi-tensor (foreach) on CPU, where it beats both alternatives.
-        impl = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        impl = adamw_implementation(self.device.type, self.trainer)
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.eps, **impl)
         total = self.total_optimizer_steps()
         warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
@@ -433,6 +432,19 @@ def masked_mean_loss(module: MLMModule, batch: dict[str, Any]) -> torch.Tensor:
     logits = module.masked_logits(batch).float()
     total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def adamw_implementation(device_type: str, trainer: L.Trainer) -> dict[str, bool]:
+    """AdamW's implementation for a run: ``{"fused": True}`` or ``{"foreach": True}``.
+
+    Fused (one kernel per step) on a GPU; multi-tensor (foreach) on a CPU, where it beats both alternatives, and
+    on a GPU when a mixed-precision run clips gradients: Lightning's mixed-precision plugin refuses to clip for an
+    optimizer that unscales gradients itself (a fused one) and would stop the run at its first step.
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    clips = bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin, MixedPrecision)
+    return {"fused": True} if device_type == "cuda" and not clips else {"foreach": True}
 
 
 def skip_mask_of_unpadded_batches() -> None:

@@ -198,3 +198,25 @@ def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch:
     assert len(sdpa) == 2 and all(len(calls) == TINY["num_hidden_layers"] for calls in sdpa), sdpa
     assert all(mask is None for mask in sdpa[0]) and all(mask is not None for mask in sdpa[1])
     torch._dynamo.reset()
+
+
+def test_adamw_is_not_fused_where_lightning_could_not_clip_its_gradients(
+    dm: MLMDataModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlm_lightning import module as module_lib
+
+    def trainer(**kw: Any) -> L.Trainer:
+        return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, **kw)
+
+    choose = module_lib.adamw_implementation
+    assert choose("cuda", trainer(precision="bf16-mixed")) == {"fused": True}
+    assert choose("cuda", trainer(precision="32-true", gradient_clip_val=1.0)) == {"fused": True}
+    assert choose("cuda", trainer(precision="bf16-mixed", gradient_clip_val=1.0)) == {"foreach": True}
+    assert choose("cpu", trainer(precision="bf16-mixed")) == {"foreach": True}
+    # A GPU's choice made on this CPU (fused AdamW runs on a CPU too): bf16-mixed with clipping, as
+    # configs/from-scratch.yaml with --trainer.precision bf16-mixed, trains instead of raising at the first step.
+    monkeypatch.setattr(module_lib, "adamw_implementation", lambda device_type, t: choose("cuda", t))
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=dm.vocab_size, **TINY)
+    trainer(precision="bf16-mixed", gradient_clip_val=1.0, max_steps=2, limit_val_batches=0).fit(module, datamodule=dm)
+    assert module.trainer.global_step == 2
