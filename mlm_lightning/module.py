@@ -106,7 +106,8 @@ class MLMModule(L.LightningModule):
         scheduler: Decay after warm-up: ``linear`` or ``cosine`` to zero, or ``constant``.
         full_logits: Compute vocabulary logits at every position instead of only the masked ones (slower;
             for models whose MLM head cannot be applied to a subset of positions).
-        compile: ``torch.compile`` the encoder (static shapes; the first steps pay the compilation).
+        compile: ``torch.compile`` the encoder (on a GPU the whole training loss; static shapes but the masked
+            count; the first steps pay the compilation).
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
             matrix units; the extra rows are never a target). 1 keeps the tokenizer's size.
     """
