@@ -26,6 +26,7 @@ from mlm_lightning.flops import (
     peak_flops,
     training_flops,
 )
+from mlm_lightning.masking import IGNORE_INDEX
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
 from mlm_lightning.sources import resolve_pkg
 
@@ -132,8 +133,9 @@ class MLMModule(L.LightningModule):
         scheduler: Decay after warm-up: ``linear`` or ``cosine`` to zero, or ``constant``.
         full_logits: Compute vocabulary logits at every position instead of only the masked ones (slower;
             families whose MLM head cannot be applied to a subset of positions do this anyway).
-        compile: ``torch.compile`` what runs: the encoder (masked-only head) or the whole model (full logits);
-            static shapes, the first steps pay the compilation.
+        compile: ``torch.compile`` what runs: the encoder (masked-only head; on a GPU the whole training loss,
+            static shapes but the masked count) or the whole model (full logits); the first steps pay the
+            compilation.
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
             matrix units; the extra rows are never a target). 1 keeps the tokenizer's size.
         resume_schedule: When a resumed run ends at another step than the checkpoint's learning-rate schedule
@@ -251,6 +253,7 @@ class MLMModule(L.LightningModule):
         if encoder is None:
             encoder = self.model if whole_model else self.model.base_model
             if self.hparams.compile:
+                skip_mask_of_unpadded_batches()
                 encoder = torch.compile(encoder, dynamic=False)
             # Kept out of the module tree, so the state dict has no second copy of the weights.
             self.__dict__[key] = encoder
@@ -261,14 +264,39 @@ class MLMModule(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     # -- steps ------------------------------------------------------------------------------------------
+    def train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The training loss: mean cross-entropy over the masked positions (0, with gradients, if there are none).
+
+        With ``compile`` on a GPU and a position-wise MLM head, encoder, gather, head and loss are one compiled
+        graph (:func:`masked_mean_loss`) whose number of masked positions is symbolic, so every batch of the same
+        shape runs it without recompiling. Otherwise the gather, head and loss run eagerly (around the encoder
+        compiled alone, when ``compile`` is on).
+        """
+        if not self._compiles_whole_loss():
+            return masked_mean_loss(self, batch)
+        loss_fn = self.__dict__.get("_compiled_loss")
+        if loss_fn is None:
+            self._encoder()  # built before tracing (the trace inlines it), kept out of the module tree as it is
+            loss_fn = self.__dict__["_compiled_loss"] = torch.compile(masked_mean_loss, dynamic=False)
+        # The masked count changes from batch to batch: marked dynamic, it is the graph's one symbolic size
+        # (rather than one graph, and a compilation, per count; padding the positions to a few fixed budgets
+        # would still compile a graph per budget and run the head on the padding).
+        torch._dynamo.maybe_mark_dynamic(batch["masked_positions"], 0)
+        torch._dynamo.maybe_mark_dynamic(batch["masked_labels"], 0)
+        return loss_fn(self, batch)
+
+    def _compiles_whole_loss(self) -> bool:
+        # On a CPU the encoder alone stays compiled: measured there (benchmarks/README.md), not retuned here.
+        return bool(self.hparams.compile) and self.device.type == "cuda" and self._mlm_head() is not None
+
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         labels = batch["masked_labels"]
-        logits = self.masked_logits(batch).float()
-        losses = F.cross_entropy(logits, labels, reduction="none")
         if stage == "train":
-            loss = losses.mean() if labels.numel() else logits.sum() * 0.0
+            loss = self.train_loss(batch)
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=labels.numel())
             return loss
+        logits = self.masked_logits(batch).float()
+        losses = F.cross_entropy(logits, labels, reduction="none")
         loss_metric, acc_metric, nonfinite = self._metrics(stage)
         if labels.numel():
             loss_metric.update(losses)  # mean over all masked tokens of the split: token-weighted
@@ -508,8 +536,7 @@ class MLMModule(L.LightningModule):
             # Biases and normalisation weights are 1-D: decaying them only hurts.
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # One fused kernel per step on GPU; multi-tensor (foreach) on CPU, where it beats both alternatives.
-        impl = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        impl = adamw_implementation(self.device.type, self.trainer)
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.eps, **impl)
         # Its length is recorded in checkpoints: a resumed run continues the same schedule (see resume_schedule).
         self._schedule = self._plan_schedule()
@@ -558,3 +585,61 @@ class MLMModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         self.check_max_seq_length(getattr(dm, "max_seq_length", None))
+
+
+def masked_mean_loss(module: MLMModule, batch: dict[str, Any]) -> torch.Tensor:
+    """Mean cross-entropy of ``module``'s logits at ``batch``'s masked positions; labels ``-100`` are ignored.
+
+    A sum over the counted labels rather than ``reduction="mean"``, so a batch without masked tokens gives a loss
+    of 0 (with gradients) instead of NaN, and padding slots labelled ``-100`` change neither loss nor gradients.
+    """
+    labels = batch["masked_labels"]
+    logits = module.masked_logits(batch).float()
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def adamw_implementation(device_type: str, trainer: L.Trainer) -> dict[str, bool]:
+    """AdamW's implementation for a run: ``{"fused": True}`` or ``{"foreach": True}``.
+
+    Fused (one kernel per step) on a GPU; multi-tensor (foreach) on a CPU, where it beats both alternatives, and
+    on a GPU when a mixed-precision run clips gradients: Lightning's mixed-precision plugin refuses to clip for an
+    optimizer that unscales gradients itself (a fused one) and would stop the run at its first step.
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    clips = bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin, MixedPrecision)
+    return {"fused": True} if device_type == "cuda" and not clips else {"foreach": True}
+
+
+def skip_mask_of_unpadded_batches() -> None:
+    """Lets a compiled encoder run SDPA without a mask on batches without padding, as it runs uncompiled.
+
+    Uncompiled, ``transformers`` passes no mask to SDPA when no attention mask is given, so SDPA takes its fused
+    (flash or cuDNN) kernels. While ``torch.compile`` traces, ``transformers`` before 5.2x cannot look at the mask
+    and builds an all-true one for every batch instead, and with a mask the compiled attention falls back to
+    unfused float32 matrix products, softmax and dropout (measured on an H200: a sixth of a BERT-base step at
+    sequence length 128). This wraps the registered ``sdpa`` mask function to return no mask in exactly the
+    case its uncompiled path does: no attention mask (no padding), a bidirectional mask, no sliding window.
+    Idempotent; a no-op where ``transformers`` has no mask registry (4.x).
+    """
+    try:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    except ImportError:
+        return
+    try:
+        sdpa_mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
+    except KeyError:
+        return
+    if getattr(sdpa_mask, "skips_unpadded", False):
+        return
+
+    @functools.wraps(sdpa_mask)
+    def mask(*args: Any, **kwargs: Any) -> Any:
+        unpadded = not args and kwargs.get("attention_mask") is None and kwargs.get("local_size") is None
+        if unpadded and kwargs.get("allow_is_bidirectional_skip"):
+            return None
+        return sdpa_mask(*args, **kwargs)
+
+    mask.skips_unpadded = True  # type: ignore[attr-defined]
+    AttentionMaskInterface.register("sdpa", mask)

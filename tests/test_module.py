@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -256,3 +257,105 @@ def test_resuming_with_more_steps_never_jumps_the_learning_rate(
     # Its checkpoints record the stretched schedule: resumed again with the same settings, it goes on unchanged.
     again = fit("again", 20, tmp_path / "stretch" / "step=12.ckpt")
     assert [again[s] for s in range(12, 20)] == pytest.approx(expected[8:], abs=1e-12)
+
+
+def _mlm_batch(module: MLMModule, rows: int, length: int, seed: int, padded: bool = False) -> dict:
+    from mlm_lightning.masking import MLMCollator
+
+    collate = MLMCollator(
+        pad_token_id=0, mask_token_id=4, vocab_size=module.hparams.vocab_size, special_token_ids=[0, 1, 2, 3, 4]
+    )
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, module.hparams.vocab_size, (rows, length), generator=gen)
+    cut = [length - 5 * (i % 2) if padded else length for i in range(rows)]  # every other row shorter
+    return collate([{"input_ids": ids[i, : cut[i]].numpy(), "index": seed * rows + i} for i in range(rows)])
+
+
+def test_masked_mean_loss_is_the_mean_cross_entropy_and_zero_without_masked_tokens() -> None:
+    from mlm_lightning.module import masked_mean_loss
+
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=100, dropout=0.0, **TINY)
+    batch = _mlm_batch(module, 4, 16, seed=1)
+    loss = masked_mean_loss(module, batch)
+    reference = F.cross_entropy(module.masked_logits(batch).float(), batch["masked_labels"])
+    torch.testing.assert_close(loss, reference)
+    (grad,) = torch.autograd.grad(loss, module.model.base_model.embeddings.word_embeddings.weight)
+    (ref_grad,) = torch.autograd.grad(reference, module.model.base_model.embeddings.word_embeddings.weight)
+    torch.testing.assert_close(grad, ref_grad)
+    # A batch without masked tokens: loss 0 with gradients (zeros), not NaN, so the step needs no host check.
+    empty = {**batch, "masked_positions": batch["masked_positions"][:0], "masked_labels": batch["masked_labels"][:0]}
+    loss = masked_mean_loss(module, empty)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+
+
+def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU with compile on, the whole loss is one graph: the masked count is symbolic, no graph breaks.
+
+    Traced here on the CPU with dynamo and a backend that records the graphs and runs them as traced, with the
+    path switched on as on a GPU.
+    """
+    from mlm_lightning.module import masked_mean_loss
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=record, **kw))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=100, dropout=0.0, compile=True, **TINY)
+    reference = MLMModule(vocab_size=100, dropout=0.0, **TINY)  # eager throughout, same weights
+    reference.load_state_dict(module.state_dict())
+    monkeypatch.setattr(MLMModule, "_compiles_whole_loss", lambda self: True)  # as on a GPU
+    counts = set()
+    for seed in range(4):
+        batch = _mlm_batch(module, 4, 16, seed=seed)
+        counts.add(batch["masked_positions"].numel())
+        loss = module.train_loss(batch)
+        torch.testing.assert_close(loss, masked_mean_loss(reference, batch))
+        loss.backward()
+    assert len(counts) > 1 and len(graphs) == 1, (counts, len(graphs))
+    # Unpadded rows: SDPA gets no mask (so a GPU takes its fused kernels); padded rows: their mask.
+    torch._dynamo.reset()
+    graphs.clear()
+    module.__dict__.pop("_compiled_loss")
+    module.train_loss(_mlm_batch(module, 4, 16, seed=5)).backward()
+    module.train_loss(_mlm_batch(module, 4, 16, seed=6, padded=True)).backward()
+    sdpa = [
+        [
+            n.kwargs.get("attn_mask", n.args[3] if len(n.args) > 3 else None)
+            for n in g.graph.nodes
+            if "scaled_dot" in str(n.target)
+        ]
+        for g in graphs
+    ]
+    assert len(sdpa) == 2 and all(len(calls) == TINY["num_hidden_layers"] for calls in sdpa), sdpa
+    assert all(mask is None for mask in sdpa[0]) and all(mask is not None for mask in sdpa[1])
+    torch._dynamo.reset()
+
+
+def test_adamw_is_not_fused_where_lightning_could_not_clip_its_gradients(
+    dm: MLMDataModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlm_lightning import module as module_lib
+
+    def trainer(**kw: Any) -> L.Trainer:
+        return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, **kw)
+
+    choose = module_lib.adamw_implementation
+    assert choose("cuda", trainer(precision="bf16-mixed")) == {"fused": True}
+    assert choose("cuda", trainer(precision="32-true", gradient_clip_val=1.0)) == {"fused": True}
+    assert choose("cuda", trainer(precision="bf16-mixed", gradient_clip_val=1.0)) == {"foreach": True}
+    assert choose("cpu", trainer(precision="bf16-mixed")) == {"foreach": True}
+    # A GPU's choice made on this CPU (fused AdamW runs on a CPU too): bf16-mixed with clipping, as
+    # configs/from-scratch.yaml with --trainer.precision bf16-mixed, trains instead of raising at the first step.
+    monkeypatch.setattr(module_lib, "adamw_implementation", lambda device_type, t: choose("cuda", t))
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=dm.vocab_size, **TINY)
+    trainer(precision="bf16-mixed", gradient_clip_val=1.0, max_steps=2, limit_val_batches=0).fit(module, datamodule=dm)
+    assert module.trainer.global_step == 2
