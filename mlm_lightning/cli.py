@@ -366,6 +366,7 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLM
         # Always on, no settings: RandomStates (exact resume), one step axis, final metrics for every run.
         trainer_defaults={
             "default_root_dir": "logs",
+            "use_distributed_sampler": False,  # MLMSampler shards by itself (mlm_lightning.data.sampling)
             "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation()],
         },
         save_config_kwargs={"overwrite": True},

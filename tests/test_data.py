@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_lightning import data as data_mod
+from mlm_lightning.data import cache as cache_mod
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError
 from tests.conftest import make_corpus
@@ -67,8 +67,8 @@ def test_cache_is_reused_and_keyed_by_content(tmp_path: Path, tokenizer_dir: Pat
     path = tmp_path / "c.txt"
     path.write_text("\n".join(make_corpus(50)), encoding="utf-8")
     calls = []
-    real = data_mod._load_documents
-    monkeypatch.setattr(data_mod, "_load_documents", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = cache_mod.load_documents
+    monkeypatch.setattr(cache_mod, "load_documents", lambda *a, **k: calls.append(1) or real(*a, **k))
     dm_for([path], tokenizer_dir)
     dm_for([path], tokenizer_dir, layout="line_by_line", max_seq_length=16, batch_size=3)  # views only: no re-tokenize
     assert len(calls) == 1
