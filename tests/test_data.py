@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_lightning.data import cache as cache_mod
 from mlm_lightning.data import MLMDataModule
+from mlm_lightning.data import cache as cache_mod
 from mlm_lightning.errors import MLMError
 from tests.conftest import make_corpus
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlm_lightning.data import token_stream
-from mlm_lightning.data import MLMDataModule
+from mlm_lightning.data import MLMDataModule, token_stream
 from mlm_lightning.errors import MLMError
 from mlm_lightning.report import corpus_report, format_report, report_warnings
 from tests.conftest import make_corpus

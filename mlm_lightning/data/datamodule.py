@@ -101,7 +101,7 @@ class MLMDataModule(L.LightningDataModule):
         tokenizer: str | None = None,
         layout: Literal["packed", "line_by_line"] = "packed",
         max_seq_length: SequenceLength = 128,
-        masking: MaskingStrategy = TokenMasking(),  # noqa: B008 (a call, which jsonargparse reads as a class_path default)
+        masking: MaskingStrategy = TokenMasking(),  # noqa: B008 (jsonargparse reads a call as the class default)
         batch_size: PositiveInt = 32,
         eval_batch_size: PositiveInt | None = None,
         num_workers: NonNegativeInt = 0,
