@@ -337,7 +337,9 @@ def _out_of_range(message: str) -> str:
     optional = ", or null" if "NoneType" in message else ""  # an optional setting (`int | None`)
     given = re.search(r"Given value: (\S+)", message) or re.search(r"'([^']*)'$", found["why"])
     value = given[1] if given else found["why"].split(" ")[0]
-    return f"{found['key']} must be {what} {rule}{optional}, got {value}"
+    # A setting of a nested class (data.masking.mlm_probability) is reported one "Parser key" per level.
+    key = ".".join(re.findall(r'Parser key "([^"]+)"', message[: found.start("type")]))
+    return f"{key} must be {what} {rule}{optional}, got {value}"
 
 
 def _prog() -> str:

@@ -109,6 +109,11 @@ def test_help_shows_the_ranges(capsys) -> None:
         main(["fit", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--data.batch_size BATCH_SIZE Rows per training batch on each device. (type: PositiveInt" in out
+    assert "--data.masking.help" in out  # the masking strategy's settings have a help of their own
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.masking.help", "TokenMasking"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--data.masking.mlm_probability MLM_PROBABILITY" in out
     assert "(type: NonZeroProbability, default: 0.15)" in out
 
 

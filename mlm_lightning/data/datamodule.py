@@ -70,9 +70,9 @@ class MLMDataModule(L.LightningDataModule):
         layout: ``packed`` joins documents with ``[SEP]`` into full blocks (no padding); ``line_by_line``
             keeps one document per row (long ones split into windows), padding each batch to its longest row.
         max_seq_length: Tokens per row, special tokens included; at most the model's position embeddings.
-        masking: The masking strategy (``data.masking``): :class:`~mlm_lightning.masking.TokenMasking` with
-            its defaults unless set; a subclass of :class:`~mlm_lightning.masking.MaskingStrategy` by
-            ``class_path``. In YAML, ``masking: {mlm_probability: 0.3, whole_word_mask: true}``.
+        masking: The masking strategy: BERT's token masking (``TokenMasking``, its settings listed by
+            ``--data.masking.help TokenMasking``) unless another ``MaskingStrategy`` subclass is given by
+            ``class_path``. In YAML: ``masking: {mlm_probability: 0.3, whole_word_mask: true}``.
         batch_size: Rows per training batch on each device.
         eval_batch_size: Rows per validation/test batch; ``None`` uses ``batch_size``.
         num_workers: Dataloader worker processes for masking and collation of training batches (0 = in the
