@@ -18,6 +18,9 @@ from mlm_lightning.data.reading import load_documents
 from mlm_lightning.data.rows import TokenRows
 from mlm_lightning.data.sampling import MLMSampler, ResumableDataLoader
 
+# The name configs, saved configs and checkpoints' class paths use (and pickles resolve): the package's, not the file's.
+MLMDataModule.__module__ = __name__
+
 __all__ = [
     "CACHE_VERSION",
     "CorpusCache",
