@@ -26,6 +26,7 @@ from mlm_lightning.flops import (
     peak_flops,
     training_flops,
 )
+from mlm_lightning.masking import MLMBatch
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
 from mlm_lightning.sources import resolve_pkg
 
@@ -261,7 +262,7 @@ class MLMModule(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     # -- steps ------------------------------------------------------------------------------------------
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: MLMBatch, stage: str) -> torch.Tensor:
         labels = batch["masked_labels"]
         logits = self.masked_logits(batch).float()
         losses = F.cross_entropy(logits, labels, reduction="none")
@@ -276,16 +277,16 @@ class MLMModule(L.LightningModule):
             nonfinite.update((~torch.isfinite(losses)).sum())  # on the device: no synchronisation per step
         return losses.sum()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: MLMBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: MLMBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def test_step(self, batch: MLMBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "test")
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: MLMBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Top-1 predictions at the masked positions, with their labels and per-token losses."""
         labels = batch["masked_labels"]
         logits = self.masked_logits(batch).float()
