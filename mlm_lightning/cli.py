@@ -337,7 +337,9 @@ def _out_of_range(message: str) -> str:
     optional = ", or null" if "NoneType" in message else ""  # an optional setting (`int | None`)
     given = re.search(r"Given value: (\S+)", message) or re.search(r"'([^']*)'$", found["why"])
     value = given[1] if given else found["why"].split(" ")[0]
-    return f"{found['key']} must be {what} {rule}{optional}, got {value}"
+    # A setting of a nested class (data.masking.mlm_probability) is reported one "Parser key" per level.
+    key = ".".join(re.findall(r'Parser key "([^"]+)"', message[: found.start("type")]))
+    return f"{key} must be {what} {rule}{optional}, got {value}"
 
 
 def _prog() -> str:
@@ -366,6 +368,7 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLM
         # Always on, no settings: RandomStates (exact resume), one step axis, final metrics for every run.
         trainer_defaults={
             "default_root_dir": "logs",
+            "use_distributed_sampler": False,  # MLMSampler shards by itself (mlm_lightning.data.sampling)
             "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation()],
         },
         save_config_kwargs={"overwrite": True},

@@ -262,7 +262,7 @@ def extend_vocab(
         tokenizer: Tokenizer to extend instead of the model's own.
         overwrite: Replace ``output_dir`` if it exists (otherwise that is an error).
     """
-    from mlm_lightning.data import _load_documents
+    from mlm_lightning.data.reading import load_documents
     from mlm_lightning.fill_mask import load_model
 
     if num_tokens < 1:
@@ -282,7 +282,7 @@ def extend_vocab(
         )
 
     with tempfile.TemporaryDirectory(prefix="mlm-extend-vocab-") as scratch:
-        docs = _load_documents(paths, "line", text_column, "strict", Path(scratch))
+        docs = load_documents(paths, "line", text_column, "strict", Path(scratch))
         if len(docs) == 0:
             raise MLMError(f"no text in {', '.join(map(str, paths))}")
         before = count_corpus(docs, tok, rule)

@@ -1,5 +1,9 @@
 """Masked-language-model collation: padding, 80/10/10 masking, optional whole-word masking.
 
+A masking strategy is a setting of its own (``data.masking``): a :class:`MaskingStrategy` holds its settings and
+builds the collator from what the data module knows (the tokenizer, the seed, training or evaluation). A new
+strategy is a new subclass, chosen with ``data.masking.class_path``; :class:`TokenMasking` is the default.
+
 Written by hand rather than using ``transformers.DataCollatorForLanguageModeling`` because that collator
 draws from the global RNG: its masks cannot be fixed per example for validation, cannot be replayed
 exactly after a resume, and change when the number of dataloader workers changes. Here every example's
@@ -14,12 +18,17 @@ mask comes from its own generator seeded by ``(seed, epoch, example index)``, so
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
+from typing_extensions import NotRequired
+
+from mlm_lightning.errors import MLMError
+from mlm_lightning.settings import ClosedUnitInterval, NonZeroProbability
 
 IGNORE_INDEX = -100
 _MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads (seed, epoch, index) over the seed space
@@ -32,6 +41,30 @@ def example_seed(seed: int, epoch: int, index: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+class MLMBatch(TypedDict):
+    """One batch as the collator hands it to the module (``B`` rows of ``T`` tokens, ``M`` masked positions).
+
+    Keys:
+        input_ids: ``[B, T]`` int64 token ids after masking (``[MASK]``, random or kept), padded with ``[PAD]``.
+        attention_mask: ``[B, T]`` int64, 1 for real tokens and 0 for padding; present only when some row is
+            padded (without it, attention takes its fast SDPA path).
+        labels: ``[B, T]`` int64 original ids at the positions chosen for prediction, ``-100`` elsewhere.
+        masked_positions: ``[M]`` int64 indices into the flattened ``[B * T]`` batch of the chosen positions, in
+            row-major order (computed in the workers, so the step needs no host-device synchronisation).
+        masked_labels: ``[M]`` int64 the original ids at ``masked_positions`` (``labels`` gathered there).
+        num_tokens: Real (non-pad) tokens in the batch, for throughput.
+        num_token_pairs: Sum over rows of length squared: attention's query-key pairs, for FLOPs and MFU.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: NotRequired[torch.Tensor]
+    labels: torch.Tensor
+    masked_positions: torch.Tensor
+    masked_labels: torch.Tensor
+    num_tokens: int
+    num_token_pairs: int
 
 
 @dataclass
@@ -132,7 +165,7 @@ class MLMCollator:
         selected[in_word] = chosen[word_id[in_word]]
         return selected
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, examples: list[dict[str, Any]]) -> MLMBatch:
         lengths = [len(e["input_ids"]) for e in examples]
         width = max(lengths)
         if self.pad_to_multiple_of > 1:
@@ -154,4 +187,74 @@ class MLMCollator:
         batch["masked_labels"] = torch.from_numpy(flat[positions])
         batch["num_tokens"] = int(sum(lengths))  # real (non-pad) tokens, for throughput
         batch["num_token_pairs"] = int(sum(n * n for n in lengths))  # attention's query-key pairs, for MFU
-        return batch
+        return MLMBatch(**batch)
+
+
+class MaskingStrategy(ABC):
+    """How tokens are chosen and replaced for MLM: the setting ``data.masking``.
+
+    A subclass holds only its own settings (typed ``__init__`` arguments, which become ``data.masking.*``) and
+    builds the collator the data module uses for training and for evaluation.
+    """
+
+    @abstractmethod
+    def collator(self, tokenizer: Any, seed: int, train: bool) -> MLMCollator:
+        """The collator for ``tokenizer``'s ids.
+
+        Args:
+            tokenizer: The data module's fast tokenizer (pad, mask and special ids, vocabulary size).
+            seed: The data module's seed; every example's mask is fixed by it, the epoch and the example.
+            train: Training (masks re-drawn each epoch) or evaluation (fixed masks, from another seed stream).
+        """
+
+
+class TokenMasking(MaskingStrategy):
+    """BERT's masking: choose a share of the tokens (or of whole words), replace most with ``[MASK]``.
+
+    Args:
+        mlm_probability: Share of tokens (or words, with ``whole_word_mask``) chosen for prediction.
+        mask_replace_prob: Share of chosen tokens replaced by ``[MASK]``.
+        random_replace_prob: Share of chosen tokens replaced by a random token (the rest stay as they are).
+        whole_word_mask: Choose whole words rather than single WordPiece tokens.
+    """
+
+    def __init__(
+        self,
+        mlm_probability: NonZeroProbability = 0.15,
+        mask_replace_prob: ClosedUnitInterval = 0.8,
+        random_replace_prob: ClosedUnitInterval = 0.1,
+        whole_word_mask: bool = False,
+    ) -> None:
+        # The ranges are checked by their types while the command line parses; the sum only here.
+        if mask_replace_prob + random_replace_prob > 1.0:
+            raise MLMError(
+                f"data.masking.mask_replace_prob + data.masking.random_replace_prob must be at most 1 (the rest of "
+                f"the chosen tokens stay as they are), got {mask_replace_prob} + {random_replace_prob}"
+            )
+        self.mlm_probability = mlm_probability
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
+        self.whole_word_mask = whole_word_mask
+
+    def collator(self, tokenizer: Any, seed: int, train: bool) -> MLMCollator:
+        """The collator; evaluation uses a different, fixed seed stream (see :meth:`MaskingStrategy.collator`)."""
+        continuation = None
+        if self.whole_word_mask:
+            if type(tokenizer.backend_tokenizer.model).__name__ != "WordPiece":
+                raise MLMError("data.masking.whole_word_mask needs a WordPiece tokenizer (BERT-style '##' pieces)")
+            continuation = np.zeros(len(tokenizer), dtype=bool)
+            for piece, i in tokenizer.get_vocab().items():
+                if piece.startswith("##") and i < len(continuation):
+                    continuation[i] = True
+        return MLMCollator(
+            pad_token_id=tokenizer.pad_token_id,
+            mask_token_id=tokenizer.mask_token_id,
+            vocab_size=len(tokenizer),
+            special_token_ids=tokenizer.all_special_ids,
+            mlm_probability=self.mlm_probability,
+            mask_replace_prob=self.mask_replace_prob,
+            random_replace_prob=self.random_replace_prob,
+            seed=seed if train else seed + 7919,
+            continuation_mask=continuation,
+            redraw_each_epoch=train,
+        )

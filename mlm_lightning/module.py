@@ -26,7 +26,7 @@ from mlm_lightning.flops import (
     peak_flops,
     training_flops,
 )
-from mlm_lightning.masking import IGNORE_INDEX
+from mlm_lightning.masking import IGNORE_INDEX, MLMBatch
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
 from mlm_lightning.sources import resolve_pkg
 
@@ -264,7 +264,7 @@ class MLMModule(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     # -- steps ------------------------------------------------------------------------------------------
-    def train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def train_loss(self, batch: MLMBatch) -> torch.Tensor:
         """The training loss: mean cross-entropy over the masked positions (0, with gradients, if there are none).
 
         With ``compile`` on a GPU and a position-wise MLM head, encoder, gather, head and loss are one compiled
@@ -289,7 +289,7 @@ class MLMModule(L.LightningModule):
         # On a CPU the encoder alone stays compiled: measured there (benchmarks/README.md), not retuned here.
         return bool(self.hparams.compile) and self.device.type == "cuda" and self._mlm_head() is not None
 
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: MLMBatch, stage: str) -> torch.Tensor:
         labels = batch["masked_labels"]
         if stage == "train":
             loss = self.train_loss(batch)
@@ -304,16 +304,16 @@ class MLMModule(L.LightningModule):
             nonfinite.update((~torch.isfinite(losses)).sum())  # on the device: no synchronisation per step
         return losses.sum()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: MLMBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: MLMBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def test_step(self, batch: MLMBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "test")
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: MLMBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Top-1 predictions at the masked positions, with their labels and per-token losses."""
         labels = batch["masked_labels"]
         logits = self.masked_logits(batch).float()

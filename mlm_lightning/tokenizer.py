@@ -44,14 +44,14 @@ def train_tokenizer(
     from tokenizers.implementations import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
 
-    from mlm_lightning.data import _load_documents
+    from mlm_lightning.data.reading import load_documents
 
     if vocab_size <= len(SPECIAL_TOKENS):
         raise MLMError(f"vocab_size must be larger than the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
     target = check_writable(output_dir, overwrite)
     paths = resolve_files(files)
     with tempfile.TemporaryDirectory(prefix="mlm-tokenizer-") as scratch:
-        docs = _load_documents(paths, "line", text_column, "strict", Path(scratch))
+        docs = load_documents(paths, "line", text_column, "strict", Path(scratch))
         if len(docs) == 0:
             raise MLMError(f"no text in {', '.join(map(str, paths))}")
 

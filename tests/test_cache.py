@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlm_lightning import data as data_mod
 from mlm_lightning.__main__ import main
 from mlm_lightning.data import MLMDataModule
+from mlm_lightning.data import cache as cache_mod
 from mlm_lightning.errors import MLMError
 from mlm_lightning.sources import download
 from tests.conftest import make_corpus
@@ -39,7 +39,7 @@ def entry_of(cache: Path) -> Path:
 
 def new_process() -> None:
     """Forgets which entries this process has verified, as a later run (a new process) would not know."""
-    data_mod._VERIFIED.clear()
+    cache_mod._VERIFIED.clear()
 
 
 def zero_half(path: Path) -> None:
@@ -119,8 +119,8 @@ def test_digests_are_verified_once_per_process(small_corpus: Path, tokenizer_dir
     cache = tmp_path / "cache"
     make_dm(small_corpus, tokenizer_dir, cache).prepare_data()  # digested while building
     hashed = []
-    real = data_mod._blake2b
-    monkeypatch.setattr(data_mod, "_blake2b", lambda p: hashed.append(p) or real(p))
+    real = cache_mod._blake2b
+    monkeypatch.setattr(cache_mod, "_blake2b", lambda p: hashed.append(p) or real(p))
     for _ in range(3):  # new data modules, setups and dataloaders in the same process: no re-reading
         dm = make_dm(small_corpus, tokenizer_dir, cache)
         dm.prepare_data()

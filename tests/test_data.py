@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_lightning import data as data_mod
 from mlm_lightning.data import MLMDataModule
+from mlm_lightning.data import cache as cache_mod
 from mlm_lightning.errors import MLMError
 from tests.conftest import make_corpus
 
@@ -67,8 +67,8 @@ def test_cache_is_reused_and_keyed_by_content(tmp_path: Path, tokenizer_dir: Pat
     path = tmp_path / "c.txt"
     path.write_text("\n".join(make_corpus(50)), encoding="utf-8")
     calls = []
-    real = data_mod._load_documents
-    monkeypatch.setattr(data_mod, "_load_documents", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = cache_mod.load_documents
+    monkeypatch.setattr(cache_mod, "load_documents", lambda *a, **k: calls.append(1) or real(*a, **k))
     dm_for([path], tokenizer_dir)
     dm_for([path], tokenizer_dir, layout="line_by_line", max_seq_length=16, batch_size=3)  # views only: no re-tokenize
     assert len(calls) == 1
@@ -194,3 +194,34 @@ def test_non_utf8_can_be_replaced(tmp_path: Path, tokenizer_dir: Path) -> None:
         dm = dm_for([path], tokenizer_dir, encoding_errors="replace")
     assert dm.corpus_meta("train")["documents"] + dm.corpus_meta("val")["documents"] == 21
     assert dm.replaced_bytes == {str(path.resolve()): 2}
+
+
+def test_masking_strategy_from_python_and_from_a_config(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """``data.masking`` is an object from Python and a mapping in configs; checkpoints record plain data either way."""
+    from mlm_lightning.masking import TokenMasking
+
+    kw = {"train_files": ["x.txt"], "tokenizer": str(tokenizer_dir), "cache_dir": str(tmp_path)}
+    given = MLMDataModule(masking=TokenMasking(mlm_probability=0.3), **kw)
+    assert given.hparams["masking"] == {
+        "class_path": "mlm_lightning.masking.TokenMasking",
+        "init_args": {
+            "mlm_probability": 0.3,
+            "mask_replace_prob": 0.8,
+            "random_replace_prob": 0.1,
+            "whole_word_mask": False,
+        },
+    }
+    assert torch.load(_saved(given.hparams, tmp_path), weights_only=True)  # what Lightning writes into checkpoints
+    for config in (given.hparams["masking"], {"mlm_probability": 0.3}):  # a saved config, or the settings alone
+        built = MLMDataModule(masking=config, **kw)
+        assert type(built.masking) is TokenMasking and built.masking.mlm_probability == 0.3
+        assert built.collator(train=True).mlm_probability == 0.3
+    assert MLMDataModule(**kw).collator(train=False).mlm_probability == 0.15  # the default strategy
+    with pytest.raises(MLMError, match="data.masking.mask_replace_prob"):
+        TokenMasking(mask_replace_prob=0.95)
+
+
+def _saved(hparams: dict, tmp_path: Path) -> Path:
+    path = tmp_path / "hparams.pt"
+    torch.save({"datamodule_hyper_parameters": dict(hparams)}, path)
+    return path

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlm_lightning import token_stream
-from mlm_lightning.data import MLMDataModule
+from mlm_lightning.data import MLMDataModule, token_stream
 from tests.conftest import make_corpus
 
 

@@ -19,12 +19,19 @@ from tests.test_bad_input import set_arg
 # (setting, value, what the message says). The values of the issue and one per kind of check run always; the others
 # (each costs a parser build, about a second) with the slow tests.
 SLOW = pytest.mark.slow
+MASKING = "data.masking"
 BAD_VALUES = [
-    ("--data.mlm_probability", "-0.1", "data.mlm_probability must be a number > 0 and <= 1, got -0.1"),
-    ("--data.mlm_probability", "1.5", "data.mlm_probability must be a number > 0 and <= 1, got 1.5"),
-    pytest.param("--data.mlm_probability", "0", "data.mlm_probability must be a number > 0 and <= 1", marks=SLOW),
-    ("--data.mask_replace_prob", "0.95", "data.mask_replace_prob + data.random_replace_prob must be at most 1"),
-    ("--data.random_replace_prob", "1.2", "data.random_replace_prob must be a number >= 0 and <= 1"),
+    ("--data.masking.mlm_probability", "-0.1", f"{MASKING}.mlm_probability must be a number > 0 and <= 1, got -0.1"),
+    ("--data.masking.mlm_probability", "1.5", f"{MASKING}.mlm_probability must be a number > 0 and <= 1, got 1.5"),
+    pytest.param(
+        "--data.masking.mlm_probability", "0", f"{MASKING}.mlm_probability must be a number > 0 and <= 1", marks=SLOW
+    ),
+    (
+        "--data.masking.mask_replace_prob",
+        "0.95",
+        "data.masking.mask_replace_prob + data.masking.random_replace_prob must be at most 1",
+    ),
+    ("--data.masking.random_replace_prob", "1.2", f"{MASKING}.random_replace_prob must be a number >= 0 and <= 1"),
     ("--data.batch_size", "0", "data.batch_size must be an integer > 0, got 0"),
     pytest.param(
         "--data.eval_batch_size", "0", "data.eval_batch_size must be an integer > 0, or null, got 0", marks=SLOW
@@ -102,6 +109,11 @@ def test_help_shows_the_ranges(capsys) -> None:
         main(["fit", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--data.batch_size BATCH_SIZE Rows per training batch on each device. (type: PositiveInt" in out
+    assert "--data.masking.help" in out  # the masking strategy's settings have a help of their own
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.masking.help", "TokenMasking"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--data.masking.mlm_probability MLM_PROBABILITY" in out
     assert "(type: NonZeroProbability, default: 0.15)" in out
 
 

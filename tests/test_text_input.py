@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlm_lightning import token_stream
-from mlm_lightning.data import MLMDataModule
+from mlm_lightning.data import MLMDataModule, token_stream
 from mlm_lightning.errors import MLMError
 from mlm_lightning.report import corpus_report, format_report, report_warnings
 from tests.conftest import make_corpus
@@ -151,7 +150,7 @@ def test_non_text_rows_are_counted_and_dropped_or_refused(tmp_path: Path, tokeni
     assert any("not text" in w for w in report_warnings(stats, dm, None))
 
     strict = MLMDataModule(**kw, non_text_rows="error")
-    assert strict._corpora()["train"][0] != dm._corpora()["train"][0]  # the setting is part of the cache key
+    assert strict.corpora["train"].key != dm.corpora["train"].key  # the setting is part of the cache key
     with pytest.raises(MLMError, match=rf"{good}: row 2: 'text' is null, not text"):
         strict.prepare_data()
     strict = MLMDataModule(**{**kw, "train_files": [str(bad)]}, non_text_rows="error")

@@ -1,0 +1,295 @@
+"""``MLMDataModule``: the data settings, and the Lightning hooks that hand the work to the modules beside it.
+
+Text is read with ``datasets`` (:mod:`.reading`), tokenized once into a cache folder whose name is a hash of the
+files' contents, the tokenizer and the text settings (:mod:`.cache`, :mod:`.token_stream`), served as rows of a
+layout (:mod:`.rows`) in an order that survives a resume (:mod:`.sampling`), and masked by the masking strategy
+``data.masking`` (:mod:`mlm_lightning.masking`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from mlm_lightning.data.cache import Corpus, CorpusCache
+from mlm_lightning.data.rows import TokenRows
+from mlm_lightning.data.sampling import MLMSampler, ResumableDataLoader
+from mlm_lightning.errors import MLMError
+from mlm_lightning.masking import MaskingStrategy, MLMCollator, TokenMasking
+from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, PositiveInt, SequenceLength
+from mlm_lightning.sources import default_cache_dir, resolve_pkg
+
+
+def _strategy(masking: MaskingStrategy | Mapping[str, Any]) -> MaskingStrategy:
+    """The masking strategy: as given, or built from its config (``{class_path, init_args}``, or
+    ``TokenMasking``'s settings alone), which is what ``config.data.as_dict()`` and saved hyperparameters hold."""
+    if isinstance(masking, MaskingStrategy):
+        return masking
+    if "class_path" not in masking:
+        return TokenMasking(**masking)
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--masking", type=MaskingStrategy)
+    return parser.instantiate(parser.parse_object({"masking": dict(masking)})).masking
+
+
+def _masking_config(masking: MaskingStrategy) -> dict[str, Any]:
+    """A strategy as plain data, ``{class_path, init_args}``: what checkpoints and dashboards can hold."""
+    cls = type(masking)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(vars(masking))}
+
+
+class MLMDataModule(L.LightningDataModule):
+    """Reads, tokenizes (once, cached), packs and masks text for masked-language-model training.
+
+    Args:
+        train_files: Paths, globs, folders, ``pkg://package/path`` package data, or ``http(s)://`` URLs of
+            ``.txt``, ``.jsonl``, ``.csv`` or ``.parquet`` files.
+        val_files: Validation files (same forms). ``None`` holds out ``val_fraction`` of the documents.
+        val_fraction: Share of training documents held out for validation (seeded) when ``val_files`` is unset.
+        test_files: Files for ``test``; ``None`` tests on the validation split.
+        text_layout: How ``.txt`` files split into documents: one per ``line``, one per ``paragraph``
+            (blank-line separated), or one per ``file``.
+        text_column: The text column of ``.jsonl``, ``.csv`` and ``.parquet`` files.
+        non_text_rows: Rows of those files whose text is null, or not a string (a number, boolean or object;
+            in a ``.csv``, a column whose every value reads as a number): ``warn`` drops them, counts them (one
+            warning, and the corpus report) and carries on; ``error`` stops at the first (file, row, value).
+        encoding_errors: ``strict`` stops at the first byte that is not UTF-8 (naming file and offset);
+            ``replace`` reads such bytes in ``.txt`` files as U+FFFD, counts them (a warning per file and
+            ``replaced_bytes``) and carries on. ``.jsonl``/``.csv`` files must be valid UTF-8 either way.
+        tokenizer: Tokenizer name or path (``pkg://`` allowed). ``None`` uses the model's
+            (``model.model_name_or_path``), which the command line fills in.
+        layout: ``packed`` joins documents with ``[SEP]`` into full blocks (no padding); ``line_by_line``
+            keeps one document per row (long ones split into windows), padding each batch to its longest row.
+        max_seq_length: Tokens per row, special tokens included; at most the model's position embeddings.
+        masking: The masking strategy: BERT's token masking (``TokenMasking``, its settings listed by
+            ``--data.masking.help TokenMasking``) unless another ``MaskingStrategy`` subclass is given by
+            ``class_path``. In YAML: ``masking: {mlm_probability: 0.3, whole_word_mask: true}``.
+        batch_size: Rows per training batch on each device.
+        eval_batch_size: Rows per validation/test batch; ``None`` uses ``batch_size``.
+        num_workers: Dataloader worker processes for masking and collation of training batches (0 = in the
+            training process; validation and test batches are always collated there).
+        num_proc: Processes for tokenization (``datasets.map``); ``None`` tokenizes in this process.
+        seed: Seed of the validation split, the shuffling and the masks (validation masks are fixed by it).
+        cache_dir: Where tokenized corpora and downloads are kept; ``None`` = ``$MLM_LIGHTNING_CACHE`` or
+            ``~/.cache/mlm_lightning``.
+        prepare_data_per_node: Tokenize on the first process of every machine (``True``: machines do not share
+            ``cache_dir``) or only on the first process of the whole job (``False``: a shared file system).
+
+    From Python, on several devices, build the Trainer with ``use_distributed_sampler=False`` (the command line
+    does): the data module's sampler shards the rows by itself, and Lightning's would shard them again.
+    """
+
+    def __init__(
+        self,
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        val_fraction: ClosedUnitInterval = 0.05,
+        test_files: list[str] | None = None,
+        text_layout: Literal["line", "paragraph", "file"] = "line",
+        text_column: str = "text",
+        non_text_rows: Literal["warn", "error"] = "warn",
+        encoding_errors: Literal["strict", "replace"] = "strict",
+        tokenizer: str | None = None,
+        layout: Literal["packed", "line_by_line"] = "packed",
+        max_seq_length: SequenceLength = 128,
+        masking: MaskingStrategy = TokenMasking(),  # noqa: B008 (jsonargparse reads a call as the class default)
+        batch_size: PositiveInt = 32,
+        eval_batch_size: PositiveInt | None = None,
+        num_workers: NonNegativeInt = 0,
+        num_proc: PositiveInt | None = None,
+        seed: NonNegativeInt = 1234,
+        cache_dir: str | None = None,
+        prepare_data_per_node: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # into checkpoints and the dashboard's hparams (export's model card reads them)
+        self.prepare_data_per_node = prepare_data_per_node  # read by Lightning to pick the ranks that prepare
+        if max_seq_length < 8:
+            raise MLMError(f"data.max_seq_length={max_seq_length} is too small (at least 8)")
+        if val_files is None and not 0.0 < val_fraction < 1.0:
+            raise MLMError(f"data.val_fraction must be in (0, 1) when data.val_files is unset, got {val_fraction}")
+        self.train_files = train_files
+        self.val_files = val_files
+        self.val_fraction = val_fraction
+        self.test_files = test_files
+        self.text_layout = text_layout
+        self.text_column = text_column
+        self.non_text_rows = non_text_rows
+        self.encoding_errors = encoding_errors
+        self.tokenizer_name = tokenizer
+        self.layout = layout
+        self.max_seq_length = max_seq_length
+        self.masking = _strategy(masking)
+        if isinstance(self.hparams.get("masking"), MaskingStrategy):  # from Python: an object
+            self.hparams["masking"] = _masking_config(self.masking)  # checkpoints hold plain data only
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_proc = num_proc
+        self.seed = seed
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.datasets: dict[str, TokenRows] = {}
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """The fast tokenizer (loaded on first use)."""
+        from transformers import AutoTokenizer
+
+        if not self.tokenizer_name:
+            raise MLMError("no tokenizer: set data.tokenizer, or model.model_name_or_path to a pretrained model")
+        try:
+            tok = AutoTokenizer.from_pretrained(resolve_pkg(self.tokenizer_name))
+        except (OSError, ValueError) as err:
+            raise MLMError(
+                f"could not load tokenizer '{self.tokenizer_name}': {err}. Offline, pass a local folder "
+                f"(for example one written by `export` or `train-tokenizer`)."
+            ) from err
+        if tok.mask_token_id is None or tok.pad_token_id is None:
+            raise MLMError(f"tokenizer '{self.tokenizer_name}' has no [MASK] or [PAD] token, so it cannot do MLM")
+        return tok
+
+    @property
+    def tokenizer_path(self) -> str:
+        """The tokenizer's name or path as configured (what the model records for export)."""
+        return self.tokenizer_name or ""
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the tokenizer's vocabulary, added tokens included (linked to ``model.vocab_size``)."""
+        return len(self.tokenizer)
+
+    # -- cache ------------------------------------------------------------------------------------------
+    @cached_property
+    def cache(self) -> CorpusCache:
+        """The tokenization cache in ``cache_dir``, for this tokenizer and these text settings."""
+        return CorpusCache(
+            self.cache_dir,
+            self.tokenizer,
+            self.text_layout,
+            self.text_column,
+            self.non_text_rows,
+            self.encoding_errors,
+            self.num_proc,
+        )
+
+    @cached_property
+    def corpora(self) -> dict[str, Corpus]:
+        """The cache entries this configuration needs, by split (hashes the files once per instance)."""
+        return self.cache.corpora(self.train_files, self.val_files, self.test_files, self.val_fraction, self.seed)
+
+    @property
+    def replaced_bytes(self) -> dict[str, int]:
+        """File -> bytes read as U+FFFD (``encoding_errors=replace``), counted while hashing the files."""
+        self.corpora  # noqa: B018 (hashing the files counts them)
+        return self.cache.replaced_bytes
+
+    def prepare_data(self) -> None:
+        """Tokenizes every needed corpus into the cache (runs on one process per machine)."""
+        for corpus in {c.key: c for c in self.corpora.values()}.values():
+            self.cache.entry(corpus)
+
+    def corpus_meta(self, split: str) -> dict[str, Any]:
+        """Statistics of a split (``train``, ``val``, ``test``) as recorded when it was tokenized.
+
+        ``null_rows`` and ``non_text_rows`` count the rows of the split's files that were dropped (see
+        ``non_text_rows``); a split held out of the training files (``val_fraction``) reports ``None`` for them,
+        as they are counted under ``train``.
+        """
+        corpus = self.corpora[split]
+        meta = self.cache.meta(corpus)
+        dropped = meta.get("dropped_rows", {}) if split == "train" or not corpus.split else {}
+        return {
+            **meta["splits"][split if corpus.split else "all"],
+            "null_rows": dropped.get("null_rows"),
+            "non_text_rows": dropped.get("non_text_rows"),
+        }
+
+    def _rows(self, split: str) -> TokenRows:
+        corpus = self.corpora[split]
+        # Not repaired here: under DDP every process sets up, and only the preparing one may rebuild.
+        folder = self.cache.entry(corpus, repair=False) / (split if corpus.split else "all")
+        tok = self.tokenizer
+        return TokenRows(folder, self.layout, self.max_seq_length, tok.cls_token_id, tok.sep_token_id)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Memory-maps the tokenized splits that ``stage`` needs."""
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["val"]}
+        for split in wanted.get(stage or "fit", ["train", "val"]):
+            if split == "test" and not self.test_files:
+                self.datasets["test"] = self.datasets.get("val") or self._rows("val")
+            elif split not in self.datasets:
+                self.datasets[split] = self._rows(split)
+            if len(self.datasets[split]) == 0:
+                raise MLMError(f"the {split} split is empty")
+
+    # -- loaders ----------------------------------------------------------------------------------------
+    def collator(self, train: bool) -> MLMCollator:
+        """The masking collator of ``data.masking``; validation and test use a different, fixed seed stream."""
+        return self.masking.collator(self.tokenizer, self.seed, train)
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        rows = self.datasets[split]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if not train and len(rows) < world:  # a device with no batch would skip the metric sync the others wait in
+            raise MLMError(
+                f"the {split} split has {len(rows)} rows for {world} devices: every device needs at least one. "
+                f"Use more {split} data, fewer devices or a smaller data.max_seq_length."
+            )
+        batch_size = self.batch_size if train else self.eval_batch_size
+        # Bucketing only matters when rows differ in length (line_by_line); packed rows are all full.
+        lengths = rows.row_lengths() if self.layout == "line_by_line" else None
+        sampler = MLMSampler(
+            len(rows),
+            self.seed,
+            shuffle=train,
+            rank=rank,
+            world_size=world,
+            pad=train,
+            batch_size=batch_size,
+            lengths=lengths,
+        )
+        loader = (ResumableDataLoader if train else DataLoader)(
+            rows,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.collator(train),
+            # Evaluation collates in this process: a worker forked from the trainer mid-run (Lightning keeps it
+            # until the next validation) ends up holding a private copy of every page the trainer rewrites.
+            num_workers=self.num_workers if train else 0,
+            persistent_workers=train and self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+        if train and trainer is not None:
+            loader.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def num_train_batches(self) -> int:
+        """Training batches per epoch on one device, computed without building a dataloader."""
+        if "train" not in self.datasets:
+            self.setup("fit")
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        return math.ceil(math.ceil(len(self.datasets["train"]) / world) / self.batch_size)
