@@ -69,7 +69,7 @@ def _tool_parser(name: str, func: Callable[..., Any], nargs_arg: str | None, pos
 def run_tool(name: str, args: list[str]) -> None:
     """Parses ``args`` for the tool ``name`` and calls it."""
     if name == "inspect":
-        from mlm_lightning.report import inspect_command
+        from mlm_lightning.inspect_command import inspect_command
 
         inspect_command(args)
         return

@@ -20,7 +20,7 @@ from mlm_lightning.sources import PKG_SCHEME, resolve_pkg
 
 def load_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     """Reads a Lightning checkpoint of an ``MLMModule`` onto the CPU."""
-    from mlm_lightning.checkpointing import read_checkpoint  # imports Lightning: not for fill-mask on an export
+    from mlm_lightning.checkpoint_io import read_checkpoint  # imports Lightning: not for fill-mask on an export
 
     path = Path(ckpt_path).expanduser()
     # Lightning checkpoints hold plain Python objects (hyperparameters, loop state) besides tensors.
