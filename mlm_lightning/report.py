@@ -167,11 +167,10 @@ def model_max_positions(model_config: dict) -> int | None:
     name = model_config.get("model_name_or_path")
     if not name:
         return max_sequence_length(model_config) or None
-    from transformers import AutoConfig
-
-    from mlm_lightning.sources import resolve_pkg
+    from mlm_lightning.errors import MLMError
+    from mlm_lightning.loading import load_model_config
 
     try:
-        return max_sequence_length(AutoConfig.from_pretrained(resolve_pkg(name)).to_dict()) or None
-    except (OSError, ValueError):  # a hub name offline: the report goes on without this check
+        return max_sequence_length(load_model_config(name)) or None
+    except MLMError:  # a hub name offline: the report goes on without this check (fit says why it cannot load)
         return None
