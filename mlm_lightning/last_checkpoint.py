@@ -18,6 +18,23 @@ from mlm_lightning.errors import MLMError
 from mlm_lightning.settings import NonNegativeInt
 
 
+# Why not a second, stock ``ModelCheckpoint(every_n_train_steps=N, save_last=True, save_top_k=0)`` beside the
+# best-checkpoint one (issue 12; read against Lightning 2.6.6's model_checkpoint.py):
+# * It saves only at multiples of N. The epoch's last batch and the run's last step are saved by ModelCheckpoint
+#   only in ``on_train_epoch_end`` (``save_on_train_epoch_end``), and Lightning 2.6 resumes a checkpoint written
+#   there by training one extra batch of the finished epoch: tests/test_resume.py::
+#   test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run (the kill after step 15 resumes from the epoch's
+#   last batch, step 14) would train a batch twice. A run whose max_steps is not a multiple of N would also end
+#   with a last.ckpt older than its final step.
+# * It has no SIGTERM save: Lightning stops after the batch and the run would lose up to N steps, where
+#   tests/test_faults.py::test_sigterm_saves_last_and_exits_143_then_resume_continues_exactly needs last.ckpt of
+#   the very step it stopped at (and, under DDP, every rank told to stop: ``_sigterm``).
+# * Two ModelCheckpoints writing ``last.ckpt`` into one folder keep separate ``last_model_path`` and
+#   ``_last_global_step_saved``: with the default ``enable_version_counter`` the second writes ``last-v1.ckpt``
+#   next to the first's ``last.ckpt`` (``_save_last_checkpoint``'s version loop), and each deletes only its own
+#   previous file, so the folder keeps stale "last" files and ``--ckpt_path last`` picks one by modification time.
+# So this subclass keeps one callback (one ``last.ckpt``) and adds the saves Lightning lacks; the atomic writes
+# come from AtomicCheckpointIO either way.
 class MLMCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that also keeps ``last.ckpt`` current between validations.
 
