@@ -50,6 +50,13 @@ def _tool_parser(name: str, func: Callable[..., Any], nargs_arg: str | None, pos
 
     jsonargparse reads a list flag as one JSON/YAML value (``--files '[a, b]'``); ``nargs_arg`` instead takes
     shell-style words (``--files a b``, or positional sentences), which is what these tools' users type.
+
+    Not ``jsonargparse.auto_cli``/``CLI`` (tried with jsonargparse 4.53): they build the same parser with
+    ``add_function_arguments`` but give no way to declare one parameter with ``nargs``: ``--files a.txt b.txt``
+    and the positional ``fill-mask 'the [MASK] king.'`` both fail ('Parser key "files": Expected a <class
+    'list'>'); only ``--files '[a.txt, b.txt]'`` or ``--files+=a.txt --files+=b.txt`` work. Their subcommand mode
+    also imports every tool up front. So the parser is built here, by the same jsonargparse calls, plus that one
+    argparse ``nargs`` argument.
     """
     from docstring_parser import parse as parse_docstring
     from jsonargparse import ArgumentParser
@@ -69,7 +76,7 @@ def _tool_parser(name: str, func: Callable[..., Any], nargs_arg: str | None, pos
 def run_tool(name: str, args: list[str]) -> None:
     """Parses ``args`` for the tool ``name`` and calls it."""
     if name == "inspect":
-        from mlm_lightning.report import inspect_command
+        from mlm_lightning.inspect_command import inspect_command
 
         inspect_command(args)
         return

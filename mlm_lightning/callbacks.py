@@ -201,7 +201,7 @@ class ExportOnFitEnd(Callback):
 
         A run resumed from a checkpoint in its own checkpoint folder is the same run, so its export is its own.
         """
-        from mlm_lightning.checkpointing import RESUME_KEYWORDS
+        from mlm_lightning.run_folder import RESUME_KEYWORDS
 
         target = self.target(trainer)
         if not self.enabled or self.overwrite or not target.exists():

@@ -30,21 +30,15 @@ from mlm_lightning.callbacks import (
     GlobalStepAxis,
     HParamsSummary,
 )
-from mlm_lightning.checkpointing import (
-    RESUME_KEYWORDS,
-    UNREADABLE,
-    AtomicCheckpointIO,
-    MLMCheckpoint,
-    RandomStates,
-    explain_checkpoint_errors,
-    run_dir_guard,
-    unreadable_checkpoint,
-)
+from mlm_lightning.checkpoint_io import UNREADABLE, AtomicCheckpointIO, explain_checkpoint_errors, unreadable_checkpoint
 from mlm_lightning.console import console_callbacks
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError, Terminated
+from mlm_lightning.last_checkpoint import MLMCheckpoint
 from mlm_lightning.module import MLMModule
 from mlm_lightning.nonfinite import NonFiniteLoss
+from mlm_lightning.random_states import RandomStates
+from mlm_lightning.run_folder import RESUME_KEYWORDS, run_dir_guard
 from mlm_lightning.settings import plain_values
 
 # Model settings that may differ from the checkpoint's when resuming (optimisation and speed): the run uses the

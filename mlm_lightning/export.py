@@ -15,12 +15,12 @@ import torch
 
 from mlm_lightning.atomic import atomic_output_dir, check_writable
 from mlm_lightning.errors import MLMError
-from mlm_lightning.sources import PKG_SCHEME, resolve_pkg
+from mlm_lightning.sources import PKG_SCHEME
 
 
 def load_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     """Reads a Lightning checkpoint of an ``MLMModule`` onto the CPU."""
-    from mlm_lightning.checkpointing import read_checkpoint  # imports Lightning: not for fill-mask on an export
+    from mlm_lightning.checkpoint_io import read_checkpoint  # imports Lightning: not for fill-mask on an export
 
     path = Path(ckpt_path).expanduser()
     # Lightning checkpoints hold plain Python objects (hyperparameters, loop state) besides tensors.
@@ -51,17 +51,12 @@ def masked_lm_from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | os.PathLike
 
 
 def load_tokenizer(name_or_path: str | None) -> Any:
-    """The tokenizer a model was trained with (``pkg://`` paths allowed)."""
-    from transformers import AutoTokenizer
+    """The tokenizer a model was trained with (``pkg://`` paths allowed); ``--tokenizer`` overrides it."""
+    from mlm_lightning.loading import load_tokenizer as load
 
     if not name_or_path:
         raise MLMError("the checkpoint records no tokenizer: pass --tokenizer")
-    try:
-        return AutoTokenizer.from_pretrained(resolve_pkg(name_or_path))
-    except (OSError, ValueError) as err:
-        raise MLMError(
-            f"could not load tokenizer '{name_or_path}': {err}. Pass --tokenizer with a local folder."
-        ) from err
+    return load(name_or_path, setting="--tokenizer")
 
 
 def from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | os.PathLike, tokenizer: str | None = None) -> tuple:

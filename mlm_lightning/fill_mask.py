@@ -20,20 +20,14 @@ GENERIC_MASK = "[MASK]"
 
 def load_model(model: str, tokenizer: str | None = None) -> tuple[Any, Any]:
     """A masked LM and its tokenizer from an exported folder, a ``.ckpt`` file or a hub name."""
-    from transformers import AutoModelForMaskedLM
-
     from mlm_lightning.export import from_checkpoint, load_checkpoint, load_tokenizer
+    from mlm_lightning.loading import load_masked_lm
 
     path = Path(resolve_pkg(model)).expanduser()
     if path.is_file():
         return from_checkpoint(load_checkpoint(path), path, tokenizer)[:2]
-    try:
-        loaded = AutoModelForMaskedLM.from_pretrained(str(path) if path.is_dir() else model)
-    except (OSError, ValueError) as err:  # ValueError: not a valid hub name either
-        raise MLMError(
-            f"could not load model '{model}': {err}. Pass an `export` output folder or a .ckpt file."
-        ) from err
-    return loaded.eval(), load_tokenizer(tokenizer or (str(path) if path.is_dir() else model))
+    loaded = load_masked_lm(model, hint="an `export` output folder, a .ckpt file or a pkg:// path")
+    return loaded, load_tokenizer(tokenizer or (str(path) if path.is_dir() else model))
 
 
 def with_mask_token(sentences: list[str], tokenizer: Any) -> list[str]:

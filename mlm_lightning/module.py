@@ -6,6 +6,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import lightning as L
@@ -26,9 +27,9 @@ from mlm_lightning.flops import (
     peak_flops,
     training_flops,
 )
+from mlm_lightning.loading import load_masked_lm
 from mlm_lightning.masking import IGNORE_INDEX, MLMBatch
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
-from mlm_lightning.sources import resolve_pkg
 
 
 def _lr_multiplier(
@@ -46,57 +47,45 @@ def _lr_multiplier(
     return base(s)
 
 
-def build_model(
-    model_name_or_path: str | None,
-    vocab_size: int,
-    model_type: str,
-    hidden_size: int,
-    num_hidden_layers: int,
-    num_attention_heads: int,
-    intermediate_size: int,
-    max_position_embeddings: int,
-    dropout: float,
-    pad_token_id: int,
-    embedding_size: int | None = None,
-) -> nn.Module:
-    """Loads a pretrained masked LM, or builds one from scratch from a few architecture settings.
+@dataclass(frozen=True)
+class Architecture:
+    """The shape of a model built from scratch, in the family-neutral names of ``MLMModule``'s settings.
 
-    From scratch, each setting goes under the family's own config name (``families.config_kwargs``).
+    ``families.config_kwargs`` puts each under the family's own config name. ``vocab_size`` is also the
+    tokenizer's size that a pretrained model's embeddings must cover.
+    """
+
+    vocab_size: int
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    dropout: float
+    pad_token_id: int
+    embedding_size: int | None = None
+
+
+def build_model(architecture: Architecture, model_name_or_path: str | None = None) -> nn.Module:
+    """Loads the pretrained masked LM ``model_name_or_path``, or builds a new one of ``architecture``.
+
+    A pretrained model keeps its own architecture; only its embeddings are checked to cover ``vocab_size``.
     """
     from transformers import AutoConfig, AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
 
+    vocab_size = architecture.vocab_size
     if model_name_or_path:
-        source = resolve_pkg(model_name_or_path)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the MLM head of an encoder-only checkpoint is expected to be missing
-        try:
-            model = AutoModelForMaskedLM.from_pretrained(source)
-        except OSError as err:
-            raise MLMError(
-                f"could not load model '{model_name_or_path}': {err}. Without network access, pass a local "
-                f"folder (a `save_pretrained` or `export` output) or a pkg:// path instead of a hub name."
-            ) from err
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        model.train()  # from_pretrained returns eval mode, which would silently switch dropout off in training
+        model = load_masked_lm(model_name_or_path, for_training=True)
         if vocab_size > model.config.vocab_size:
             raise MLMError(
                 f"the tokenizer has {vocab_size} tokens but model '{model_name_or_path}' has embeddings for "
                 f"only {model.config.vocab_size}: use the model's own tokenizer (leave data.tokenizer unset)"
             )
         return model
-    settings = {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_hidden_layers,
-        "num_attention_heads": num_attention_heads,
-        "intermediate_size": intermediate_size,
-        "max_position_embeddings": max_position_embeddings,
-        "dropout": dropout,
-        "pad_token_id": pad_token_id,
-    }
-    kwargs = families.config_kwargs(model_type, settings, embedding_size)
+    settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name != "embedding_size"}
+    model_type = settings.pop("model_type")
+    kwargs = families.config_kwargs(model_type, settings, architecture.embedding_size)
     try:
         return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
     except (ValueError, TypeError) as err:  # the family's own validation, e.g. heads not dividing the width
@@ -181,19 +170,19 @@ class MLMModule(L.LightningModule):
             )
         if not model_name_or_path and pad_token_id >= vocab_size:
             raise MLMError(f"model.pad_token_id={pad_token_id} is not below the vocabulary size {vocab_size}")
-        self.model = build_model(
-            model_name_or_path,
-            vocab_size,
-            model_type,
-            hidden_size,
-            num_hidden_layers,
-            num_attention_heads,
-            intermediate_size,
-            max_position_embeddings,
-            dropout,
-            pad_token_id,
-            embedding_size,
+        architecture = Architecture(
+            vocab_size=vocab_size,
+            model_type=model_type,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+            dropout=dropout,
+            pad_token_id=pad_token_id,
+            embedding_size=embedding_size,
         )
+        self.model = build_model(architecture, model_name_or_path)
         if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:
             self.model.resize_token_embeddings(
                 self.model.config.vocab_size, pad_to_multiple_of=pad_vocab_multiple, mean_resizing=False

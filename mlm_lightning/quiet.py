@@ -23,7 +23,7 @@ _WARNINGS: list[tuple[str, str, str]] = [
     # We pass `args` on purpose (in-process `main([...])` calls, and `inspect`, which hands its own arguments on)
     # while sys.argv also holds words: the warning is about a mistake this project does not make.
     (r"LightningCLI's args parameter is intended", r"lightning\.pytorch\.cli", "in-process CLI"),
-    # A non-empty checkpoint folder is already refused unless the run resumes from it (checkpointing.run_dir_guard),
+    # A non-empty checkpoint folder is already refused unless the run resumes from it (run_folder.run_dir_guard),
     # so when Lightning sees one, it is the documented `--ckpt_path last` resume.
     (r"Checkpoint directory .* exists and is not empty", r"lightning\.pytorch\.callbacks\.model_checkpoint", "resume"),
 ]

@@ -1,7 +1,7 @@
 """The corpus report: what the tokenized data looks like, and warnings for what usually means a mistake.
 
 Printed before training (:class:`mlm_lightning.callbacks.CorpusReport`) and by
-``python -m mlm_lightning inspect --config ...``, which reads the same YAML as ``fit``.
+``python -m mlm_lightning inspect --config ...`` (:mod:`mlm_lightning.inspect_command`).
 """
 
 from __future__ import annotations
@@ -167,33 +167,10 @@ def model_max_positions(model_config: dict) -> int | None:
     name = model_config.get("model_name_or_path")
     if not name:
         return max_sequence_length(model_config) or None
-    from transformers import AutoConfig
-
-    from mlm_lightning.sources import resolve_pkg
+    from mlm_lightning.errors import MLMError
+    from mlm_lightning.loading import load_model_config
 
     try:
-        return max_sequence_length(AutoConfig.from_pretrained(resolve_pkg(name)).to_dict()) or None
-    except (OSError, ValueError):  # a hub name offline: the report goes on without this check
+        return max_sequence_length(load_model_config(name)) or None
+    except MLMError:  # a hub name offline: the report goes on without this check (fit says why it cannot load)
         return None
-
-
-def inspect_command(args: list[str]) -> int:
-    """``inspect``: the corpus report for a training configuration, without training.
-
-    Takes the same arguments as ``fit`` (``--config`` files and ``--data.*`` overrides).
-    """
-    import sys
-
-    from mlm_lightning.cli import parse_config
-
-    config = parse_config(args)
-    dm = MLMDataModule(**config.data.as_dict())
-    stats = corpus_report(dm)
-    print(format_report(stats, dm))
-    limits = config.corpus_report
-    found = report_warnings(
-        stats, dm, model_max_positions(config.model.as_dict()), limits.max_unk_rate, limits.max_document_share
-    )
-    for warning in found:
-        print(f"warning: {warning}", file=sys.stderr)
-    return 0

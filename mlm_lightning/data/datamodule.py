@@ -24,7 +24,7 @@ from mlm_lightning.data.sampling import MLMSampler, ResumableDataLoader
 from mlm_lightning.errors import MLMError
 from mlm_lightning.masking import MaskingStrategy, MLMCollator, TokenMasking
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, PositiveInt, SequenceLength
-from mlm_lightning.sources import default_cache_dir, resolve_pkg
+from mlm_lightning.sources import default_cache_dir
 
 
 def _strategy(masking: MaskingStrategy | Mapping[str, Any]) -> MaskingStrategy:
@@ -142,20 +142,11 @@ class MLMDataModule(L.LightningDataModule):
     @cached_property
     def tokenizer(self) -> Any:
         """The fast tokenizer (loaded on first use)."""
-        from transformers import AutoTokenizer
+        from mlm_lightning.loading import load_tokenizer
 
         if not self.tokenizer_name:
             raise MLMError("no tokenizer: set data.tokenizer, or model.model_name_or_path to a pretrained model")
-        try:
-            tok = AutoTokenizer.from_pretrained(resolve_pkg(self.tokenizer_name))
-        except (OSError, ValueError) as err:
-            raise MLMError(
-                f"could not load tokenizer '{self.tokenizer_name}': {err}. Offline, pass a local folder "
-                f"(for example one written by `export` or `train-tokenizer`)."
-            ) from err
-        if tok.mask_token_id is None or tok.pad_token_id is None:
-            raise MLMError(f"tokenizer '{self.tokenizer_name}' has no [MASK] or [PAD] token, so it cannot do MLM")
-        return tok
+        return load_tokenizer(self.tokenizer_name, setting="data.tokenizer")
 
     @property
     def tokenizer_path(self) -> str:

@@ -1,0 +1,96 @@
+"""Safe checkpoint files: written whole or not at all, and read with one readable error.
+
+* :class:`AtomicCheckpointIO` writes every checkpoint under a temporary name and renames it only when complete,
+  and turns an unreadable ``--ckpt_path`` into one message naming the file.
+* :func:`read_checkpoint` / :func:`unreadable_checkpoint`: ``torch.load`` of a checkpoint and the one-line error
+  for a missing, truncated or foreign file.
+* :func:`explain_checkpoint_errors`: "this checkpoint does not fit this model" as one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from mlm_lightning.atomic import atomic_file
+from mlm_lightning.errors import MLMError
+
+
+def is_local(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a local file path (no URL scheme other than ``file://``)."""
+    text = str(path)
+    return "://" not in text or text.startswith("file://")
+
+
+# What torch.load raises for a truncated, corrupt or foreign file.
+UNREADABLE = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile, OSError)
+
+
+def unreadable_checkpoint(path: str | os.PathLike[str], err: BaseException | None = None) -> MLMError:
+    """The one-line error for a checkpoint file that is missing or that ``torch.load`` could not read."""
+    if isinstance(err, FileNotFoundError) or not os.path.isfile(path):
+        return MLMError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive whose index is at the very end
+        why = "not a complete checkpoint: truncated (e.g. by a killed write), corrupt, or another kind of file"
+    else:
+        first = str(err).strip().splitlines()[0] if err is not None and str(err).strip() else "unreadable"
+        why = f"not a readable checkpoint ({first[:160]})"
+    return MLMError(f"{path}: {why}. Pass another checkpoint: a run keeps last.ckpt and its best one in checkpoints/")
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: Any = None, weights_only: bool | None = None) -> dict:
+    """``torch.load`` of a Lightning checkpoint that fails with one readable :class:`MLMError` naming the file."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except UNREADABLE as err:
+        raise unreadable_checkpoint(path, err) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise MLMError(f"{path}: not a Lightning checkpoint (no 'state_dict' in it)")
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoint plugin, made crash-safe.
+
+    A checkpoint is written to a hidden temporary file beside its target, ``fsync``-ed and renamed over the
+    target, so a crash mid-write leaves the previous good file (Lightning's own plugin truncates the target
+    first). Loading a missing, truncated or corrupt file raises :class:`MLMError` naming it. Remote paths
+    (``s3://`` and the like) fall back to Lightning's behaviour.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not is_local(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        # Through a Python file: a failed write then raises OSError with its errno (a full disk is reported as
+        # such by atomic_file), where torch's own file writer only says "unexpected pos".
+        with atomic_file(str(path).removeprefix("file://")) as tmp, open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not is_local(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        return read_checkpoint(str(path).removeprefix("file://"), map_location=map_location, weights_only=weights_only)
+
+
+@contextlib.contextmanager
+def explain_checkpoint_errors(ckpt_path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Turns "this checkpoint does not fit this model" inside ``trainer.fit/validate/test`` into an MLMError."""
+    try:
+        yield
+    except RuntimeError as err:
+        # torch's load_state_dict message; stable since torch 1.0.
+        if ckpt_path is None or "Error(s) in loading state_dict" not in str(err):
+            raise
+        detail = " ".join(str(err).split())
+        raise MLMError(
+            f"checkpoint {ckpt_path} does not fit the configured model ({detail[:300]}). Use the settings it was "
+            f"trained with: the run's lightning_logs/version_N/config.yaml holds them."
+        ) from err
