@@ -44,10 +44,10 @@ from mlm_lightning.settings import plain_values
 # Model settings that may differ from the checkpoint's when resuming (optimisation and speed): the run uses the
 # configured values (MLMModule.on_train_start puts them into the restored optimizer and scheduler). Every other
 # model setting describes the network and must match; unset ones are taken from the checkpoint.
-RESUME_MAY_CHANGE = frozenset(
-    {"learning_rate", "weight_decay", "betas", "eps", "warmup_steps", "warmup_ratio", "scheduler"}
-    | {"full_logits", "compile"}
-)
+RESUME_MAY_CHANGE = frozenset({"learning_rate", "weight_decay", "betas", "eps", "scheduler", "full_logits", "compile"})
+# The warm-up belongs to the checkpoint's schedule, which a resume keeps: it may change only with the scheduler
+# (a new scheduler starts a new schedule, with the configured warm-up).
+WARMUP_SETTINGS = frozenset({"warmup_steps", "warmup_ratio"})
 # Filled in from the data module (link_arguments), so compared once the classes are built.
 LINKED_MODEL_SETTINGS = ("vocab_size", "tokenizer_name_or_path")
 
@@ -198,18 +198,19 @@ class MLMCLI(LightningCLI):
         given = self.parser.parse_args(self._args, defaults=False)[subcommand] if self._args is not None else config
         given = given.get("model") or Namespace()
         taken, changed = {}, []
+        new_schedule = "scheduler" in given and not _same(given["scheduler"], saved.get("scheduler"))
         for key, value in saved.items():
             if key in LINKED_MODEL_SETTINGS or _same(config.model.get(key), value):
                 continue
             if key not in given:
                 taken[key] = value  # not set: the checkpoint's
-            elif key in RESUME_MAY_CHANGE:
+            elif key in RESUME_MAY_CHANGE or (key in WARMUP_SETTINGS and new_schedule):
                 changed.append(f"model.{key} {value} -> {plain_values(given[key])}")
             else:
                 raise MLMError(
-                    f"model.{key} is {plain_values(given[key])} but the checkpoint {path} has {value}: the network's "
-                    f"settings cannot change (only {', '.join(sorted(RESUME_MAY_CHANGE))} can). Leave model.{key} "
-                    f"unset to take the checkpoint's value"
+                    f"model.{key} is {plain_values(given[key])} but the checkpoint {path} has {value}: it cannot "
+                    f"change when resuming (only {', '.join(sorted(RESUME_MAY_CHANGE))} can; the warm-up only with "
+                    f"model.scheduler). Leave model.{key} unset to take the checkpoint's value"
                 )
         if changed:
             rank_zero_info(f"settings that differ from the checkpoint {path}, used from here on: {', '.join(changed)}")

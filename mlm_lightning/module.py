@@ -491,6 +491,15 @@ class MLMModule(L.LightningModule):
         end = record["total_steps"]
         if total == end or hp.scheduler == "constant":
             return record
+        lam = self._lr_lambda(record)
+        if total > end and step >= end and hp.scheduler != "constant" and lam(step) == 0.0:
+            rank_zero_warn(
+                f"the checkpoint's learning-rate schedule already ended at step {end} with a learning rate of 0: "
+                f"steps {step + 1} to {total} would not change the weights, whatever model.resume_schedule says. To "
+                f"train on, start a new run from an export of this one (model.model_name_or_path), or resume with "
+                f"another model.scheduler (a new schedule)."
+            )
+            return record
         anchor = max(step, record["warmup_steps"])  # the warm-up is never stretched
         if self.resume_schedule == "stretch" and total > anchor:
             rank_zero_info(
@@ -498,7 +507,6 @@ class MLMModule(L.LightningModule):
                 f"step {end}; its remaining decay now ends at step {total}, from the current rate without a jump"
             )
             return {**record, "stretches": [*record["stretches"], [anchor, end, total]], "total_steps": total}
-        lam = self._lr_lambda(record)
         if total > end:
             rank_zero_warn(
                 f"this run ends at step {total} but the checkpoint's learning-rate schedule ends at step {end} "

@@ -157,3 +157,24 @@ def test_resume_applies_changed_optimisation_settings(trained: Path, tiny_args: 
     assert [g["initial_lr"] for g in groups] == [0.0005, 0.0005]
     assert [g["weight_decay"] for g in groups] == [0.02, 0.0]
     assert [g["lr"] for g in groups] == [0.0005, 0.0005]  # constant after warm-up: the new peak
+
+
+def test_warmup_changes_on_resume_only_with_a_new_scheduler(
+    trained: Path, tiny_args: list[str], tmp_path: Path, capsys
+) -> None:
+    # The resumed run keeps the checkpoint's schedule, so a new warm-up alone would be listed as used and ignored.
+    before = files_of(tmp_path)
+    args = [*tiny_args, "--trainer.max_steps", "14", "--model.warmup_steps", "2", "--ckpt_path", str(trained)]
+    assert main(["fit", *args]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "model.warmup_steps is 2 but the checkpoint" in errors[0] and "has 4" in errors[0]
+    assert files_of(tmp_path) == before
+    assert main(["fit", *args, "--model.scheduler", "cosine"]) == 0  # a new schedule takes the new warm-up
+
+
+def test_resuming_a_finished_schedule_says_more_steps_would_not_train(trained: Path, tiny_args: list[str]) -> None:
+    # The shared run's linear schedule reached 0 at its last step: neither keep nor stretch can train on.
+    for how, steps in (("keep", "14"), ("stretch", "16")):
+        args = [*tiny_args, "--trainer.max_steps", steps, "--model.resume_schedule", how, "--ckpt_path", str(trained)]
+        with pytest.warns(UserWarning, match="already ended at step 12 with a learning rate of 0"):
+            assert main(["fit", *args]) == 0
