@@ -197,8 +197,10 @@ def cpu_model() -> str:
 
 def probe_cpu_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 0.5) -> float:
     """Measured matmul FLOP/s of this CPU at ``dtype``: the fastest of repeated ``size`` x ``size`` products."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+    # Its own generator: the global one seeds dropout, and a run that probes must train like one that reads the cache.
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(dtype)
+    b = torch.randn(size, size, generator=gen).to(dtype)
     a @ b  # first call: allocation, thread pool, kernel selection
     best, repeats, end = math.inf, 0, time.perf_counter() + seconds
     while repeats < 3 or time.perf_counter() < end:

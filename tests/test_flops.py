@@ -220,3 +220,12 @@ def test_logged_tokens_per_sec_and_mfu(monkeypatch: pytest.MonkeyPatch) -> None:
         assert rate == pytest.approx(tokens / wall, rel=0.05)
         # MFU over the same interval: the model's FLOP/s divided by the peak (exact: same clock as tokens/s).
         assert mfu == pytest.approx(rate * step_flops / tokens / peak, rel=1e-4)
+
+
+def test_the_cpu_probe_leaves_the_global_random_state_alone() -> None:
+    # The first run on a machine probes, later ones read the cache: with the same seed both must train alike.
+    from mlm_lightning.flops import probe_cpu_flops
+
+    before = torch.get_rng_state()
+    probe_cpu_flops(torch.float32, size=64, seconds=0.0)
+    assert torch.equal(torch.get_rng_state(), before)
