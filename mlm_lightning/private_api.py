@@ -116,4 +116,11 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "lengths are read from the Arrow offsets, which match the dataset's rows only without an index mapping "
         "(after select/shuffle); flatten_indices() on every call would copy the whole table",
     ),
+    # ------------------------------------------------------------------------------------------- torch (module.py)
+    PrivateName(
+        "torch._dynamo",
+        "module.MLMModule.train_loss (torch._dynamo.maybe_mark_dynamic on the masked positions and labels)",
+        "torch's documented way to mark one dimension dynamic for torch.compile lives in this private module: the "
+        "masked count changes every batch, and without the mark each new count would recompile the whole loss",
+    ),
 )

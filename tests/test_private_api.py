@@ -105,6 +105,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "jsonargparse.typing.restricted_number_type._expression": None,
     "transformers.PreTrainedTokenizerFast._tokenizer": None,
     "datasets.Dataset._indices": None,
+    "torch._dynamo": lambda obj: callable(getattr(obj, "maybe_mark_dynamic", None)) or pytest.fail(),
 }
 
 
