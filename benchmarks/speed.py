@@ -30,7 +30,7 @@ Two workloads (``--workload``):
 
 ``--precision`` takes one or more of the project's precisions: with several, each repeat runs the project once
 per precision and the peer once (project fp32, project bf16, peer, ...), so one invocation compares both against
-the same peer runs. ``--smoke`` is a few steps on two plays, one repeat: it checks the script, not the speed.
+the same peer runs. ``--smoke`` is 3 steps of batch 4 on two plays, one repeat: it checks the script, not the speed.
 
 Usage::
 
@@ -68,6 +68,11 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 }
 
 
+def workload(args: argparse.Namespace) -> dict[str, Any]:
+    """The workload's settings; ``--smoke`` runs batches of 4 (it checks the script, not the speed)."""
+    return {**WORKLOADS[args.workload], **({"batch": 4} if args.smoke else {})}
+
+
 def corpus_files(smoke: bool = False) -> tuple[list[str], list[str]]:
     from mlm_lightning.sources import resolve_files
 
@@ -82,13 +87,13 @@ def peak_rss_mb() -> float:
 
 
 # --------------------------------------------------------------------------------------- shared eval set
-def build_eval_set(path: Path, cache_dir: str, blocks: int, batch: int) -> None:
+def build_eval_set(path: Path, cache_dir: str, blocks: int, batch: int, smoke: bool = False) -> None:
     """Held-out plays as packed 128-token blocks with fixed validation masks, saved for both sides."""
     import torch
 
     from mlm_lightning.data import MLMDataModule
 
-    train, held = corpus_files()
+    train, held = corpus_files(smoke)
     dm = MLMDataModule(
         train_files=train,
         val_files=held,
@@ -156,7 +161,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
     from mlm_lightning.cli import run_cli
 
     timer = StepTimer(args.skip)
-    wl = WORKLOADS[args.workload]
+    wl = workload(args)
     # From scratch: no checkpoint, the architecture given; pretrained: the checkpoint's own architecture.
     model_args = (
         ["--model.model_name_or_path", "null", *[f"--model.{k}={v}" for k, v in ARCH.items()]]
@@ -249,7 +254,7 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
     from mlm_lightning.sources import resolve_pkg
 
     timer = StepTimer(args.skip)
-    wl = WORKLOADS[args.workload]
+    wl = workload(args)
     BATCH, LR, WARMUP = wl["batch"], wl["lr"], wl["warmup"]  # noqa: N806 (the recipe's constants)
     tokenizer = AutoTokenizer.from_pretrained(resolve_pkg(TOKENIZER))
     train, _ = corpus_files(args.smoke)
@@ -378,7 +383,9 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="the project's dataloader workers")
     parser.add_argument("--compile", action="store_true", help="the project with model.compile=true")
     parser.add_argument("--eval-blocks", type=int, default=256, help="held-out blocks for perplexity")
-    parser.add_argument("--smoke", action="store_true", help="3 steps on two plays, 1 repeat: checks the script")
+    parser.add_argument(
+        "--smoke", action="store_true", help="3 steps of batch 4 on two plays, 1 repeat: checks the script"
+    )
     parser.add_argument("--verbose", action="store_true", help="show the runs' output")
     parser.add_argument("--child", choices=["project", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -393,7 +400,7 @@ def main() -> None:
         args.steps, args.skip, args.repeats, args.eval_blocks = 3, 1, 1, 16
     if args.skip >= args.steps:
         parser.error(f"--skip ({args.skip}) must be below --steps ({args.steps}): no step would be timed")
-    wl = WORKLOADS[args.workload]
+    wl = workload(args)
 
     from mlm_lightning.flops import compute_dtype, probe_cpu_flops
 
@@ -406,7 +413,7 @@ def main() -> None:
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="mlm-speed-") as tmp:
         work = Path(tmp)
-        build_eval_set(work / "eval.pt", str(work / "cache"), args.eval_blocks, wl["batch"])
+        build_eval_set(work / "eval.pt", str(work / "cache"), args.eval_blocks, wl["batch"], args.smoke)
         for i in range(args.repeats):
             for kind, precision in sides:
                 r = spawn(kind, args, precision, work, i)
