@@ -69,9 +69,19 @@ def test_resume_schedule_given_when_resuming_is_the_one_used(
     from mlm_lightning.__main__ import main
 
     # Not taken from the checkpoint's hyperparameters (LightningCLI copies those over the command line's).
-    args = [*tiny_args, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4"]
+    # Every validation's checkpoint is kept: the one of step 4 is mid-schedule (a finished schedule has nothing to
+    # stretch: its learning rate is 0, and that is a warning of its own).
+    args = [
+        *tiny_args,
+        "--trainer.max_steps",
+        "8",
+        "--trainer.val_check_interval",
+        "4",
+        "--checkpoint.save_top_k",
+        "-1",
+    ]
     assert main(["fit", *args]) == 0
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"  # a file: LightningCLI reads hyperparameters from it
-    resume = ["--trainer.max_steps", "8", "--ckpt_path", str(last), "--model.resume_schedule", "stretch"]
+    (mid,) = (tmp_path / "run" / "checkpoints").glob("*step4*.ckpt")  # a file: LightningCLI reads its hyperparameters
+    resume = ["--trainer.max_steps", "12", "--ckpt_path", str(mid), "--model.resume_schedule", "stretch"]
     assert main(["fit", *args, *resume]) == 0
-    assert "schedule of the checkpoint (step 4) ended at step 4; its remaining decay now ends at step 8" in caplog.text
+    assert "schedule of the checkpoint (step 4) ended at step 8; its remaining decay now ends at step 12" in caplog.text
