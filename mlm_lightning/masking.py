@@ -31,8 +31,8 @@ import torch
 from typing_extensions import NotRequired
 
 from mlm_lightning.errors import MLMError
-from mlm_lightning.extend_vocab import tokenizer_family
 from mlm_lightning.settings import ClosedUnitInterval, NonZeroProbability
+from mlm_lightning.tokenizer import tokenizer_family
 
 IGNORE_INDEX = -100
 NO_CLASS = -1  # a piece that starts or ends inside a character (byte-level BPE): never a word boundary by class
@@ -272,7 +272,7 @@ class TokenMasking(MaskingStrategy):
 
 
 # -- where words start --------------------------------------------------------------------------------------------
-# How each tokenizer kind (:func:`mlm_lightning.extend_vocab.tokenizer_family`) marks words in its pieces: the
+# How each tokenizer kind (:func:`mlm_lightning.tokenizer.tokenizer_family`) marks words in its pieces: the
 # marker, and whether it starts a word (True: the space a piece begins with) or continues one (False: "##").
 # Byte-level BPE's pre-tokenizer (GPT-2's pattern) also splits letters, digits and other characters apart
 # ("king" "," and "don" "'t" are two words each), so its pieces' character classes count too.

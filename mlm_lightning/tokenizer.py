@@ -32,7 +32,7 @@ class TokenizerRecipe:
 
     Attributes:
         kind: ``WordPiece``, ``byte-level BPE`` or ``SentencePiece`` (the names of
-            :func:`mlm_lightning.extend_vocab.tokenizer_family`).
+            :func:`tokenizer_family`).
         tokenizer_class: The ``transformers`` class written to ``tokenizer_config.json`` (what ``AutoTokenizer``
             builds); ``PreTrainedTokenizerFast`` loads ``tokenizer.json`` as it is.
         specials: Role (``pad``, ``unk``, ``cls``, ``sep``, ``mask``, ``bos``, ``eos``) -> token, in id order from 0:
@@ -82,6 +82,20 @@ FAMILIES: dict[str, TokenizerRecipe] = {
 }
 
 Family = Literal["bert", "distilbert", "electra", "roberta", "modernbert", "xlm-roberta", "deberta-v2"]
+
+
+def tokenizer_family(tokenizer: Any) -> str:
+    """The tokenizer's kind: ``WordPiece``, ``byte-level BPE``, ``SentencePiece``, or its backend model's type."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return f"slow (Python) {type(tokenizer).__name__}"
+    model = type(backend.model).__name__
+    pre_tokenizer = json.dumps(json.loads(backend.to_str()).get("pre_tokenizer"))
+    if model == "BPE" and '"ByteLevel"' in pre_tokenizer:
+        return "byte-level BPE"
+    if model == "Unigram" or '"Metaspace"' in pre_tokenizer:
+        return "SentencePiece"
+    return model
 
 
 def _token_kwargs(recipe: TokenizerRecipe) -> dict[str, Any]:

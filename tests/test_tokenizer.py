@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mlm_lightning.__main__ import main
-from mlm_lightning.extend_vocab import tokenizer_family
+from mlm_lightning.tokenizer import tokenizer_family
 
 
 def test_trained_tokenizer_drives_a_from_scratch_fit(
