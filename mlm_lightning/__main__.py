@@ -39,7 +39,7 @@ tools around a run:
   inspect          the corpus report of a fit configuration, without training
   export           turn a checkpoint into a Hugging Face model folder
   fill-mask        the most likely tokens for each [MASK] of a sentence
-  train-tokenizer  train a WordPiece tokenizer on text files
+  train-tokenizer  train a family's tokenizer (WordPiece, byte-level BPE, Unigram) on text files
   extend-vocab     add a domain corpus's most-split words to a model's vocabulary
 
 Every setting of a subcommand: python -m mlm_lightning SUBCOMMAND --help"""

@@ -25,6 +25,7 @@ from typing import Any
 from mlm_lightning.atomic import atomic_output_dir, check_writable
 from mlm_lightning.errors import MLMError
 from mlm_lightning.sources import resolve_files
+from mlm_lightning.tokenizer import tokenizer_family
 
 
 @dataclass(frozen=True)
@@ -62,20 +63,6 @@ WORD_RULES: dict[str, WordRule | None] = {
     "byte-level BPE": None,
     "SentencePiece": None,
 }
-
-
-def tokenizer_family(tokenizer: Any) -> str:
-    """The tokenizer's family: ``WordPiece``, ``byte-level BPE``, ``SentencePiece``, or the backend model's type."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return f"slow (Python) {type(tokenizer).__name__}"
-    model = type(backend.model).__name__
-    pre_tokenizer = json.dumps(json.loads(backend.to_str()).get("pre_tokenizer"))
-    if model == "BPE" and '"ByteLevel"' in pre_tokenizer:
-        return "byte-level BPE"
-    if model == "Unigram" or '"Metaspace"' in pre_tokenizer:
-        return "SentencePiece"
-    return model
 
 
 def word_rule(tokenizer: Any, name: str) -> WordRule:

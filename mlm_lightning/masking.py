@@ -18,6 +18,9 @@ mask comes from its own generator seeded by ``(seed, epoch, example index)``, so
 
 from __future__ import annotations
 
+import json
+import re
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,8 +32,10 @@ from typing_extensions import NotRequired
 
 from mlm_lightning.errors import MLMError
 from mlm_lightning.settings import ClosedUnitInterval, NonZeroProbability
+from mlm_lightning.tokenizer import tokenizer_family
 
 IGNORE_INDEX = -100
+NO_CLASS = -1  # a piece that starts or ends inside a character (byte-level BPE): never a word boundary by class
 _MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads (seed, epoch, index) over the seed space
 
 
@@ -84,7 +89,12 @@ class MLMCollator:
         random_replace_prob: Share of selected tokens replaced by a random token; the rest stay unchanged.
         seed: Base seed; with ``epoch`` and ``index`` it fixes every example's mask.
         continuation_mask: For whole-word masking: a boolean array over the vocabulary, True for tokens
-            that continue a word (WordPiece ``##`` pieces). ``None`` masks single tokens.
+            that continue a word (WordPiece ``##`` pieces, byte-level BPE pieces without ``Ġ``, SentencePiece
+            pieces without ``▁``). ``None`` masks single tokens. See :func:`word_pieces`.
+        piece_classes: For whole-word masking: ``[vocab, 2]`` the character class of each token's first and last
+            character; a continuation piece still starts a word where its first class differs from the previous
+            token's last (where the pre-tokenizer splits letters from digits and punctuation, as byte-level BPE's
+            does); :data:`NO_CLASS` never does. ``None``: pieces' characters do not split words.
         pad_to_multiple_of: Round the padded length up to this multiple (1 = pad to the longest row).
         redraw_each_epoch: Draw new masks every epoch (training). ``False`` (validation, test) makes every mask
             a function of ``(seed, example)`` only: the epoch an example arrives with is ignored.
@@ -99,6 +109,7 @@ class MLMCollator:
     random_replace_prob: float = 0.1
     seed: int = 0
     continuation_mask: np.ndarray | None = None
+    piece_classes: np.ndarray | None = None
     pad_to_multiple_of: int = 1
     redraw_each_epoch: bool = True
 
@@ -154,6 +165,11 @@ class MLMCollator:
         after_special = torch.ones_like(eligible)
         after_special[1:] = ~eligible[:-1]
         starts = eligible & (~cont | after_special)
+        if self.piece_classes is not None:  # e.g. "king" "," or "don" "'t": a new pre-token, so a new word
+            classes = torch.from_numpy(self.piece_classes[ids.numpy()].astype(np.int64))
+            first, last_before = classes[1:, 0], classes[:-1, 1]
+            boundary = (first != last_before) & (first != NO_CLASS) & (last_before != NO_CLASS)
+            starts[1:] |= eligible[1:] & boundary
         word_id = torch.cumsum(starts.long(), 0) - 1
         word_id[~eligible] = -1
         n_words = int(starts.sum())
@@ -215,7 +231,8 @@ class TokenMasking(MaskingStrategy):
         mlm_probability: Share of tokens (or words, with ``whole_word_mask``) chosen for prediction.
         mask_replace_prob: Share of chosen tokens replaced by ``[MASK]``.
         random_replace_prob: Share of chosen tokens replaced by a random token (the rest stay as they are).
-        whole_word_mask: Choose whole words rather than single WordPiece tokens.
+        whole_word_mask: Choose whole words rather than single tokens (every tokenizer kind: WordPiece,
+            byte-level BPE, SentencePiece; see :func:`word_pieces`).
     """
 
     def __init__(
@@ -238,14 +255,7 @@ class TokenMasking(MaskingStrategy):
 
     def collator(self, tokenizer: Any, seed: int, train: bool) -> MLMCollator:
         """The collator; evaluation uses a different, fixed seed stream (see :meth:`MaskingStrategy.collator`)."""
-        continuation = None
-        if self.whole_word_mask:
-            if type(tokenizer.backend_tokenizer.model).__name__ != "WordPiece":
-                raise MLMError("data.masking.whole_word_mask needs a WordPiece tokenizer (BERT-style '##' pieces)")
-            continuation = np.zeros(len(tokenizer), dtype=bool)
-            for piece, i in tokenizer.get_vocab().items():
-                if piece.startswith("##") and i < len(continuation):
-                    continuation[i] = True
+        continuation, classes = word_pieces(tokenizer) if self.whole_word_mask else (None, None)
         return MLMCollator(
             pad_token_id=tokenizer.pad_token_id,
             mask_token_id=tokenizer.mask_token_id,
@@ -256,5 +266,101 @@ class TokenMasking(MaskingStrategy):
             random_replace_prob=self.random_replace_prob,
             seed=seed if train else seed + 7919,
             continuation_mask=continuation,
+            piece_classes=classes,
             redraw_each_epoch=train,
         )
+
+
+# -- where words start --------------------------------------------------------------------------------------------
+# How each tokenizer kind (:func:`mlm_lightning.tokenizer.tokenizer_family`) marks words in its pieces: the
+# marker, and whether it starts a word (True: the space a piece begins with) or continues one (False: "##").
+# Byte-level BPE's pre-tokenizer (GPT-2's pattern) also splits letters, digits and other characters apart
+# ("king" "," and "don" "'t" are two words each), so its pieces' character classes count too.
+WORD_MARKERS: dict[str, tuple[str, bool]] = {
+    "WordPiece": ("##", False),  # the model's continuing_subword_prefix where it has one
+    "byte-level BPE": ("\u0120", True),  # "Ġ", the byte-level image of a space
+    "SentencePiece": ("\u2581", True),  # "▁", or the replacement its Metaspace pre-tokenizer names
+}
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's alphabet back to bytes (GPT-2's ``bytes_to_unicode``, inverted)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+
+
+def _char_class(char: str) -> int:
+    """GPT-2's pre-tokenizer classes: letter, number, white space, anything else."""
+    category = unicodedata.category(char)
+    return 0 if category[0] == "L" else 1 if category[0] == "N" else 2 if char.isspace() else 3
+
+
+def _edge_classes(raw: bytes) -> tuple[int, int]:
+    """Classes of the first and last whole UTF-8 character of a byte-level piece (NO_CLASS: cut inside one)."""
+
+    def whole(chunk: bytes) -> int:
+        try:
+            return _char_class(chunk.decode("utf-8"))
+        except UnicodeDecodeError:
+            return NO_CLASS
+
+    def width(lead: int) -> int:
+        return 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+
+    if not raw:
+        return NO_CLASS, NO_CLASS
+    first = (
+        NO_CLASS if 0x80 <= raw[0] < 0xC0 else whole(raw[: width(raw[0])]) if width(raw[0]) <= len(raw) else NO_CLASS
+    )
+    lead = max((i for i, b in enumerate(raw) if not 0x80 <= b < 0xC0), default=None)
+    last = NO_CLASS if lead is None or lead + width(raw[lead]) != len(raw) else whole(raw[lead:])
+    # A single space before a word belongs to it (GPT-2's " ?\p{L}+"): a piece ending in one ("Ġ" alone) is
+    # continued by the next piece, whatever that starts with.
+    return first, NO_CLASS if raw.endswith(b" ") else last
+
+
+def word_pieces(tokenizer: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """Where whole words start, per token id: the collator's ``continuation_mask`` and ``piece_classes``.
+
+    One rule for every tokenizer kind (:data:`WORD_MARKERS`): a piece continues the word before it unless its
+    marker says otherwise (WordPiece ``##`` continues; byte-level BPE ``Ġ`` and SentencePiece ``▁`` start), an
+    added (non-special) token is a word of its own, and for byte-level BPE a change of character class between
+    two pieces is a new word (a run of white space is one word; a single space belongs to the word after it).
+    That gives the fast tokenizer's ``word_ids()`` from the ids alone (byte-level BPE: except at apostrophes,
+    ``'s`` ``'t``...), so rows cut from the cached token stream anywhere (packed blocks) still know their words
+    and the cache needs nothing more (tests check it per kind).
+    Raises :class:`MLMError` for a tokenizer of another kind.
+    """
+    kind = tokenizer_family(tokenizer)
+    if kind not in WORD_MARKERS:
+        raise MLMError(
+            f"data.masking.whole_word_mask: cannot tell where words start in a {kind} tokenizer "
+            f"(it supports {', '.join(WORD_MARKERS)})"
+        )
+    marker, marker_starts = WORD_MARKERS[kind]
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    if kind == "WordPiece":
+        marker = backend["model"].get("continuing_subword_prefix") or marker
+    elif kind == "SentencePiece":
+        found = re.search(r'"replacement": "(.)"', json.dumps(backend.get("pre_tokenizer"), ensure_ascii=False))
+        marker = found.group(1) if found else marker
+    size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=0) + 1)
+    continuation = np.zeros(size, dtype=bool)
+    byte_level = kind == "byte-level BPE"
+    classes = np.full((size, 2), NO_CLASS, dtype=np.int8) if byte_level else None
+    added = {int(i) for i in tokenizer.added_tokens_decoder}
+    decoder = _byte_decoder() if byte_level else {}
+    for piece, i in tokenizer.get_vocab().items():
+        if i in added:  # a whole word (or a special token, which is never eligible anyway)
+            if classes is not None:
+                classes[i] = 4  # a class of its own: the piece after it starts a word
+            continue
+        continuation[i] = piece.startswith(marker) != marker_starts
+        if classes is not None and all(c in decoder for c in piece):
+            raw = bytes(decoder[c] for c in piece)
+            classes[i] = _edge_classes(raw)
+            # White space only ("Ġ", "ĠĠ", "Ċ"): a run of it is one word, so whether it starts one is up to
+            # the classes (after a letter yes, after other white space no).
+            continuation[i] |= raw.isspace()
+    return continuation, classes

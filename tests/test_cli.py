@@ -11,10 +11,13 @@ from mlm_lightning.__main__ import main
 from mlm_lightning.cli import run_cli
 from mlm_lightning.module import MLMModule
 
-CONFIGS = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
+# The example configs, families/ included (scale/ holds overlays, parsed on top of base.yaml in test_distributed).
+CONFIGS = sorted(Path(__file__).parents[1].glob("configs/*.yaml")) + sorted(
+    Path(__file__).parents[1].glob("configs/families/*.yaml")
+)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_every_config_parses(config: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         run_cli(["fit", "--config", str(config), "--print_config"])

