@@ -65,12 +65,15 @@ class Architecture:
     dropout: float
     pad_token_id: int
     embedding_size: int | None = None
+    special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (families.TOKEN_ROLES)
 
 
 def build_model(architecture: Architecture, model_name_or_path: str | None = None) -> nn.Module:
     """Loads the pretrained masked LM ``model_name_or_path``, or builds a new one of ``architecture``.
 
     A pretrained model keeps its own architecture; only its embeddings are checked to cover ``vocab_size``.
+    A new one takes the tokenizer's special-token ids (``architecture.special_token_ids``) where its config has
+    the field.
     """
     from transformers import AutoConfig, AutoModelForMaskedLM
 
@@ -83,9 +86,10 @@ def build_model(architecture: Architecture, model_name_or_path: str | None = Non
                 f"only {model.config.vocab_size}: use the model's own tokenizer (leave data.tokenizer unset)"
             )
         return model
-    settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name != "embedding_size"}
+    apart = ("embedding_size", "special_token_ids")
+    settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name not in apart}
     model_type = settings.pop("model_type")
-    kwargs = families.config_kwargs(model_type, settings, architecture.embedding_size)
+    kwargs = families.config_kwargs(model_type, settings, architecture.embedding_size, architecture.special_token_ids)
     try:
         return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
     except (ValueError, TypeError) as err:  # the family's own validation, e.g. heads not dividing the width
@@ -110,7 +114,9 @@ class MLMModule(L.LightningModule):
         intermediate_size: Feed-forward width of a new model.
         max_position_embeddings: Longest sequence a new model takes.
         dropout: Hidden and attention dropout of a new model.
-        pad_token_id: Padding id of a new model.
+        pad_token_id: Padding id of a new model (filled in from the tokenizer by the command line).
+        special_token_ids: The tokenizer's special-token ids by config field name (``cls_token_id``, ``bos_token_id``,
+            ..., filled in by the command line): a new model's config takes them where it has the field.
         embedding_size: Embedding width of a new model of a factorised-embedding family (ALBERT, ELECTRA,
             ConvBERT, MobileBERT, RoFormer, SqueezeBERT); ``None`` is ``hidden_size``.
         learning_rate: Peak AdamW learning rate.
@@ -147,6 +153,7 @@ class MLMModule(L.LightningModule):
         dropout: ShareBelowOne = 0.1,
         pad_token_id: NonNegativeInt = 0,
         embedding_size: PositiveInt | None = None,
+        special_token_ids: dict[str, int] | None = None,
         learning_rate: NonNegativeFloat = 5e-5,
         weight_decay: NonNegativeFloat = 0.01,
         betas: tuple[ShareBelowOne, ShareBelowOne] = (0.9, 0.999),
@@ -181,6 +188,7 @@ class MLMModule(L.LightningModule):
             dropout=dropout,
             pad_token_id=pad_token_id,
             embedding_size=embedding_size,
+            special_token_ids=special_token_ids,
         )
         self.model = build_model(architecture, model_name_or_path)
         if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:

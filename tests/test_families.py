@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from mlm_lightning import families
 from mlm_lightning.errors import MLMError
 from mlm_lightning.module import Architecture, MLMModule, build_model
+from tests.conftest import make_corpus
 
 VOCAB = 100
 SETTINGS = dict(
@@ -225,3 +227,93 @@ def test_parameter_count_matches_the_formula() -> None:
     distilbert = (v + p) * h + 2 * h + layers * layer + head
     assert n_params(build_model(Architecture(model_type="bert", embedding_size=None, **SETTINGS))) == bert
     assert n_params(build_model(Architecture(model_type="distilbert", embedding_size=None, **SETTINGS))) == distilbert
+
+
+# -- special-token ids from the tokenizer ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def roberta_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ~300-token byte-level BPE tokenizer with RoBERTa's special tokens: <s> 0, <pad> 1, </s> 2, <unk> 3."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(
+        make_corpus(seed=1), trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=alphabet)
+    )
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
+    out = tmp_path_factory.mktemp("roberta-tokenizer")
+    fast.save_pretrained(str(out))
+    return out
+
+
+def fit_args(args: list[str], *extra: str) -> list[str]:
+    return [*args, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", *extra]
+
+
+ID_FAMILIES = ["bert", "distilbert", "electra", "roberta", "xlm-roberta", "modernbert", "deberta-v2", "albert"]
+ID_FAMILIES += ["eurobert", "mpnet", "fnet", "xlm"]
+
+
+@pytest.mark.parametrize("family", ID_FAMILIES)
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_new_model_takes_the_tokenizers_special_ids(
+    family: str, kind: str, tokenizer_dir: Path, roberta_tokenizer_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir if kind == "wordpiece" else roberta_tokenizer_dir))
+    ids = families.special_token_ids(tok)
+    settings = {**SETTINGS, "vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
+    config = MLMModule(model_type=family, special_token_ids=ids, **settings).model.config
+    declared = {f.name for f in dataclasses.fields(type(config))}
+    for role in families.TOKEN_ROLES:
+        field = f"{role}_token_id"
+        if field not in declared:
+            continue
+        expected = getattr(tok, field)
+        if expected is None and field in families.SAME_TOKEN:  # a WordPiece tokenizer has no <s>/</s>
+            default = next(f.default for f in dataclasses.fields(type(config)) if f.name == field)
+            expected = None if default is None else getattr(tok, families.SAME_TOKEN[field])
+        assert getattr(config, field) == expected, field
+    assert config.pad_token_id == tok.pad_token_id
+    if family == "modernbert":  # its defaults (50281..) lie outside the vocabulary
+        assert (config.cls_token_id, config.sep_token_id) == (tok.cls_token_id, tok.sep_token_id)
+        assert (config.bos_token_id, config.eos_token_id) == (tok.cls_token_id, tok.sep_token_id)
+    if family == "eurobert":
+        assert config.mask_token_id == tok.mask_token_id
+
+
+def test_cli_links_the_special_ids_and_roberta_positions_start_after_its_pad(
+    tiny_args: list[str], roberta_tokenizer_dir: Path
+) -> None:
+    from mlm_lightning.cli import run_cli
+
+    args = fit_args(tiny_args, "--model.model_type", "roberta", "--data.tokenizer", str(roberta_tokenizer_dir))
+    cli = run_cli(args, run=False)
+    model = cli.model.model
+    assert cli.model.hparams.pad_token_id == 1
+    assert (model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id) == (1, 0, 2)
+    assert model.roberta.embeddings.padding_idx == 1
+    # <s> a b </s> <pad> <pad>: positions from padding_idx + 1 = 2 for the real tokens, the padding index for pads.
+    tok = cli.datamodule.tokenizer
+    batch = tok(["king queen", "king"], padding=True, return_tensors="pt")
+    assert batch["input_ids"][1, -1] == 1
+    ids = batch["input_ids"]
+    positions = model.roberta.embeddings.create_position_ids_from_input_ids(ids, model.roberta.embeddings.padding_idx)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    for row, n in enumerate(lengths):
+        assert positions[row].tolist() == [2 + i for i in range(n)] + [1] * (ids.shape[1] - n)
