@@ -30,6 +30,8 @@ from mlm_lightning.flops import (
 from mlm_lightning.loading import load_masked_lm
 from mlm_lightning.masking import IGNORE_INDEX, MLMBatch
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
+from mlm_lightning.sharding import fill_auto_wrap_policy
+from mlm_lightning.tokenizer_match import check_tokenizer_matches
 
 
 def _lr_multiplier(
@@ -68,10 +70,14 @@ class Architecture:
     special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (families.TOKEN_ROLES)
 
 
-def build_model(architecture: Architecture, model_name_or_path: str | None = None) -> nn.Module:
+def build_model(
+    architecture: Architecture, model_name_or_path: str | None = None, tokenizer_name_or_path: str | None = None
+) -> nn.Module:
     """Loads the pretrained masked LM ``model_name_or_path``, or builds a new one of ``architecture``.
 
-    A pretrained model keeps its own architecture; only its embeddings are checked to cover ``vocab_size``.
+    A pretrained model keeps its own architecture; its embeddings are checked to cover ``vocab_size``, and the
+    tokenizer (``tokenizer_name_or_path``, ``architecture.special_token_ids``) to be its own
+    (:func:`mlm_lightning.tokenizer_match.check_tokenizer_matches`).
     A new one takes the tokenizer's special-token ids (``architecture.special_token_ids``) where its config has
     the field.
     """
@@ -85,6 +91,9 @@ def build_model(architecture: Architecture, model_name_or_path: str | None = Non
                 f"the tokenizer has {vocab_size} tokens but model '{model_name_or_path}' has embeddings for "
                 f"only {model.config.vocab_size}: use the model's own tokenizer (leave data.tokenizer unset)"
             )
+        check_tokenizer_matches(
+            model_name_or_path, model.config, tokenizer_name_or_path, architecture.special_token_ids
+        )
         return model
     apart = ("embedding_size", "special_token_ids")
     settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name not in apart}
@@ -190,7 +199,7 @@ class MLMModule(L.LightningModule):
             embedding_size=embedding_size,
             special_token_ids=special_token_ids,
         )
-        self.model = build_model(architecture, model_name_or_path)
+        self.model = build_model(architecture, model_name_or_path, tokenizer_name_or_path)
         if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:
             self.model.resize_token_embeddings(
                 self.model.config.vocab_size, pad_to_multiple_of=pad_vocab_multiple, mean_resizing=False
@@ -590,6 +599,8 @@ class MLMModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         self.check_max_seq_length(getattr(dm, "max_seq_length", None))
+        if self._trainer is not None:  # before the strategy wraps the model: FSDP units are its own layers
+            fill_auto_wrap_policy(self.trainer.strategy, self.model)
 
 
 def masked_mean_loss(module: MLMModule, batch: dict[str, Any]) -> torch.Tensor:

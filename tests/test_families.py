@@ -317,3 +317,124 @@ def test_cli_links_the_special_ids_and_roberta_positions_start_after_its_pad(
     lengths = batch["attention_mask"].sum(1).tolist()
     for row, n in enumerate(lengths):
         assert positions[row].tolist() == [2 + i for i in range(n)] + [1] * (ids.shape[1] - n)
+
+
+# -- a tokenizer that does not belong to the pretrained model ----------------------------------------------------
+def save_tiny(family: str, folder: Path, tokenizer: Path | None = None, vocab: int = 320) -> Path:
+    """A tiny pretrained ``family`` model (its family's default special ids), with ``tokenizer`` saved beside it."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    kwargs = families.config_kwargs(family, {**SETTINGS, "vocab_size": vocab}, None)
+    if family == "roberta":
+        kwargs.pop("pad_token_id")  # the family's own default: 1
+    AutoModelForMaskedLM.from_config(AutoConfig.for_model(family, **kwargs)).save_pretrained(folder)
+    if tokenizer is not None:
+        AutoTokenizer.from_pretrained(str(tokenizer)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundled", [False, True], ids=["config-only", "with-tokenizer"])
+def test_bert_vocabulary_into_a_pretrained_roberta_is_an_error(
+    bundled: bool, tiny_args: list[str], tmp_path: Path, roberta_tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """tiny.yaml pins a WordPiece tokenizer; only the model is overridden with a RoBERTa: no silent training."""
+    from mlm_lightning.__main__ import main
+
+    roberta = save_tiny("roberta", tmp_path / "roberta", roberta_tokenizer_dir if bundled else None)
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(["fit", *fit_args(tiny_args, "--model.model_name_or_path", str(roberta))]) == 2
+    err = [
+        line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("Loading weights")
+    ]
+    assert len(err) == 1 and err[0].startswith(
+        f"error: data.tokenizer={tiny_args[tiny_args.index('--data.tokenizer') + 1]}"
+    )
+    if bundled:  # the tokenizer saved with the model: 300 tokens, the configured WordPiece one 200
+        assert "the tokenizer saved with the model has 300 tokens, data.tokenizer 200" in err[0]
+    else:  # RoBERTa's <pad> is 1, the WordPiece [PAD] 0
+        assert "its config has pad_token_id 1 (tokenizer: 0)" in err[0]
+    assert not (tmp_path / "run").exists()
+    # Its own tokenizer (given, or left unset) trains.
+    args = fit_args(tiny_args, "--model.model_name_or_path", str(roberta), "--data.tokenizer")
+    assert main(["fit", *args, str(roberta) if bundled else str(roberta_tokenizer_dir)]) == 0
+
+
+def test_only_cls_sep_disagreeing_is_one_warning(tmp_path: Path, tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    folder = save_tiny("modernbert", tmp_path / "modern")
+    config = AutoConfig.from_pretrained(folder)
+    config.pad_token_id, config.cls_token_id = tok.pad_token_id, tok.cls_token_id + 1
+    config.bos_token_id, config.sep_token_id, config.eos_token_id = tok.cls_token_id, tok.sep_token_id, None
+    config.save_pretrained(folder)
+    ids = families.special_token_ids(tok)
+    with pytest.warns(
+        UserWarning, match=f"has cls_token_id {tok.cls_token_id + 1} \\(tokenizer: {tok.cls_token_id}\\)"
+    ):
+        MLMModule(
+            model_name_or_path=str(folder),
+            tokenizer_name_or_path=str(tokenizer_dir),
+            special_token_ids=ids,
+            vocab_size=len(tok),
+        )
+
+
+# -- FSDP units ----------------------------------------------------------------------------------------------------
+FSDP_LAYERS = {
+    "bert": {"BertEmbeddings", "BertLayer"},
+    "distilbert": {"TransformerBlock"},
+    "electra": {"ElectraLayer"},
+    "roberta": {"RobertaEmbeddings", "RobertaLayer"},
+    "xlm-roberta": {"XLMRobertaEmbeddings", "XLMRobertaLayer"},
+    "modernbert": {"ModernBertEmbeddings", "ModernBertEncoderLayer"},
+    "deberta-v2": {"DebertaV2Layer"},
+    "albert": {"AlbertLayerGroup"},  # one group of one layer, shared across the depth
+    "eurobert": {"EuroBertDecoderLayer"},
+}
+
+
+@pytest.mark.parametrize("family", list(FSDP_LAYERS))
+def test_fsdp_wraps_each_familys_own_layers(family: str) -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from mlm_lightning.sharding import fill_auto_wrap_policy, layer_classes
+
+    model = tiny_model(family)
+    assert {c.__name__ for c in layer_classes(model)} == FSDP_LAYERS[family]
+    strategy = FSDPStrategy()  # as the overlay builds it: no policy
+    fill_auto_wrap_policy(strategy, model)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    wrapped = {type(m).__name__ for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)}
+    assert wrapped == {c.__name__ for c in layer_classes(model)}
+    layers = sum(
+        type(m).__name__ in FSDP_LAYERS[family] and "Embeddings" not in type(m).__name__ for m in model.modules()
+    )
+    assert layers == (1 if family == "albert" else SETTINGS["num_hidden_layers"])
+
+
+def test_fsdp_policy_given_in_the_config_is_kept() -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    from mlm_lightning.sharding import fill_auto_wrap_policy
+
+    strategy = FSDPStrategy(auto_wrap_policy={BertLayer})
+    policy = strategy.kwargs["auto_wrap_policy"]
+    fill_auto_wrap_policy(strategy, tiny_model("roberta"))
+    assert strategy.kwargs["auto_wrap_policy"] is policy
+
+
+def test_module_setup_fills_the_fsdp_policy_before_the_strategy_wraps() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    module = MLMModule(model_type="roberta", **SETTINGS)
+    strategy = FSDPStrategy()
+    module._trainer = SimpleNamespace(strategy=strategy, datamodule=None)
+    module.setup("fit")
+    layer = module.model.roberta.encoder.layer[0]
+    assert strategy.kwargs["auto_wrap_policy"](module=layer, recurse=False, nonwrapped_numel=0)
