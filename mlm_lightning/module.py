@@ -266,8 +266,12 @@ class MLMModule(L.LightningModule):
         return encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Full-sequence vocabulary logits, shape (batch, length, vocab)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        """Full-sequence vocabulary logits, shape (batch, length, vocab).
+
+        The attention mask goes where the family takes one (``families.encoder_inputs``: not FNet, which mixes
+        every position, padding included, and whose forward would swallow the mask unused).
+        """
+        return self.model(**families.encoder_inputs(self.model, input_ids, attention_mask)).logits
 
     # -- steps ------------------------------------------------------------------------------------------
     def train_loss(self, batch: MLMBatch) -> torch.Tensor:

@@ -438,3 +438,39 @@ def test_module_setup_fills_the_fsdp_policy_before_the_strategy_wraps() -> None:
     module.setup("fit")
     layer = module.model.roberta.encoder.layer[0]
     assert strategy.kwargs["auto_wrap_policy"](module=layer, recurse=False, nonwrapped_numel=0)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "modernbert", "fnet"])
+def test_forward_passes_the_attention_mask_where_the_family_takes_one(family: str) -> None:
+    torch.manual_seed(0)
+    module = MLMModule(model_type=family, **SETTINGS).eval()
+    ids = torch.randint(5, VOCAB, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        logits = module(ids, mask)
+        unmasked = module(ids)
+    if family in families.NO_ATTENTION_MASK:  # mixes the padding in by design: the mask changes nothing
+        torch.testing.assert_close(logits, unmasked)
+    else:  # the padded row's real tokens no longer see the padding; the unpadded row is unchanged
+        assert not torch.allclose(logits[1, :7], unmasked[1, :7])
+        torch.testing.assert_close(logits[0], unmasked[0])
+        with torch.no_grad():
+            torch.testing.assert_close(logits, module.model(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_eurobert_mask_id_is_the_tokenizers(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """EuroBERT's config records a mask id (128002 by default): a new model takes the tokenizer's, and a pretrained
+    one whose id is not the tokenizer's is refused (the collator masks with the tokenizer's id)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    ids = families.special_token_ids(tok)
+    new = MLMModule(model_type="eurobert", special_token_ids=ids, **{**SETTINGS, "vocab_size": len(tok)})
+    assert new.model.config.mask_token_id == tok.mask_token_id == 4
+    new.model.save_pretrained(tmp_path / "good")
+    MLMModule(model_name_or_path=str(tmp_path / "good"), special_token_ids=ids, vocab_size=len(tok))
+    new.model.config.mask_token_id = 7
+    new.model.save_pretrained(tmp_path / "bad")
+    with pytest.raises(MLMError, match="its config has mask_token_id 7 \\(tokenizer: 4\\)"):
+        MLMModule(model_name_or_path=str(tmp_path / "bad"), special_token_ids=ids, vocab_size=len(tok))
