@@ -273,6 +273,18 @@ class MLMModule(L.LightningModule):
         """
         return self.model(**families.encoder_inputs(self.model, input_ids, attention_mask)).logits
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Compiled code is specialised to its input shapes (dynamic=False): line_by_line batches, as wide as their
+        # longest row, would compile again for every new width (and past torch's recompile limit silently run
+        # uncompiled). Padded to a few fixed widths, they compile a few times at most.
+        if not self.hparams.compile or not isinstance(batch, dict) or "input_ids" not in batch:
+            return batch
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        longest = getattr(dm, "max_seq_length", None)
+        if not longest:
+            return batch
+        return pad_to_compile_width(batch, int(longest), self.model.config.pad_token_id or 0)
+
     # -- steps ------------------------------------------------------------------------------------------
     def train_loss(self, batch: MLMBatch) -> torch.Tensor:
         """The training loss: mean cross-entropy over the masked positions (0, with gradients, if there are none).
@@ -617,6 +629,39 @@ def masked_mean_loss(module: MLMModule, batch: dict[str, Any]) -> torch.Tensor:
     logits = module.masked_logits(batch).float()
     total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+# line_by_line batches under `compile` are padded to one of this many widths (multiples of max_seq_length / this).
+COMPILE_WIDTHS = 4
+
+
+def pad_to_compile_width(batch: dict[str, Any], longest: int, pad_token_id: int) -> dict[str, Any]:
+    """``batch`` padded to the next multiple of ``longest / COMPILE_WIDTHS`` (rounded up to 8), with a mask.
+
+    Every batch narrower than ``longest`` gets an attention mask (all ones if its rows are equally long), so each
+    width is one input signature; full-width batches without padding (packed rows) keep running without one.
+    Masked positions (indices into the flattened batch) are moved to the new row width; labels and counts stay.
+    """
+    ids = batch["input_ids"]
+    rows, width = ids.shape
+    step = math.ceil(longest / COMPILE_WIDTHS)
+    if step >= 8:
+        step = math.ceil(step / 8) * 8  # multiples of 8 suit matrix units
+    target = min(max(longest, width), math.ceil(width / step) * step)
+    if target == width and (width >= longest or "attention_mask" in batch):
+        return batch
+    extra = target - width
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    out = dict(batch)
+    out["input_ids"] = F.pad(ids, (0, extra), value=pad_token_id)
+    out["attention_mask"] = F.pad(mask, (0, extra), value=0)
+    if "labels" in batch:
+        out["labels"] = F.pad(batch["labels"], (0, extra), value=IGNORE_INDEX)
+    positions = batch["masked_positions"]
+    out["masked_positions"] = positions // width * target + positions % width
+    return out
 
 
 def adamw_implementation(device_type: str, trainer: L.Trainer) -> dict[str, bool]:
