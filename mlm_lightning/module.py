@@ -273,11 +273,15 @@ class MLMModule(L.LightningModule):
         """
         return self.model(**families.encoder_inputs(self.model, input_ids, attention_mask)).logits
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Compiled code is specialised to its input shapes (dynamic=False): line_by_line batches, as wide as their
-        # longest row, would compile again for every new width (and past torch's recompile limit silently run
-        # uncompiled). Padded to a few fixed widths, they compile a few times at most.
-        if not self.hparams.compile or not isinstance(batch, dict) or "input_ids" not in batch:
+    def compile_width(self, batch: MLMBatch) -> MLMBatch:
+        """``batch`` padded to one of a few fixed widths when ``compile`` is on (:func:`pad_to_compile_width`).
+
+        Compiled code is specialised to its input shapes (``dynamic=False``): line_by_line batches, as wide as their
+        longest row, would compile again for every new width (and past torch's recompile limit silently run
+        uncompiled). Called by the step methods (Lightning's batch-transfer hooks would warn on every run that the
+        data module has them too).
+        """
+        if not self.hparams.compile:
             return batch
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         longest = getattr(dm, "max_seq_length", None)
@@ -312,6 +316,7 @@ class MLMModule(L.LightningModule):
         return bool(self.hparams.compile) and self.device.type == "cuda" and self._mlm_head() is not None
 
     def _shared_step(self, batch: MLMBatch, stage: str) -> torch.Tensor:
+        batch = self.compile_width(batch)
         labels = batch["masked_labels"]
         if stage == "train":
             loss = self.train_loss(batch)
@@ -338,9 +343,9 @@ class MLMModule(L.LightningModule):
     def predict_step(self, batch: MLMBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Top-1 predictions at the masked positions, with their labels and per-token losses."""
         labels = batch["masked_labels"]
-        logits = self.masked_logits(batch).float()
+        logits = self.masked_logits(self.compile_width(batch)).float()
         return {
-            "positions": batch["masked_positions"],
+            "positions": batch["masked_positions"],  # of the batch as given (compile_width may widen its rows)
             "labels": labels,
             "predictions": logits.argmax(-1),
             "losses": F.cross_entropy(logits, labels, reduction="none"),

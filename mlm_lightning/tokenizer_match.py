@@ -8,7 +8,9 @@ embeddings. The rule, from the most to the least certain evidence:
    configured tokenizer must have the same vocabulary and special tokens, or it is an error.
 2. The model's config records special-token ids (``families.TOKEN_ROLES``): a different padding or mask id is an
    error (the padding index sets RoBERTa's position ids; the mask id is what the model learnt to fill in); a
-   different cls/sep/bos/eos id is one warning (configs of some hub models carry defaults nobody set).
+   different cls/sep/bos/eos id is one warning (configs of some hub models carry defaults nobody set). When the
+   tokenizer is the one in the model's own folder, any difference is one warning: the model's own files
+   disagree, and refusing would leave no way to train it.
 3. More tokens than embedding rows is an error (``module.build_model``).
 """
 
@@ -57,7 +59,8 @@ def check_tokenizer_matches(
         token_ids: The tokenizer's special-token ids (:func:`families.special_token_ids`); ``None`` skips rule 2.
     """
     model = model_name_or_path
-    if tokenizer_name_or_path and not same_source(model, tokenizer_name_or_path):
+    own_folder = bool(tokenizer_name_or_path) and same_source(model, tokenizer_name_or_path)
+    if tokenizer_name_or_path and not own_folder:
         own = bundled_tokenizer(model)
         if own is not None:
             difference = vocabulary_difference(own, load_tokenizer(tokenizer_name_or_path))
@@ -74,12 +77,17 @@ def check_tokenizer_matches(
         recorded, given = getattr(config, field, None), families.token_id_for(field, token_ids)
         if isinstance(recorded, int) and given is not None and recorded != given:
             (decisive if field in DECISIVE else doubtful).append(f"{field} {recorded} (tokenizer: {given})")
-    if decisive:
+    if decisive and own_folder:  # the model's own files disagree with each other: its author's to fix
+        rank_zero_warn(
+            f"model '{model}': its config has {', '.join(decisive + doubtful)}, its own tokenizer says otherwise; "
+            f"masking and padding use the tokenizer's ids"
+        )
+    elif decisive:
         raise MLMError(
             f"data.tokenizer={tokenizer_name_or_path} does not belong to model '{model}': its config has "
             f"{', '.join(decisive + doubtful)}. Use the model's own tokenizer (leave data.tokenizer unset)"
         )
-    if doubtful:
+    elif doubtful:
         rank_zero_warn(
             f"the config of model '{model}' has {', '.join(doubtful)}: if data.tokenizer={tokenizer_name_or_path} "
             f"is not this model's own tokenizer, the model trains on ids it never learnt"

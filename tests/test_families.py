@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -474,3 +475,52 @@ def test_eurobert_mask_id_is_the_tokenizers(tmp_path: Path, tokenizer_dir: Path)
     new.model.save_pretrained(tmp_path / "bad")
     with pytest.raises(MLMError, match="its config has mask_token_id 7 \\(tokenizer: 4\\)"):
         MLMModule(model_name_or_path=str(tmp_path / "bad"), special_token_ids=ids, vocab_size=len(tok))
+
+
+@pytest.mark.slow
+def test_resume_with_a_tokenizer_of_other_special_ids_is_an_error(
+    tiny_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Same size, [PAD] and [UNK] swapped: the new model's padding index would silently move."""
+    from tokenizers import Tokenizer
+
+    from mlm_lightning.__main__ import main
+
+    given = Path(tiny_args[tiny_args.index("--data.tokenizer") + 1])
+    swapped = json.loads(Tokenizer.from_file(str(given / "tokenizer.json")).to_str())
+    vocab = swapped["model"]["vocab"]
+    vocab["[PAD]"], vocab["[UNK]"] = vocab["[UNK]"], vocab["[PAD]"]
+    for token in swapped["added_tokens"]:
+        token["id"] = vocab[token["content"]]
+    other = tmp_path / "swapped"
+    other.mkdir()
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (given / name).exists():
+            (other / name).write_text((given / name).read_text())
+    (other / "tokenizer.json").write_text(json.dumps(swapped))
+    assert main(["fit", *fit_args(tiny_args)]) == 0
+    capsys.readouterr()
+    resume = [*fit_args(tiny_args), "--trainer.max_steps", "4", "--ckpt_path", "last", "--data.tokenizer", str(other)]
+    assert main(["fit", *resume]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "has the special-token ids" in err[0] and "set data.tokenizer to the checkpoint's" in err[0]
+    )
+
+
+def test_a_model_whose_own_tokenizer_disagrees_with_its_config_is_one_warning(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """Refusing would leave no way to train it: its own files disagree (config <pad> 1, its tokenizer's [PAD] 0)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    folder = save_tiny("roberta", tmp_path / "roberta", tokenizer_dir)
+    ids = families.special_token_ids(tok)
+    with pytest.warns(UserWarning, match="its config has pad_token_id 1 \\(tokenizer: 0\\).*its own tokenizer says"):
+        MLMModule(
+            model_name_or_path=str(folder),
+            tokenizer_name_or_path=str(folder),
+            special_token_ids=ids,
+            vocab_size=len(tok),
+        )

@@ -385,7 +385,7 @@ def test_compiled_line_by_line_widths_compile_a_few_times_not_per_batch(monkeypa
     widths = set()
     for seed, length in enumerate([9, 13, 17, 20, 26, 31, 33, 40, 47, 52, 58, 64]):
         batch = _mlm_batch(module, 3, length, seed=seed, padded=seed % 2 == 1)
-        padded = module.on_after_batch_transfer(batch, 0)
+        padded = module.compile_width(batch)
         widths.add(padded["input_ids"].shape[1])
         with torch.no_grad():  # the same logits at the same tokens as the unpadded batch, uncompiled
             torch.testing.assert_close(module.masked_logits(padded), reference.masked_logits(batch))
