@@ -5,13 +5,14 @@ the bert-base-uncased vocabulary size of 30,522, position embeddings 514) with `
 AdamW on the same random-token batches (batch 16 x 128 tokens, packed rows, BERT masking of 15 %). For each
 family, the two head paths alternate on the same model in this process (full, masked-only, full, ...; the
 project's training loss ``masked_mean_loss`` with ``model.full_logits`` true or false) and the medians are
-reported: real tokens per second over ``--steps`` timed optimizer steps after one untimed warm-up step.
+reported: real tokens per second over ``--steps`` timed optimizer steps (each path has one untimed warm-up step
+first).
 "full logits" is the path every family took before the masked-only head covered it (the vocabulary projection at
 every position, then the masked positions gathered).
 
 Usage::
 
-    python benchmarks/families.py                       # 8 families, 3 pairs each (~5 min on a busy 2-core CPU)
+    python benchmarks/families.py                       # 8 families, 3 pairs of 4 steps each, batch 16
     python benchmarks/families.py --families bert roberta --repeats 5
     python benchmarks/families.py --smoke               # seconds: tiny models, one step, checks the script
 """
@@ -75,7 +76,7 @@ def build(family: str, arch: dict[str, int], vocab: int) -> tuple[Any, Any]:
 
 
 def run_steps(module: Any, optimizer: Any, data: list[dict[str, Any]], full_logits: bool, steps: int) -> float:
-    """Real tokens per second of ``steps`` optimizer steps after one warm-up step, on the chosen head path."""
+    """Real tokens per second of ``steps`` optimizer steps on the chosen head path (0: one untimed warm-up step)."""
     from mlm_lightning.module import masked_mean_loss
 
     module.hparams.full_logits = full_logits  # read on every step (MLMModule._mlm_head)
@@ -86,7 +87,9 @@ def run_steps(module: Any, optimizer: Any, data: list[dict[str, Any]], full_logi
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step(data[0])
+    if not steps:
+        step(data[0])
+        return 0.0
     start, tokens = time.perf_counter(), 0
     for i in range(steps):
         batch = data[1 + i % (len(data) - 1)]
@@ -111,6 +114,8 @@ def measure(
     results = []
     for family in names:
         module, optimizer = build(family, arch, vocab)
+        run_steps(module, optimizer, data, True, 0)  # first-call costs (allocations, lazy set-up) of each path
+        run_steps(module, optimizer, data, False, 0)
         full, masked = [], []
         for _ in range(repeats):  # alternating, so a slow spell of the machine hits both paths
             full.append(run_steps(module, optimizer, data, True, steps))
