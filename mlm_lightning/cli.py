@@ -49,7 +49,7 @@ RESUME_MAY_CHANGE = frozenset({"learning_rate", "weight_decay", "betas", "eps", 
 # (a new scheduler starts a new schedule, with the configured warm-up).
 WARMUP_SETTINGS = frozenset({"warmup_steps", "warmup_ratio"})
 # Filled in from the data module (link_arguments), so compared once the classes are built.
-LINKED_MODEL_SETTINGS = ("vocab_size", "tokenizer_name_or_path")
+LINKED_MODEL_SETTINGS = ("vocab_size", "tokenizer_name_or_path", "pad_token_id", "special_token_ids")
 
 # Trainer settings whose impossible values the Trainer accepts (those it rejects raise MisconfigurationException,
 # turned into one line below): setting -> (is it allowed, the allowed range in words).
@@ -110,6 +110,9 @@ class MLMCLI(LightningCLI):
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.tokenizer_path", "model.tokenizer_name_or_path", apply_on="instantiate")
+        # The special-token ids too: a new RoBERTa's padding index (its position ids start after it) is its <pad>.
+        parser.link_arguments("data.pad_token_id", "model.pad_token_id", apply_on="instantiate")
+        parser.link_arguments("data.special_token_ids", "model.special_token_ids", apply_on="instantiate")
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # --help lists groups in the order they are added: LightningCLI adds the Trainer's first, ahead of
@@ -230,6 +233,18 @@ class MLMCLI(LightningCLI):
                 f"the checkpoint {path} was trained with {hparams['vocab_size']} "
                 f"({hparams.get('tokenizer_name_or_path')}): set data.tokenizer to the checkpoint's"
             )
+        # A new model's special ids (its padding index) are the tokenizer's: another tokenizer with the same size
+        # would silently move them. (A pretrained model's own ids are checked against the tokenizer when loaded.)
+        ids = {"special_token_ids": hparams.get("special_token_ids")}
+        if not hparams.get("model_name_or_path"):
+            ids["pad_token_id"] = hparams.get("pad_token_id")
+        for key, value in ids.items():
+            if value is not None and value != model.hparams[key]:
+                raise MLMError(
+                    f"the tokenizer ({model.hparams.tokenizer_name_or_path}) has the special-token ids "
+                    f"{model.hparams[key]} but the checkpoint {path} was trained with {value} "
+                    f"({hparams.get('tokenizer_name_or_path')}): set data.tokenizer to the checkpoint's"
+                )
         if hparams.get("tokenizer_name_or_path") not in (None, model.hparams.tokenizer_name_or_path):
             rank_zero_warn(
                 f"the checkpoint {path} was trained with the tokenizer {hparams['tokenizer_name_or_path']}, this run "
@@ -306,7 +321,8 @@ class MLMArgumentParser(LightningArgumentParser):
             super().error(message, ex)  # internal trial parses, or the user asked for everything
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"error: {_out_of_range(' '.join(message.split()))} (every setting: {prog} --help)\n")
+        message = _linked(_out_of_range(" ".join(message.split())))
+        sys.stderr.write(f"error: {message} (every setting: {prog} --help)\n")
         sys.exit(2)
 
 
@@ -335,6 +351,19 @@ def _out_of_range(message: str) -> str:
     # A setting of a nested class (data.masking.mlm_probability) is reported one "Parser key" per level.
     key = ".".join(re.findall(r'Parser key "([^"]+)"', message[: found.start("type")]))
     return f"{key} must be {what} {rule}{optional}, got {value}"
+
+
+_LINKED = re.compile(r'Linked "(?P<key>[^"]+)" must be given via "data\.[^"]+"\.?')
+
+
+def _linked(message: str) -> str:
+    """jsonargparse's message for a setting the data module fills in (``link_arguments``), in the user's terms."""
+    found = _LINKED.search(message)
+    if found is None:
+        return message
+    return (
+        f"{found['key']} is taken from the tokenizer (data.tokenizer, or the pretrained model's own): it cannot be set"
+    )
 
 
 def _prog() -> str:

@@ -154,12 +154,18 @@ NO_FROM_SCRATCH: dict[str, str] = {
 }
 
 
-def config_kwargs(model_type: str, settings: dict[str, Any], embedding_size: int | None) -> dict[str, Any]:
+def config_kwargs(
+    model_type: str,
+    settings: dict[str, Any],
+    embedding_size: int | None,
+    token_ids: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
     """Our architecture ``settings`` as keyword arguments of ``model_type``'s config.
 
     Every setting goes under the family's own name(s) (``CONFIG_NAMES``); one its config does not declare is
     left out with one warning. Factorised-embedding families (a config with ``embedding_size``, or RemBERT's
-    input/output embedding sizes) get ``hidden_size`` there unless ``embedding_size`` is given.
+    input/output embedding sizes) get ``hidden_size`` there unless ``embedding_size`` is given. The config's
+    special-token ids are the tokenizer's ``token_ids`` (:func:`config_token_ids`).
     Raises :class:`MLMError` for families that cannot be built from these settings.
     """
     from transformers import CONFIG_MAPPING
@@ -189,6 +195,8 @@ def config_kwargs(model_type: str, settings: dict[str, Any], embedding_size: int
         ignored.append("embedding_size")
     if ignored:
         rank_zero_warn(f"model_type={model_type} has no setting for {', '.join(ignored)}: ignored")
+    if token_ids is not None:
+        kwargs.update(config_token_ids(config_class, token_ids))
     # The family's default special-token ids (e.g. ModernBERT's bos 50281) mean nothing in a new, smaller
     # vocabulary: cleared where the config allows None.
     for field in dataclasses.fields(config_class):
@@ -196,6 +204,51 @@ def config_kwargs(model_type: str, settings: dict[str, Any], embedding_size: int
         foreign = isinstance(field.default, int) and field.default >= settings["vocab_size"]
         if field.name.endswith("_token_id") and field.name not in kwargs and nullable and foreign:
             kwargs[field.name] = None
+    return kwargs
+
+
+# -- special-token ids ------------------------------------------------------------------------------------------
+# The roles a tokenizer has ids for, as config fields name them (``pad_token_id``, ...).
+TOKEN_ROLES = ("pad", "mask", "cls", "sep", "bos", "eos")
+# A tokenizer without begin/end-of-sequence tokens (BERT's WordPiece) starts and ends every row with [CLS] and
+# [SEP]: for a family whose config uses bos/eos ids (RoBERTa's <s> and </s> are its cls and sep tokens, ModernBERT's
+# bos and cls are both [CLS]), those are the tokens they mean.
+SAME_TOKEN = {"bos_token_id": "cls_token_id", "eos_token_id": "sep_token_id"}
+
+
+def special_token_ids(tokenizer: Any) -> dict[str, int]:
+    """A tokenizer's special-token ids by config field name (``{"pad_token_id": 0, ...}``); missing roles left out."""
+    ids = {}
+    for role in TOKEN_ROLES:
+        value = getattr(tokenizer, f"{role}_token_id", None)
+        if isinstance(value, int):
+            ids[f"{role}_token_id"] = value
+    return ids
+
+
+def token_id_for(field: str, token_ids: Mapping[str, int]) -> int | None:
+    """The tokenizer's id for a config's ``field`` (bos/eos: the cls/sep token when it has no bos/eos token)."""
+    value = token_ids.get(field)
+    return token_ids.get(SAME_TOKEN.get(field, ""), None) if value is None else value
+
+
+def config_token_ids(config_class: type, token_ids: Mapping[str, int]) -> dict[str, int | None]:
+    """The special-token fields of a new ``config_class`` config, from the tokenizer's ``token_ids``.
+
+    Every role field the config declares (:data:`TOKEN_ROLES`) gets the tokenizer's id; bos/eos fall back to
+    cls/sep only where the family uses them (its default is not ``None``: BERT's config keeps no bos). A role the
+    tokenizer has no token for is ``None`` where the config allows it, so that no default id of the family (an id
+    of another vocabulary) stays behind.
+    """
+    kwargs: dict[str, int | None] = {}
+    for field in dataclasses.fields(config_class):
+        if field.name not in {f"{role}_token_id" for role in TOKEN_ROLES}:
+            continue
+        value = token_ids.get(field.name)
+        if value is None and field.default is not None:
+            value = token_id_for(field.name, token_ids)
+        if value is not None or "None" in str(field.type):
+            kwargs[field.name] = value
     return kwargs
 
 

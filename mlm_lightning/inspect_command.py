@@ -23,9 +23,8 @@ def inspect_command(args: list[str]) -> int:
     stats = corpus_report(dm)
     print(format_report(stats, dm))
     limits = config.corpus_report
-    found = report_warnings(
-        stats, dm, model_max_positions(config.model.as_dict()), limits.max_unk_rate, limits.max_document_share
-    )
+    model = {**config.model.as_dict(), "pad_token_id": dm.pad_token_id}  # linked from the tokenizer, as in fit
+    found = report_warnings(stats, dm, model_max_positions(model), limits.max_unk_rate, limits.max_document_share)
     for warning in found:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

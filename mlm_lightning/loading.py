@@ -97,3 +97,26 @@ def load_model_config(name_or_path: str) -> dict[str, Any]:
             f"could not load the config of model '{name_or_path}': {_first_line(err)}. Without network access, "
             f"pass {OFFLINE_MODEL_HINT}."
         ) from err
+
+
+# Files of a saved tokenizer (fast, WordPiece, byte-level BPE, SentencePiece): a model folder with one ships its own.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spm.model")
+
+
+def same_source(a: str, b: str) -> bool:
+    """Whether two names or paths point at the same place (``pkg://`` resolved, ``~`` expanded, links followed)."""
+    a, b = _source(a), _source(b)
+    return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
+def bundled_tokenizer(model_name_or_path: str) -> Any | None:
+    """The tokenizer saved in a local model folder beside the weights, or ``None`` (a hub name, or no tokenizer)."""
+    from transformers import AutoTokenizer
+
+    folder = _source(model_name_or_path)
+    if not os.path.isdir(folder) or not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError):  # a broken tokenizer beside the weights: the configured one is checked alone
+        return None

@@ -30,6 +30,8 @@ from mlm_lightning.flops import (
 from mlm_lightning.loading import load_masked_lm
 from mlm_lightning.masking import IGNORE_INDEX, MLMBatch
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
+from mlm_lightning.sharding import fill_auto_wrap_policy
+from mlm_lightning.tokenizer_match import check_tokenizer_matches
 
 
 def _lr_multiplier(
@@ -65,12 +67,19 @@ class Architecture:
     dropout: float
     pad_token_id: int
     embedding_size: int | None = None
+    special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (families.TOKEN_ROLES)
 
 
-def build_model(architecture: Architecture, model_name_or_path: str | None = None) -> nn.Module:
+def build_model(
+    architecture: Architecture, model_name_or_path: str | None = None, tokenizer_name_or_path: str | None = None
+) -> nn.Module:
     """Loads the pretrained masked LM ``model_name_or_path``, or builds a new one of ``architecture``.
 
-    A pretrained model keeps its own architecture; only its embeddings are checked to cover ``vocab_size``.
+    A pretrained model keeps its own architecture; its embeddings are checked to cover ``vocab_size``, and the
+    tokenizer (``tokenizer_name_or_path``, ``architecture.special_token_ids``) to be its own
+    (:func:`mlm_lightning.tokenizer_match.check_tokenizer_matches`).
+    A new one takes the tokenizer's special-token ids (``architecture.special_token_ids``) where its config has
+    the field.
     """
     from transformers import AutoConfig, AutoModelForMaskedLM
 
@@ -82,10 +91,14 @@ def build_model(architecture: Architecture, model_name_or_path: str | None = Non
                 f"the tokenizer has {vocab_size} tokens but model '{model_name_or_path}' has embeddings for "
                 f"only {model.config.vocab_size}: use the model's own tokenizer (leave data.tokenizer unset)"
             )
+        check_tokenizer_matches(
+            model_name_or_path, model.config, tokenizer_name_or_path, architecture.special_token_ids
+        )
         return model
-    settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name != "embedding_size"}
+    apart = ("embedding_size", "special_token_ids")
+    settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name not in apart}
     model_type = settings.pop("model_type")
-    kwargs = families.config_kwargs(model_type, settings, architecture.embedding_size)
+    kwargs = families.config_kwargs(model_type, settings, architecture.embedding_size, architecture.special_token_ids)
     try:
         return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
     except (ValueError, TypeError) as err:  # the family's own validation, e.g. heads not dividing the width
@@ -110,7 +123,9 @@ class MLMModule(L.LightningModule):
         intermediate_size: Feed-forward width of a new model.
         max_position_embeddings: Longest sequence a new model takes.
         dropout: Hidden and attention dropout of a new model.
-        pad_token_id: Padding id of a new model.
+        pad_token_id: Padding id of a new model (filled in from the tokenizer by the command line).
+        special_token_ids: The tokenizer's special-token ids by config field name (``cls_token_id``, ``bos_token_id``,
+            ..., filled in by the command line): a new model's config takes them where it has the field.
         embedding_size: Embedding width of a new model of a factorised-embedding family (ALBERT, ELECTRA,
             ConvBERT, MobileBERT, RoFormer, SqueezeBERT); ``None`` is ``hidden_size``.
         learning_rate: Peak AdamW learning rate.
@@ -147,6 +162,7 @@ class MLMModule(L.LightningModule):
         dropout: ShareBelowOne = 0.1,
         pad_token_id: NonNegativeInt = 0,
         embedding_size: PositiveInt | None = None,
+        special_token_ids: dict[str, int] | None = None,
         learning_rate: NonNegativeFloat = 5e-5,
         weight_decay: NonNegativeFloat = 0.01,
         betas: tuple[ShareBelowOne, ShareBelowOne] = (0.9, 0.999),
@@ -181,8 +197,9 @@ class MLMModule(L.LightningModule):
             dropout=dropout,
             pad_token_id=pad_token_id,
             embedding_size=embedding_size,
+            special_token_ids=special_token_ids,
         )
-        self.model = build_model(architecture, model_name_or_path)
+        self.model = build_model(architecture, model_name_or_path, tokenizer_name_or_path)
         if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:
             self.model.resize_token_embeddings(
                 self.model.config.vocab_size, pad_to_multiple_of=pad_vocab_multiple, mean_resizing=False
@@ -249,8 +266,28 @@ class MLMModule(L.LightningModule):
         return encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Full-sequence vocabulary logits, shape (batch, length, vocab)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        """Full-sequence vocabulary logits, shape (batch, length, vocab).
+
+        The attention mask goes where the family takes one (``families.encoder_inputs``: not FNet, which mixes
+        every position, padding included, and whose forward would swallow the mask unused).
+        """
+        return self.model(**families.encoder_inputs(self.model, input_ids, attention_mask)).logits
+
+    def compile_width(self, batch: MLMBatch) -> MLMBatch:
+        """``batch`` padded to one of a few fixed widths when ``compile`` is on (:func:`pad_to_compile_width`).
+
+        Compiled code is specialised to its input shapes (``dynamic=False``): line_by_line batches, as wide as their
+        longest row, would compile again for every new width (and past torch's recompile limit silently run
+        uncompiled). Called by the step methods (Lightning's batch-transfer hooks would warn on every run that the
+        data module has them too).
+        """
+        if not self.hparams.compile:
+            return batch
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        longest = getattr(dm, "max_seq_length", None)
+        if not longest:
+            return batch
+        return pad_to_compile_width(batch, int(longest), self.model.config.pad_token_id or 0)
 
     # -- steps ------------------------------------------------------------------------------------------
     def train_loss(self, batch: MLMBatch) -> torch.Tensor:
@@ -279,6 +316,7 @@ class MLMModule(L.LightningModule):
         return bool(self.hparams.compile) and self.device.type == "cuda" and self._mlm_head() is not None
 
     def _shared_step(self, batch: MLMBatch, stage: str) -> torch.Tensor:
+        batch = self.compile_width(batch)
         labels = batch["masked_labels"]
         if stage == "train":
             loss = self.train_loss(batch)
@@ -305,9 +343,9 @@ class MLMModule(L.LightningModule):
     def predict_step(self, batch: MLMBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Top-1 predictions at the masked positions, with their labels and per-token losses."""
         labels = batch["masked_labels"]
-        logits = self.masked_logits(batch).float()
+        logits = self.masked_logits(self.compile_width(batch)).float()
         return {
-            "positions": batch["masked_positions"],
+            "positions": batch["masked_positions"],  # of the batch as given (compile_width may widen its rows)
             "labels": labels,
             "predictions": logits.argmax(-1),
             "losses": F.cross_entropy(logits, labels, reduction="none"),
@@ -582,6 +620,8 @@ class MLMModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         self.check_max_seq_length(getattr(dm, "max_seq_length", None))
+        if self._trainer is not None:  # before the strategy wraps the model: FSDP units are its own layers
+            fill_auto_wrap_policy(self.trainer.strategy, self.model)
 
 
 def masked_mean_loss(module: MLMModule, batch: dict[str, Any]) -> torch.Tensor:
@@ -594,6 +634,39 @@ def masked_mean_loss(module: MLMModule, batch: dict[str, Any]) -> torch.Tensor:
     logits = module.masked_logits(batch).float()
     total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+# line_by_line batches under `compile` are padded to one of this many widths (multiples of max_seq_length / this).
+COMPILE_WIDTHS = 4
+
+
+def pad_to_compile_width(batch: dict[str, Any], longest: int, pad_token_id: int) -> dict[str, Any]:
+    """``batch`` padded to the next multiple of ``longest / COMPILE_WIDTHS`` (rounded up to 8), with a mask.
+
+    Every batch narrower than ``longest`` gets an attention mask (all ones if its rows are equally long), so each
+    width is one input signature; full-width batches without padding (packed rows) keep running without one.
+    Masked positions (indices into the flattened batch) are moved to the new row width; labels and counts stay.
+    """
+    ids = batch["input_ids"]
+    rows, width = ids.shape
+    step = math.ceil(longest / COMPILE_WIDTHS)
+    if step >= 8:
+        step = math.ceil(step / 8) * 8  # multiples of 8 suit matrix units
+    target = min(max(longest, width), math.ceil(width / step) * step)
+    if target == width and (width >= longest or "attention_mask" in batch):
+        return batch
+    extra = target - width
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    out = dict(batch)
+    out["input_ids"] = F.pad(ids, (0, extra), value=pad_token_id)
+    out["attention_mask"] = F.pad(mask, (0, extra), value=0)
+    if "labels" in batch:
+        out["labels"] = F.pad(batch["labels"], (0, extra), value=IGNORE_INDEX)
+    positions = batch["masked_positions"]
+    out["masked_positions"] = positions // width * target + positions % width
+    return out
 
 
 def adamw_implementation(device_type: str, trainer: L.Trainer) -> dict[str, bool]:

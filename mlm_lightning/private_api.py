@@ -116,6 +116,13 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "lengths are read from the Arrow offsets, which match the dataset's rows only without an index mapping "
         "(after select/shuffle); flatten_indices() on every call would copy the whole table",
     ),
+    # ---------------------------------------------------------------------------------------- transformers (others)
+    PrivateName(
+        "transformers.PreTrainedModel._no_split_modules",
+        "sharding.layer_classes (read on the model: FSDP's auto-wrap units)",
+        "transformers' per-model list of the modules that stay whole on one device (each family's layer class) "
+        "has no public getter; it is what device_map='auto' splits by",
+    ),
     # ------------------------------------------------------------------------------------------- torch (module.py)
     PrivateName(
         "torch._dynamo",

@@ -297,3 +297,21 @@ def test_a_fit_checkpoint_is_a_model_too(trained_run: Path, corpus_file: Path, t
     assert len(report["added"]) == 3 and report["corpus"]["tokens_after"] < report["corpus"]["tokens_before"]
     for added in report["added"]:
         assert len(added["pieces"]) > 1 and tok.tokenize(added["word"]) == [added["word"]]
+
+
+def test_fit_with_the_old_tokenizer_is_an_error(tmp_path: Path, corpus: Path, corpus_file: Path, capsys) -> None:
+    """The extended model with the tokenizer it was extended from would train without its new words: refused."""
+    base = _tiny_model_dir(tmp_path / "base")
+    out = tmp_path / "extended"
+    assert _extend(base, corpus, out) == 0
+    args = tiny_cli_args(corpus_file, base, tmp_path / "run")  # data.tokenizer: the original, 3 words short
+    args += ["--model.model_name_or_path", str(out), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]
+    capsys.readouterr()
+    assert main(["fit", *args]) == 2
+    assert [
+        line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("Loading weights")
+    ] == [
+        f"error: data.tokenizer={base} is not the tokenizer of model '{out}': the tokenizer saved with the model has "
+        f"{len(VOCAB) + 3} tokens, data.tokenizer {len(VOCAB)}. Leave data.tokenizer unset to use the model's own"
+    ]
+    assert not (tmp_path / "run").exists()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from mlm_lightning import families
 from mlm_lightning.errors import MLMError
 from mlm_lightning.module import Architecture, MLMModule, build_model
+from tests.conftest import make_corpus
 
 VOCAB = 100
 SETTINGS = dict(
@@ -225,3 +228,299 @@ def test_parameter_count_matches_the_formula() -> None:
     distilbert = (v + p) * h + 2 * h + layers * layer + head
     assert n_params(build_model(Architecture(model_type="bert", embedding_size=None, **SETTINGS))) == bert
     assert n_params(build_model(Architecture(model_type="distilbert", embedding_size=None, **SETTINGS))) == distilbert
+
+
+# -- special-token ids from the tokenizer ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def roberta_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ~300-token byte-level BPE tokenizer with RoBERTa's special tokens: <s> 0, <pad> 1, </s> 2, <unk> 3."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(
+        make_corpus(seed=1), trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=alphabet)
+    )
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
+    out = tmp_path_factory.mktemp("roberta-tokenizer")
+    fast.save_pretrained(str(out))
+    return out
+
+
+def fit_args(args: list[str], *extra: str) -> list[str]:
+    return [*args, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", *extra]
+
+
+ID_FAMILIES = ["bert", "distilbert", "electra", "roberta", "xlm-roberta", "modernbert", "deberta-v2", "albert"]
+ID_FAMILIES += ["eurobert", "mpnet", "fnet", "xlm"]
+
+
+@pytest.mark.parametrize("family", ID_FAMILIES)
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_new_model_takes_the_tokenizers_special_ids(
+    family: str, kind: str, tokenizer_dir: Path, roberta_tokenizer_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir if kind == "wordpiece" else roberta_tokenizer_dir))
+    ids = families.special_token_ids(tok)
+    settings = {**SETTINGS, "vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
+    config = MLMModule(model_type=family, special_token_ids=ids, **settings).model.config
+    declared = {f.name for f in dataclasses.fields(type(config))}
+    for role in families.TOKEN_ROLES:
+        field = f"{role}_token_id"
+        if field not in declared:
+            continue
+        expected = getattr(tok, field)
+        if expected is None and field in families.SAME_TOKEN:  # a WordPiece tokenizer has no <s>/</s>
+            default = next(f.default for f in dataclasses.fields(type(config)) if f.name == field)
+            expected = None if default is None else getattr(tok, families.SAME_TOKEN[field])
+        assert getattr(config, field) == expected, field
+    assert config.pad_token_id == tok.pad_token_id
+    if family == "modernbert":  # its defaults (50281..) lie outside the vocabulary
+        assert (config.cls_token_id, config.sep_token_id) == (tok.cls_token_id, tok.sep_token_id)
+        assert (config.bos_token_id, config.eos_token_id) == (tok.cls_token_id, tok.sep_token_id)
+    if family == "eurobert":
+        assert config.mask_token_id == tok.mask_token_id
+
+
+def test_cli_links_the_special_ids_and_roberta_positions_start_after_its_pad(
+    tiny_args: list[str], roberta_tokenizer_dir: Path
+) -> None:
+    from mlm_lightning.cli import run_cli
+
+    args = fit_args(tiny_args, "--model.model_type", "roberta", "--data.tokenizer", str(roberta_tokenizer_dir))
+    cli = run_cli(args, run=False)
+    model = cli.model.model
+    assert cli.model.hparams.pad_token_id == 1
+    assert (model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id) == (1, 0, 2)
+    assert model.roberta.embeddings.padding_idx == 1
+    # <s> a b </s> <pad> <pad>: positions from padding_idx + 1 = 2 for the real tokens, the padding index for pads.
+    tok = cli.datamodule.tokenizer
+    batch = tok(["king queen", "king"], padding=True, return_tensors="pt")
+    assert batch["input_ids"][1, -1] == 1
+    ids = batch["input_ids"]
+    positions = model.roberta.embeddings.create_position_ids_from_input_ids(ids, model.roberta.embeddings.padding_idx)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    for row, n in enumerate(lengths):
+        assert positions[row].tolist() == [2 + i for i in range(n)] + [1] * (ids.shape[1] - n)
+
+
+# -- a tokenizer that does not belong to the pretrained model ----------------------------------------------------
+def save_tiny(family: str, folder: Path, tokenizer: Path | None = None, vocab: int = 320) -> Path:
+    """A tiny pretrained ``family`` model (its family's default special ids), with ``tokenizer`` saved beside it."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    kwargs = families.config_kwargs(family, {**SETTINGS, "vocab_size": vocab}, None)
+    if family == "roberta":
+        kwargs.pop("pad_token_id")  # the family's own default: 1
+    AutoModelForMaskedLM.from_config(AutoConfig.for_model(family, **kwargs)).save_pretrained(folder)
+    if tokenizer is not None:
+        AutoTokenizer.from_pretrained(str(tokenizer)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundled", [False, True], ids=["config-only", "with-tokenizer"])
+def test_bert_vocabulary_into_a_pretrained_roberta_is_an_error(
+    bundled: bool, tiny_args: list[str], tmp_path: Path, roberta_tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """tiny.yaml pins a WordPiece tokenizer; only the model is overridden with a RoBERTa: no silent training."""
+    from mlm_lightning.__main__ import main
+
+    roberta = save_tiny("roberta", tmp_path / "roberta", roberta_tokenizer_dir if bundled else None)
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(["fit", *fit_args(tiny_args, "--model.model_name_or_path", str(roberta))]) == 2
+    err = [
+        line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("Loading weights")
+    ]
+    assert len(err) == 1 and err[0].startswith(
+        f"error: data.tokenizer={tiny_args[tiny_args.index('--data.tokenizer') + 1]}"
+    )
+    if bundled:  # the tokenizer saved with the model: 300 tokens, the configured WordPiece one 200
+        assert "the tokenizer saved with the model has 300 tokens, data.tokenizer 200" in err[0]
+    else:  # RoBERTa's <pad> is 1, the WordPiece [PAD] 0
+        assert "its config has pad_token_id 1 (tokenizer: 0)" in err[0]
+    assert not (tmp_path / "run").exists()
+    # Its own tokenizer (given, or left unset) trains.
+    args = fit_args(tiny_args, "--model.model_name_or_path", str(roberta), "--data.tokenizer")
+    assert main(["fit", *args, str(roberta) if bundled else str(roberta_tokenizer_dir)]) == 0
+
+
+def test_only_cls_sep_disagreeing_is_one_warning(tmp_path: Path, tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    folder = save_tiny("modernbert", tmp_path / "modern")
+    config = AutoConfig.from_pretrained(folder)
+    config.pad_token_id, config.cls_token_id = tok.pad_token_id, tok.cls_token_id + 1
+    config.bos_token_id, config.sep_token_id, config.eos_token_id = tok.cls_token_id, tok.sep_token_id, None
+    config.save_pretrained(folder)
+    ids = families.special_token_ids(tok)
+    with pytest.warns(
+        UserWarning, match=f"has cls_token_id {tok.cls_token_id + 1} \\(tokenizer: {tok.cls_token_id}\\)"
+    ):
+        MLMModule(
+            model_name_or_path=str(folder),
+            tokenizer_name_or_path=str(tokenizer_dir),
+            special_token_ids=ids,
+            vocab_size=len(tok),
+        )
+
+
+# -- FSDP units ----------------------------------------------------------------------------------------------------
+FSDP_LAYERS = {
+    "bert": {"BertEmbeddings", "BertLayer"},
+    "distilbert": {"TransformerBlock"},
+    "electra": {"ElectraLayer"},
+    "roberta": {"RobertaEmbeddings", "RobertaLayer"},
+    "xlm-roberta": {"XLMRobertaEmbeddings", "XLMRobertaLayer"},
+    "modernbert": {"ModernBertEmbeddings", "ModernBertEncoderLayer"},
+    "deberta-v2": {"DebertaV2Layer"},
+    "albert": {"AlbertLayerGroup"},  # one group of one layer, shared across the depth
+    "eurobert": {"EuroBertDecoderLayer"},
+}
+
+
+@pytest.mark.parametrize("family", list(FSDP_LAYERS))
+def test_fsdp_wraps_each_familys_own_layers(family: str) -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from mlm_lightning.sharding import fill_auto_wrap_policy, layer_classes
+
+    model = tiny_model(family)
+    assert {c.__name__ for c in layer_classes(model)} == FSDP_LAYERS[family]
+    strategy = FSDPStrategy()  # as the overlay builds it: no policy
+    fill_auto_wrap_policy(strategy, model)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    wrapped = {type(m).__name__ for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)}
+    assert wrapped == {c.__name__ for c in layer_classes(model)}
+    layers = sum(
+        type(m).__name__ in FSDP_LAYERS[family] and "Embeddings" not in type(m).__name__ for m in model.modules()
+    )
+    assert layers == (1 if family == "albert" else SETTINGS["num_hidden_layers"])
+
+
+def test_fsdp_policy_given_in_the_config_is_kept() -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    from mlm_lightning.sharding import fill_auto_wrap_policy
+
+    strategy = FSDPStrategy(auto_wrap_policy={BertLayer})
+    policy = strategy.kwargs["auto_wrap_policy"]
+    fill_auto_wrap_policy(strategy, tiny_model("roberta"))
+    assert strategy.kwargs["auto_wrap_policy"] is policy
+
+
+def test_module_setup_fills_the_fsdp_policy_before_the_strategy_wraps() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    module = MLMModule(model_type="roberta", **SETTINGS)
+    strategy = FSDPStrategy()
+    module._trainer = SimpleNamespace(strategy=strategy, datamodule=None)
+    module.setup("fit")
+    layer = module.model.roberta.encoder.layer[0]
+    assert strategy.kwargs["auto_wrap_policy"](module=layer, recurse=False, nonwrapped_numel=0)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "modernbert", "fnet"])
+def test_forward_passes_the_attention_mask_where_the_family_takes_one(family: str) -> None:
+    torch.manual_seed(0)
+    module = MLMModule(model_type=family, **SETTINGS).eval()
+    ids = torch.randint(5, VOCAB, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        logits = module(ids, mask)
+        unmasked = module(ids)
+    if family in families.NO_ATTENTION_MASK:  # mixes the padding in by design: the mask changes nothing
+        torch.testing.assert_close(logits, unmasked)
+    else:  # the padded row's real tokens no longer see the padding; the unpadded row is unchanged
+        assert not torch.allclose(logits[1, :7], unmasked[1, :7])
+        torch.testing.assert_close(logits[0], unmasked[0])
+        with torch.no_grad():
+            torch.testing.assert_close(logits, module.model(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_eurobert_mask_id_is_the_tokenizers(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """EuroBERT's config records a mask id (128002 by default): a new model takes the tokenizer's, and a pretrained
+    one whose id is not the tokenizer's is refused (the collator masks with the tokenizer's id)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    ids = families.special_token_ids(tok)
+    new = MLMModule(model_type="eurobert", special_token_ids=ids, **{**SETTINGS, "vocab_size": len(tok)})
+    assert new.model.config.mask_token_id == tok.mask_token_id == 4
+    new.model.save_pretrained(tmp_path / "good")
+    MLMModule(model_name_or_path=str(tmp_path / "good"), special_token_ids=ids, vocab_size=len(tok))
+    new.model.config.mask_token_id = 7
+    new.model.save_pretrained(tmp_path / "bad")
+    with pytest.raises(MLMError, match="its config has mask_token_id 7 \\(tokenizer: 4\\)"):
+        MLMModule(model_name_or_path=str(tmp_path / "bad"), special_token_ids=ids, vocab_size=len(tok))
+
+
+@pytest.mark.slow
+def test_resume_with_a_tokenizer_of_other_special_ids_is_an_error(
+    tiny_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Same size, [PAD] and [UNK] swapped: the new model's padding index would silently move."""
+    from tokenizers import Tokenizer
+
+    from mlm_lightning.__main__ import main
+
+    given = Path(tiny_args[tiny_args.index("--data.tokenizer") + 1])
+    swapped = json.loads(Tokenizer.from_file(str(given / "tokenizer.json")).to_str())
+    vocab = swapped["model"]["vocab"]
+    vocab["[PAD]"], vocab["[UNK]"] = vocab["[UNK]"], vocab["[PAD]"]
+    for token in swapped["added_tokens"]:
+        token["id"] = vocab[token["content"]]
+    other = tmp_path / "swapped"
+    other.mkdir()
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (given / name).exists():
+            (other / name).write_text((given / name).read_text())
+    (other / "tokenizer.json").write_text(json.dumps(swapped))
+    assert main(["fit", *fit_args(tiny_args)]) == 0
+    capsys.readouterr()
+    resume = [*fit_args(tiny_args), "--trainer.max_steps", "4", "--ckpt_path", "last", "--data.tokenizer", str(other)]
+    assert main(["fit", *resume]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "has the special-token ids" in err[0] and "set data.tokenizer to the checkpoint's" in err[0]
+    )
+
+
+def test_a_model_whose_own_tokenizer_disagrees_with_its_config_is_one_warning(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """Refusing would leave no way to train it: its own files disagree (config <pad> 1, its tokenizer's [PAD] 0)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    folder = save_tiny("roberta", tmp_path / "roberta", tokenizer_dir)
+    ids = families.special_token_ids(tok)
+    with pytest.warns(UserWarning, match="its config has pad_token_id 1 \\(tokenizer: 0\\).*its own tokenizer says"):
+        MLMModule(
+            model_name_or_path=str(folder),
+            tokenizer_name_or_path=str(folder),
+            special_token_ids=ids,
+            vocab_size=len(tok),
+        )

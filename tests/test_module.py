@@ -359,3 +359,35 @@ def test_adamw_is_not_fused_where_lightning_could_not_clip_its_gradients(
     module = MLMModule(vocab_size=dm.vocab_size, **TINY)
     trainer(precision="bf16-mixed", gradient_clip_val=1.0, max_steps=2, limit_val_batches=0).fit(module, datamodule=dm)
     assert module.trainer.global_step == 2
+
+
+@pytest.mark.slow
+def test_compiled_line_by_line_widths_compile_a_few_times_not_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With compile on, batches of 12 different widths run through at most COMPILE_WIDTHS + 1 graphs."""
+    from types import SimpleNamespace
+
+    from mlm_lightning.module import COMPILE_WIDTHS
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=record, **kw))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=100, dropout=0.0, compile=True, **TINY).eval()
+    reference = MLMModule(vocab_size=100, dropout=0.0, **TINY).eval()
+    reference.load_state_dict(module.state_dict())
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(max_seq_length=64))
+    widths = set()
+    for seed, length in enumerate([9, 13, 17, 20, 26, 31, 33, 40, 47, 52, 58, 64]):
+        batch = _mlm_batch(module, 3, length, seed=seed, padded=seed % 2 == 1)
+        padded = module.compile_width(batch)
+        widths.add(padded["input_ids"].shape[1])
+        with torch.no_grad():  # the same logits at the same tokens as the unpadded batch, uncompiled
+            torch.testing.assert_close(module.masked_logits(padded), reference.masked_logits(batch))
+    assert widths == {16, 32, 48, 64}
+    assert len(graphs) <= COMPILE_WIDTHS + 1, len(graphs)  # 64 with and without padding

@@ -71,6 +71,14 @@ def _check_dataset_indices() -> None:
     assert ds._indices is None and ds.select([2, 0])._indices is not None
 
 
+def _check_no_split_modules() -> None:
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedModel
+
+    assert hasattr(PreTrainedModel, "_no_split_modules")
+    model = BertForMaskedLM(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2))
+    assert "BertLayer" in model._no_split_modules
+
+
 # name -> check; each either asserts on the name directly or gives the signature the package relies on.
 CHECKS: dict[str, Callable[..., None]] = {
     "lightning.pytorch.cli._InstantiatorFn": lambda obj: (
@@ -105,6 +113,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "jsonargparse.typing.restricted_number_type._expression": None,
     "transformers.PreTrainedTokenizerFast._tokenizer": None,
     "datasets.Dataset._indices": None,
+    "transformers.PreTrainedModel._no_split_modules": None,
     "torch._dynamo": lambda obj: callable(getattr(obj, "maybe_mark_dynamic", None)) or pytest.fail(),
 }
 
@@ -133,6 +142,7 @@ def test_private_name_still_exists(name: str, tokenizer_dir: Path) -> None:
         "jsonargparse.typing.restricted_number_type._expression": _check_restricted_number,
         "transformers.PreTrainedTokenizerFast._tokenizer": lambda: _check_fast_tokenizer(tokenizer_dir),
         "datasets.Dataset._indices": _check_dataset_indices,
+        "transformers.PreTrainedModel._no_split_modules": _check_no_split_modules,
     }
     if name in special:
         special[name]()

@@ -53,7 +53,7 @@ BAD_VALUES = [
     ("--model.hidden_size", "33", "model.hidden_size=33 is not a multiple of model.num_attention_heads=2"),
     pytest.param("--model.num_hidden_layers", "0", "model.num_hidden_layers must be an integer > 0", marks=SLOW),
     pytest.param("--model.pad_vocab_multiple", "0", "model.pad_vocab_multiple must be an integer > 0", marks=SLOW),
-    pytest.param("--model.pad_token_id", "-1", "model.pad_token_id must be an integer >= 0", marks=SLOW),
+    pytest.param("--model.pad_token_id", "1", "model.pad_token_id is taken from the tokenizer", marks=SLOW),
     ("--trainer.max_steps", "-2", "trainer.max_steps must be -1 (no limit) or >= 0, got -2"),
     pytest.param(
         "--trainer.max_epochs",

@@ -40,16 +40,17 @@ def test_roberta_rows_fit_the_positions_after_its_padding_index(
 ) -> None:
     from mlm_lightning.__main__ import main
 
-    # RoBERTa's position ids run from pad_token_id + 1: 130 position embeddings with padding index 1 take 128 tokens.
-    roberta = ["--model.model_type", "roberta", "--model.max_position_embeddings", "130", "--model.pad_token_id", "1"]
+    # RoBERTa's position ids run from pad_token_id + 1: 129 position embeddings with padding index 0 (the test
+    # tokenizer's [PAD], linked in) take 128 tokens.
+    roberta = ["--model.model_type", "roberta", "--model.max_position_embeddings", "129"]
     args = [*tiny_args, *roberta, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]
     root = tmp_path / "run"
     cache = Path(os.environ["MLM_LIGHTNING_CACHE"])
     assert main(["fit", *args, "--data.max_seq_length", "129"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "error: data.max_seq_length=129 but the model has position embeddings for only 128 tokens (130 position "
-        "embeddings, of which roberta reserves the first 2: its position ids start after the padding index): "
+        "error: data.max_seq_length=129 but the model has position embeddings for only 128 tokens (129 position "
+        "embeddings, of which roberta reserves the first 1: its position ids start after the padding index): "
         "lower data.max_seq_length"
     ]
     assert not root.exists() and not any(cache.iterdir())  # nothing written: no logs, no tokenized corpus

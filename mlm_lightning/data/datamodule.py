@@ -22,6 +22,7 @@ from mlm_lightning.data.cache import Corpus, CorpusCache
 from mlm_lightning.data.rows import TokenRows
 from mlm_lightning.data.sampling import MLMSampler, ResumableDataLoader
 from mlm_lightning.errors import MLMError
+from mlm_lightning.families import special_token_ids
 from mlm_lightning.masking import MaskingStrategy, MLMCollator, TokenMasking
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, PositiveInt, SequenceLength
 from mlm_lightning.sources import default_cache_dir
@@ -157,6 +158,17 @@ class MLMDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         """Size of the tokenizer's vocabulary, added tokens included (linked to ``model.vocab_size``)."""
         return len(self.tokenizer)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The tokenizer's padding id (linked to ``model.pad_token_id``)."""
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def special_token_ids(self) -> dict[str, int]:
+        """The tokenizer's special-token ids by config name, ``{"cls_token_id": 2, ...}`` (linked to
+        ``model.special_token_ids``); roles the tokenizer has no token for are left out."""
+        return special_token_ids(self.tokenizer)
 
     # -- cache ------------------------------------------------------------------------------------------
     @cached_property
