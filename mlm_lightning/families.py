@@ -7,6 +7,8 @@ Three tables, one row per family ``transformers`` ships in ``MODEL_FOR_MASKED_LM
   gives there (the tests check loss and gradients against the model's ``labels=`` loss, family by family).
   ``NO_MASKED_HEAD`` says why the rest cannot (they get full logits).
 - ``CONFIG_NAMES``: our architecture settings under the family's own config names (BERT's by default).
+- ``UNDECLARED_CONFIG_FIELDS``: config fields a family's model reads that its config class does not declare
+  (DeBERTa-v3's relative-attention settings), so that ``config_overrides`` may set them.
 - ``POSITIONS_AFTER_PADDING``: families whose position ids start after the padding index, so that fewer tokens
   than ``max_position_embeddings`` fit in a row (:func:`max_sequence_length`).
 """
@@ -145,6 +147,21 @@ FROM_SCRATCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "xmod": {"default_language": "en_XX"},  # its one default language adapter (else every forward raises)
 }
 
+# Config fields the family's modeling code reads (``getattr(config, name, default)``) that its config class does not
+# declare, with their JSON type: ``config_overrides`` may set them (DeBERTa-v3's relative attention needs them).
+UNDECLARED_CONFIG_FIELDS: dict[str, dict[str, type]] = {
+    "deberta": {"talking_head": bool},
+    "deberta-v2": {
+        "share_att_key": bool,
+        "norm_rel_ebd": str,  # "layer_norm" in DeBERTa-v3
+        "position_buckets": int,
+        "attention_head_size": int,
+        "conv_kernel_size": int,
+        "conv_groups": int,
+        "conv_act": str,
+    },
+}
+
 # Families whose from-scratch shape needs settings this tool does not have: one line instead of a broken model.
 NO_FROM_SCRATCH: dict[str, str] = {
     "funnel": "sets its depth by block_sizes (pooling blocks), not num_hidden_layers",
@@ -159,13 +176,15 @@ def config_kwargs(
     settings: dict[str, Any],
     embedding_size: int | None,
     token_ids: Mapping[str, int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Our architecture ``settings`` as keyword arguments of ``model_type``'s config.
 
     Every setting goes under the family's own name(s) (``CONFIG_NAMES``); one its config does not declare is
     left out with one warning. Factorised-embedding families (a config with ``embedding_size``, or RemBERT's
     input/output embedding sizes) get ``hidden_size`` there unless ``embedding_size`` is given. The config's
-    special-token ids are the tokenizer's ``token_ids`` (:func:`config_token_ids`).
+    special-token ids are the tokenizer's ``token_ids`` (:func:`config_token_ids`). ``overrides`` (the user's
+    ``config_overrides``) come last, checked by :func:`check_config_overrides`.
     Raises :class:`MLMError` for families that cannot be built from these settings.
     """
     from transformers import CONFIG_MAPPING
@@ -204,7 +223,48 @@ def config_kwargs(
         foreign = isinstance(field.default, int) and field.default >= settings["vocab_size"]
         if field.name.endswith("_token_id") and field.name not in kwargs and nullable and foreign:
             kwargs[field.name] = None
+    kwargs.update(check_config_overrides(model_type, overrides or {}))
     return kwargs
+
+
+def check_config_overrides(model_type: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` if each is a field of ``model_type``'s config that no setting of ours controls.
+
+    A field is one the config class declares (or aliases), or one of :data:`UNDECLARED_CONFIG_FIELDS` (of the type
+    given there; the config checks its declared fields' types itself). Raises :class:`MLMError` naming the key for
+    an unknown field, and the setting to use for a field that a setting (or the tokenizer) already decides.
+    """
+    from transformers import CONFIG_MAPPING
+
+    config_class = CONFIG_MAPPING[model_type]
+    aliases = getattr(config_class, "attribute_map", {})
+    declared = {f.name for f in dataclasses.fields(config_class)} | set(aliases)
+    undeclared = UNDECLARED_CONFIG_FIELDS.get(model_type, {})
+    # Each field a setting decides, by the family's names and ours: a second way to set it would disagree.
+    controlled = {"model_type": "model.model_type", "vocab_size": "data.tokenizer (its size)"}
+    names = {**BERT_NAMES, "embedding_size": ("embedding_size",), **CONFIG_NAMES.get(model_type, {})}
+    for setting, targets in names.items():
+        controlled.update(dict.fromkeys((setting, *targets), f"model.{setting}"))
+    controlled.update(
+        dict.fromkeys((f"{role}_token_id" for role in TOKEN_ROLES), "data.tokenizer (its special tokens)")
+    )
+    for key, value in overrides.items():
+        field = aliases.get(key, key)
+        where = controlled.get(key) or controlled.get(field)
+        if where:
+            raise MLMError(f"model.config_overrides.{key}: set by {where}, not by config_overrides")
+        if key not in declared and key not in undeclared:
+            raise MLMError(
+                f"model.config_overrides.{key}: model_type={model_type} has no config field {key!r} "
+                f"({config_class.__name__})"
+            )
+        expected = undeclared.get(key)
+        if expected is not None and type(value) is not expected:  # exact: True is no position_buckets
+            raise MLMError(
+                f"model.config_overrides.{key} is {value!r}: model_type={model_type} takes a value of type "
+                f"{expected.__name__}"
+            )
+    return dict(overrides)
 
 
 # -- special-token ids ------------------------------------------------------------------------------------------

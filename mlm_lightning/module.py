@@ -68,6 +68,7 @@ class Architecture:
     pad_token_id: int
     embedding_size: int | None = None
     special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (families.TOKEN_ROLES)
+    config_overrides: dict[str, Any] | None = None  # further fields of a new model's config, by their own names
 
 
 def build_model(
@@ -79,11 +80,17 @@ def build_model(
     tokenizer (``tokenizer_name_or_path``, ``architecture.special_token_ids``) to be its own
     (:func:`mlm_lightning.tokenizer_match.check_tokenizer_matches`).
     A new one takes the tokenizer's special-token ids (``architecture.special_token_ids``) where its config has
-    the field.
+    the field, and ``architecture.config_overrides`` (which a pretrained model does not take: an error).
     """
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     vocab_size = architecture.vocab_size
+    if model_name_or_path and architecture.config_overrides:
+        raise MLMError(
+            f"model.config_overrides builds a new model only, but model.model_name_or_path={model_name_or_path} "
+            f"is a pretrained one with its own config: leave model.config_overrides unset"
+        )
     if model_name_or_path:
         model = load_masked_lm(model_name_or_path, for_training=True)
         if vocab_size > model.config.vocab_size:
@@ -95,14 +102,18 @@ def build_model(
             model_name_or_path, model.config, tokenizer_name_or_path, architecture.special_token_ids
         )
         return model
-    apart = ("embedding_size", "special_token_ids")
+    apart = ("embedding_size", "special_token_ids", "config_overrides")
     settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name not in apart}
     model_type = settings.pop("model_type")
-    kwargs = families.config_kwargs(model_type, settings, architecture.embedding_size, architecture.special_token_ids)
+    kwargs = families.config_kwargs(
+        model_type, settings, architecture.embedding_size, architecture.special_token_ids, architecture.config_overrides
+    )
     try:
         return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
-    except (ValueError, TypeError) as err:  # the family's own validation, e.g. heads not dividing the width
-        raise MLMError(f"cannot build a new {model_type} model from these settings: {err}") from err
+    # The family's own validation, e.g. heads not dividing the width, or a config_overrides value of the wrong type.
+    except (ValueError, TypeError, StrictDataclassError) as err:
+        err_line = " ".join(str(err).split())
+        raise MLMError(f"cannot build a new {model_type} model from these settings: {err_line}") from err
 
 
 class MLMModule(L.LightningModule):
@@ -128,6 +139,9 @@ class MLMModule(L.LightningModule):
             ..., filled in by the command line): a new model's config takes them where it has the field.
         embedding_size: Embedding width of a new model of a factorised-embedding family (ALBERT, ELECTRA,
             ConvBERT, MobileBERT, RoFormer, SqueezeBERT); ``None`` is ``hidden_size``.
+        config_overrides: Extra fields of a new model's ``transformers`` config, by that config's own names, e.g.
+            DeBERTa-v3's relative attention (``{relative_attention: true, position_buckets: 256, ...}``); plain
+            JSON values. Not for fields a setting above or the tokenizer decides, nor for a pretrained model.
         learning_rate: Peak AdamW learning rate.
         weight_decay: AdamW weight decay (never applied to biases and normalisation weights).
         betas: AdamW betas.
@@ -163,6 +177,7 @@ class MLMModule(L.LightningModule):
         pad_token_id: NonNegativeInt = 0,
         embedding_size: PositiveInt | None = None,
         special_token_ids: dict[str, int] | None = None,
+        config_overrides: dict[str, Any] | None = None,
         learning_rate: NonNegativeFloat = 5e-5,
         weight_decay: NonNegativeFloat = 0.01,
         betas: tuple[ShareBelowOne, ShareBelowOne] = (0.9, 0.999),
@@ -198,6 +213,7 @@ class MLMModule(L.LightningModule):
             pad_token_id=pad_token_id,
             embedding_size=embedding_size,
             special_token_ids=special_token_ids,
+            config_overrides=config_overrides,
         )
         self.model = build_model(architecture, model_name_or_path, tokenizer_name_or_path)
         if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,19 @@ EXTRAS: dict[str, dict] = {
         "local_attention_probs_dropout_prob": 0.0,
     },
 }
-# (family, config overrides): every family with a masked-only head, DeBERTa in both head layouts.
+# DeBERTa-v3's architecture: microsoft/deberta-v3-base's config.json, as configs/families/deberta-v3.yaml sets it.
+DEBERTA_V3 = {
+    "relative_attention": True,
+    "pos_att_type": ["p2c", "c2p"],
+    "position_biased_input": False,
+    "norm_rel_ebd": "layer_norm",
+    "share_att_key": True,
+    "position_buckets": 256,
+    "max_relative_positions": -1,
+}
+# (family, config overrides): every family with a masked-only head, DeBERTa in both head layouts and as v3.
 HEAD_CASES = [(f, {}) for f in families.HEADS] + [("deberta", {"legacy": False}), ("deberta-v2", {"legacy": False})]
+HEAD_CASES += [("deberta-v2", DEBERTA_V3)]
 
 
 def tiny_model(family: str, **overrides: object) -> torch.nn.Module:
@@ -87,7 +99,7 @@ def test_every_masked_lm_family_is_decided() -> None:
     assert not set(families.HEADS) & set(families.NO_MASKED_HEAD)
 
 
-@pytest.mark.parametrize(("family", "overrides"), HEAD_CASES, ids=[f"{f}{'-' if o else ''}" for f, o in HEAD_CASES])
+@pytest.mark.parametrize(("family", "overrides"), HEAD_CASES, ids=[f"{f}-{'-'.join(o)}" for f, o in HEAD_CASES])
 def test_masked_head_gives_the_models_own_loss_and_gradients(
     family: str, overrides: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,6 +230,87 @@ def test_from_scratch_says_what_does_not_apply() -> None:
         build_model(Architecture(model_type="funnel", embedding_size=None, **SETTINGS))
     with pytest.raises(MLMError, match="cannot build a new bert model"):
         build_model(Architecture(model_type="bert", embedding_size=None, **{**SETTINGS, "num_attention_heads": 5}))
+
+
+def test_config_overrides_build_deberta_v3() -> None:
+    model = build_model(Architecture(model_type="deberta-v2", config_overrides=DEBERTA_V3, **SETTINGS))
+    assert {k: getattr(model.config, k) for k in DEBERTA_V3} == DEBERTA_V3
+    assert model.config.hidden_size == 32  # the settings still apply
+    assert model.deberta.embeddings.position_embeddings is None  # relative positions only
+    assert model.deberta.encoder.rel_embeddings.weight.shape == (2 * 256, 32)  # 2 x position_buckets
+    assert model.deberta.encoder.LayerNorm is not None  # norm_rel_ebd: layer_norm
+    attention = model.deberta.encoder.layer[0].attention.self
+    assert attention.share_att_key and not hasattr(attention, "pos_key_proj")  # shared keys: no own projections
+    default = build_model(Architecture(model_type="deberta-v2", **SETTINGS))
+    assert not default.config.relative_attention and default.deberta.embeddings.position_embeddings is not None
+
+
+def test_config_overrides_reload_from_the_checkpoint_alone(tmp_path: Path) -> None:
+    import lightning as L
+
+    module = MLMModule(model_type="deberta-v2", config_overrides=DEBERTA_V3, **SETTINGS)
+    path = tmp_path / "v3.ckpt"
+    hparams = dict(module.hparams)
+    torch.save(
+        {"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": L.__version__},
+        path,
+    )
+    again = MLMModule.load_from_checkpoint(path)  # torch.load(weights_only=True): plain values only
+    assert again.hparams.config_overrides == DEBERTA_V3 and again.model.config.share_att_key
+    ids = torch.randint(5, VOCAB, (1, 8))
+    torch.testing.assert_close(again.eval()(ids), module.eval()(ids))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"share_att_keys": True}, "model.config_overrides.share_att_keys: model_type=deberta-v2 has no config field"),
+        ({"hidden_dropout_prob": 0.2}, "model.config_overrides.hidden_dropout_prob: set by model.dropout"),
+        ({"hidden_size": 64}, "model.config_overrides.hidden_size: set by model.hidden_size"),
+        ({"pad_token_id": 1}, "model.config_overrides.pad_token_id: set by data.tokenizer"),
+        ({"vocab_size": 10}, "model.config_overrides.vocab_size: set by data.tokenizer"),
+        ({"position_buckets": True}, "model.config_overrides.position_buckets is True: model_type=deberta-v2 takes"),
+        (
+            {"relative_attention": "often"},
+            "cannot build a new deberta-v2 model from these settings: .*relative_attention",
+        ),
+    ],
+)
+def test_bad_config_overrides_are_one_line(
+    overrides: dict, message: str, tiny_args: list[str], tmp_path: Path, capsys
+) -> None:
+    from mlm_lightning.__main__ import main
+
+    args = [*tiny_args, "--model.model_type", "deberta-v2", "--model.config_overrides", json.dumps(overrides)]
+    assert main(["fit", *args]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert re.search(message, errors[0]), errors[0]
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_config_overrides_of_distilbert_know_its_aliases() -> None:
+    with pytest.raises(MLMError, match="config_overrides.dim: set by model.hidden_size"):
+        build_model(Architecture(model_type="distilbert", config_overrides={"dim": 64}, **SETTINGS))
+    config = build_model(
+        Architecture(model_type="distilbert", config_overrides={"sinusoidal_pos_embds": True}, **SETTINGS)
+    ).config
+    assert config.sinusoidal_pos_embds and config.dim == 32
+
+
+def test_config_overrides_with_a_pretrained_model_is_an_error(
+    tiny_args: list[str], tokenizer_dir: Path, tmp_path: Path, capsys
+) -> None:
+    from mlm_lightning.__main__ import main
+
+    folder = tmp_path / "pretrained"
+    build_model(Architecture(model_type="bert", **{**SETTINGS, "vocab_size": 200})).save_pretrained(folder)
+    args = [*tiny_args, "--model.model_name_or_path", str(folder), "--model.config_overrides", '{"type_vocab_size": 1}']
+    assert main(["fit", *args]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "model.config_overrides builds a new model only" in errors[0], err
 
 
 def test_parameter_count_matches_the_formula() -> None:

@@ -25,6 +25,21 @@ def test_every_family_has_a_config() -> None:
     assert {p.stem for p in (ROOT / "configs" / "families").glob("*.yaml")} == set(FAMILY_CONFIGS)
 
 
+def test_deberta_v3_config_builds_deberta_v3s_architecture() -> None:
+    import yaml
+
+    from mlm_lightning.module import MLMModule
+
+    model = yaml.safe_load((ROOT / "configs" / "families" / "deberta-v3.yaml").read_text())["model"]
+    sizes = {k: v for k, v in model.items() if k not in ("learning_rate", "warmup_steps", "scheduler")}
+    config = MLMModule(vocab_size=1000, **sizes).model.config
+    assert config.model_type == "deberta-v2" and config.hidden_size == 32
+    # microsoft/deberta-v3-base's config.json; transformers' DebertaV2Config defaults differ in all but the last
+    v3 = {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_biased_input": False}
+    v3 |= {"norm_rel_ebd": "layer_norm", "share_att_key": True, "position_buckets": 256, "max_relative_positions": -1}
+    assert {k: getattr(config, k, None) for k in v3} == v3
+
+
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in FAMILY_CONFIGS])
 def test_family_config_fits_exports_and_fills_masks(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
@@ -41,6 +56,8 @@ def test_family_config_fits_exports_and_fills_masks(
     tok = AutoTokenizer.from_pretrained(export)
     assert model.config.model_type == model_type and type(tok).__name__ == tokenizer_class
     assert tok.mask_token == mask and model.config.vocab_size == len(tok) == 1000
+    if name == "deberta-v3":  # its export keeps the v3 architecture (config_overrides)
+        assert model.config.relative_attention and model.config.share_att_key and model.config.position_buckets == 256
     # transformers' own pipeline, from the folder alone, with the family's own mask token.
     out = pipeline("fill-mask", model=str(export), top_k=3)(f"the {mask} of Scotland")
     assert len(out) == 3 and all(c["token"] not in tok.all_special_ids for c in out)

@@ -144,6 +144,18 @@ def test_resume_with_another_architecture_is_an_error_naming_both_values(
     assert files_of(tmp_path) == before  # nothing written
 
 
+def test_resume_with_other_config_overrides_is_an_error_naming_both_values(
+    trained: Path, tiny_args: list[str], tmp_path: Path, capsys
+) -> None:
+    before = files_of(tmp_path)
+    overrides = ["--model.config_overrides", '{"type_vocab_size": 1}']  # the checkpoint's: none
+    assert main(["fit", *tiny_args, "--trainer.max_steps", "14", *overrides, "--ckpt_path", str(trained)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "model.config_overrides is {'type_vocab_size': 1} but the checkpoint" in errors[0]
+    assert "has None" in errors[0], errors[0]
+    assert files_of(tmp_path) == before  # nothing written
+
+
 def test_resume_applies_changed_optimisation_settings(trained: Path, tiny_args: list[str]) -> None:
     # Lightning restores the optimizer's settings and the scheduler's base learning rate with their state, and
     # LightningCLI copies a checkpoint file's hyperparameters over the configured ones: both undid the change.
