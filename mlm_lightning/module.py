@@ -27,7 +27,7 @@ from mlm_lightning.flops import (
     peak_flops,
     training_flops,
 )
-from mlm_lightning.loading import load_masked_lm
+from mlm_lightning.loading import load_masked_lm, load_model_config
 from mlm_lightning.masking import IGNORE_INDEX, MLMBatch
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
 
@@ -67,16 +67,23 @@ class Architecture:
     embedding_size: int | None = None
 
 
-def build_model(architecture: Architecture, model_name_or_path: str | None = None) -> nn.Module:
+def build_model(
+    architecture: Architecture, model_name_or_path: str | None = None, attention_dropout: float | None = None
+) -> nn.Module:
     """Loads the pretrained masked LM ``model_name_or_path``, or builds a new one of ``architecture``.
 
     A pretrained model keeps its own architecture; only its embeddings are checked to cover ``vocab_size``.
+    ``attention_dropout`` (``None``: the model's own, or ``architecture.dropout`` for a new one) replaces the
+    attention dropout either way.
     """
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     vocab_size = architecture.vocab_size
     if model_name_or_path:
-        model = load_masked_lm(model_name_or_path, for_training=True)
+        overrides = None
+        if attention_dropout is not None:
+            overrides = families.attention_dropout_kwargs(load_model_config(model_name_or_path), attention_dropout)
+        model = load_masked_lm(model_name_or_path, for_training=True, config_overrides=overrides)
         if vocab_size > model.config.vocab_size:
             raise MLMError(
                 f"the tokenizer has {vocab_size} tokens but model '{model_name_or_path}' has embeddings for "
@@ -86,6 +93,9 @@ def build_model(architecture: Architecture, model_name_or_path: str | None = Non
     settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name != "embedding_size"}
     model_type = settings.pop("model_type")
     kwargs = families.config_kwargs(model_type, settings, architecture.embedding_size)
+    if attention_dropout is not None:
+        declared = AutoConfig.for_model(model_type, **kwargs).to_dict()
+        kwargs.update(families.attention_dropout_kwargs(declared, attention_dropout))
     try:
         return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
     except (ValueError, TypeError) as err:  # the family's own validation, e.g. heads not dividing the width
@@ -110,6 +120,10 @@ class MLMModule(L.LightningModule):
         intermediate_size: Feed-forward width of a new model.
         max_position_embeddings: Longest sequence a new model takes.
         dropout: Hidden and attention dropout of a new model.
+        attention_dropout: Dropout on the attention probabilities, of a pretrained model too; ``None`` keeps the
+            pretrained model's own (or ``dropout`` for a new one). With 0, PyTorch's fused attention kernels run
+            in training (with dropout they do not on a CPU): on ``base.yaml`` a faster step and a lower peak memory
+            (``benchmarks/README.md``).
         pad_token_id: Padding id of a new model.
         embedding_size: Embedding width of a new model of a factorised-embedding family (ALBERT, ELECTRA,
             ConvBERT, MobileBERT, RoFormer, SqueezeBERT); ``None`` is ``hidden_size``.
@@ -145,6 +159,7 @@ class MLMModule(L.LightningModule):
         intermediate_size: PositiveInt = 1024,
         max_position_embeddings: PositiveInt = 512,
         dropout: ShareBelowOne = 0.1,
+        attention_dropout: ShareBelowOne | None = None,
         pad_token_id: NonNegativeInt = 0,
         embedding_size: PositiveInt | None = None,
         learning_rate: NonNegativeFloat = 5e-5,
@@ -182,7 +197,7 @@ class MLMModule(L.LightningModule):
             pad_token_id=pad_token_id,
             embedding_size=embedding_size,
         )
-        self.model = build_model(architecture, model_name_or_path)
+        self.model = build_model(architecture, model_name_or_path, attention_dropout)
         if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:
             self.model.resize_token_embeddings(
                 self.model.config.vocab_size, pad_to_multiple_of=pad_vocab_multiple, mean_resizing=False
