@@ -45,10 +45,15 @@ def unreadable_checkpoint(path: str | os.PathLike[str], err: BaseException | Non
     return MLMError(f"{path}: {why}. Pass another checkpoint: a run keeps last.ckpt and its best one in checkpoints/")
 
 
-def read_checkpoint(path: str | os.PathLike[str], map_location: Any = None, weights_only: bool | None = None) -> dict:
-    """``torch.load`` of a Lightning checkpoint that fails with one readable :class:`MLMError` naming the file."""
+def read_checkpoint(
+    path: str | os.PathLike[str], map_location: Any = None, weights_only: bool | None = None, mmap: bool = False
+) -> dict:
+    """``torch.load`` of a Lightning checkpoint that fails with one readable :class:`MLMError` naming the file.
+
+    ``mmap``: tensors stay in the file (mapped, read when used) instead of being copied into memory.
+    """
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except UNREADABLE as err:
         raise unreadable_checkpoint(path, err) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

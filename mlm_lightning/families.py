@@ -142,6 +142,26 @@ CONFIG_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
     ),
 }
 
+# Where a family's config keeps the dropout on attention probabilities (model.attention_dropout): BERT and its
+# descendants (also DeBERTa, Longformer, ...) under the first name, DistilBERT, ModernBERT, BART and others under
+# the second. A config that declares neither has no such dropout.
+ATTENTION_DROPOUT_NAMES = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def attention_dropout_kwargs(config: Mapping[str, Any], value: float) -> dict[str, float]:
+    """Config keyword arguments that set a model's attention dropout to ``value`` (``model.attention_dropout``).
+
+    Raises :class:`MLMError` if the family's config has no attention dropout.
+    """
+    names = [name for name in ATTENTION_DROPOUT_NAMES if name in config]
+    if not names:
+        raise MLMError(
+            f"model.attention_dropout: a {config.get('model_type', 'model')} config has no attention dropout "
+            f"({' or '.join(ATTENTION_DROPOUT_NAMES)}): leave model.attention_dropout unset"
+        )
+    return dict.fromkeys(names, value)
+
+
 # What a new model of the family needs beyond our settings to run at all.
 FROM_SCRATCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "xmod": {"default_language": "en_XX"},  # its one default language adapter (else every forward raises)

@@ -51,7 +51,12 @@ def load_tokenizer(name_or_path: str, setting: str = "data.tokenizer") -> Any:
     return tok
 
 
-def load_masked_lm(name_or_path: str, for_training: bool = False, hint: str = OFFLINE_MODEL_HINT) -> Any:
+def load_masked_lm(
+    name_or_path: str,
+    for_training: bool = False,
+    hint: str = OFFLINE_MODEL_HINT,
+    config_overrides: dict[str, Any] | None = None,
+) -> Any:
     """An ``AutoModelForMaskedLM`` from a hub name, a local folder or a ``pkg://`` path.
 
     Args:
@@ -61,6 +66,7 @@ def load_masked_lm(name_or_path: str, for_training: bool = False, hint: str = OF
             (expected when training from an encoder-only checkpoint). Otherwise eval mode, and that note shows:
             predictions of a random head are worthless.
         hint: What to pass instead, in the error message.
+        config_overrides: Config values that replace the pretrained model's (e.g. its dropout).
 
     Raises:
         MLMError: It cannot be loaded.
@@ -72,7 +78,7 @@ def load_masked_lm(name_or_path: str, for_training: bool = False, hint: str = OF
     if for_training:
         hf_logging.set_verbosity_error()
     try:
-        model = AutoModelForMaskedLM.from_pretrained(_source(name_or_path))
+        model = AutoModelForMaskedLM.from_pretrained(_source(name_or_path), **(config_overrides or {}))
     except (OSError, ValueError) as err:  # ValueError: not a valid hub name, or not a masked-LM config
         raise MLMError(
             f"could not load model '{name_or_path}': {_first_line(err)}. Without network access, pass {hint}."

@@ -121,6 +121,28 @@ def test_pretrained_model_trains_with_dropout(tmp_path: Path) -> None:
     assert all(m.training for m in module.modules())
 
 
+def test_attention_dropout_replaces_the_models_own(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(
+        BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(tmp_path)
+
+    def dropouts(module: MLMModule) -> tuple[set[float], set[float]]:  # (attention's, the other dropouts')
+        named = [(n, m.p) for n, m in module.model.named_modules() if isinstance(m, torch.nn.Dropout)]
+        return {p for n, p in named if n.endswith("attention.self.dropout")}, {p for n, p in named if "self" not in n}
+
+    pretrained = MLMModule(model_name_or_path=str(tmp_path), vocab_size=100, attention_dropout=0.0)
+    assert dropouts(pretrained) == ({0.0}, {0.1}) and pretrained.model.config.attention_probs_dropout_prob == 0.0
+    assert dropouts(MLMModule(model_name_or_path=str(tmp_path), vocab_size=100)) == ({0.1}, {0.1})  # unset: its own
+    new = MLMModule(vocab_size=100, dropout=0.2, attention_dropout=0.05, **TINY)
+    assert dropouts(new) == ({0.05}, {0.2})
+    distil = MLMModule(vocab_size=100, model_type="distilbert", attention_dropout=0.0, **TINY).model.config
+    assert distil.attention_dropout == 0.0 and distil.dropout == 0.1
+    with pytest.raises(MLMError, match="model.attention_dropout: a fnet config has no attention dropout"):
+        MLMModule(vocab_size=100, model_type="fnet", attention_dropout=0.0, **TINY)
+
+
 @pytest.mark.parametrize("stage", ["validate", "test"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_a_non_finite_evaluation_loss_is_reported_not_averaged_away(dm: MLMDataModule, stage: str, bad: float) -> None:

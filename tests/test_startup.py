@@ -1,7 +1,7 @@
 """Start-up stays fast: importing the package, ``--help`` and ``fill-mask`` do not load what they do not use.
 
-Lightning, ``datasets`` and ``transformers`` each take seconds to import; these checks (on ``sys.modules`` of
-a fresh interpreter, not on timings) keep them out of the paths that do not need them.
+Lightning (with torchmetrics), ``datasets`` and ``transformers`` each take seconds to import; these checks (on
+``sys.modules`` of a fresh interpreter, not on timings) keep them out of the paths that do not need them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from mlm_lightning.__main__ import TOOLS, main
 
 ROOT = Path(__file__).parents[1]
-HEAVY = ("lightning", "datasets", "transformers", "pyarrow")
+HEAVY = ("lightning", "torchmetrics", "datasets", "transformers", "pyarrow")
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -57,7 +57,7 @@ def test_subcommand_help_still_lists_its_settings(capsys) -> None:
     assert "--data.train_files" in capsys.readouterr().out
 
 
-def test_fill_mask_on_an_export_loads_neither_lightning_nor_datasets(trained_run: Path) -> None:
+def test_fill_mask_on_an_export_loads_no_lightning_torchmetrics_or_datasets(trained_run: Path) -> None:
     code = (
         "import contextlib, io\n"
         "from mlm_lightning.__main__ import main\n"
