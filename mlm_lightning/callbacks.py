@@ -252,8 +252,10 @@ class ValidateBeforeFit(Callback):
     Logged at step 0 under the same tags as every validation (``val/loss``... or ``val/<name>/...``); kept in the
     checkpoints (``mlm_lightning.base_metrics``), so the model card of an export, like the table this prints at
     the end of ``fit``, puts the base model's figures beside the adapted model's. A resumed run does not validate
-    again (it keeps the figures of its checkpoint), and no checkpoint is saved for step 0: the base model is not
-    a result of the run (``checkpoint.monitor`` never picks it as the best).
+    again (it keeps the figures of its checkpoint). No checkpoint is saved for step 0 (Lightning's
+    ``ModelCheckpoint`` saves nothing before the first optimizer step; tests/test_adaptation.py checks it), so
+    ``checkpoint.monitor`` never picks the base model as the best and ``export`` never writes it out. The global
+    random states are put back afterwards: training draws the same numbers as without this validation.
 
     Args:
         enabled: Validate before the first step. ``None``: when ``model.model_name_or_path`` loads a pretrained
@@ -273,10 +275,16 @@ class ValidateBeforeFit(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.wanted(pl_module) or trainer.global_step > 0 or trainer.ckpt_path or self.base_metrics:
             return
+        from mlm_lightning.random_states import collect_random_states, restore_random_states
+
+        # The random states are put back after it: a dataloader iterator draws its seed from torch's global
+        # generator, and training (dropout) must draw the same numbers as in a run that does not validate first.
+        states = collect_random_states()
         # What Lightning's training loop does around a validation within an epoch (public loop attributes).
         trainer.validating = True
         trainer.fit_loop.epoch_loop.val_loop.run()
         trainer.training = True
+        restore_random_states(states)
         self.base_metrics = validation_metrics(trainer)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:

@@ -56,13 +56,6 @@ class MLMCheckpoint(ModelCheckpoint):
         self.save_last_every_n_steps = save_last_every_n_steps
         self._last_step_written = -1
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # A validation before any optimizer step (ValidateBeforeFit's, at step 0) scores the base model: the run
-        # has produced nothing to keep yet, and a step-0 "best" would make export write out the untrained model.
-        if trainer.global_step == 0:
-            return
-        super().on_validation_end(trainer, pl_module)
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         every = self.save_last_every_n_steps
