@@ -105,8 +105,14 @@ def evaluate_models(models: list[str], config: Any) -> list[dict[str, Any]]:
         for key in ("accelerator", "precision", "limit_val_batches")
         if config.trainer.get(key) is not None
     }
+    import lightning as L
+
     rows = []
     for name in models:
+        if config.get("seed_everything") is not None:
+            # A model whose files lack its MLM head (the embedded default's MiniLM) gets a new one, drawn as in
+            # `fit` (seeded just before the model is built): its figures are then those fit logs at step 0.
+            L.seed_everything(int(config.seed_everything), verbose=False)
         model, tokenizer_name = load_model(name)
         data = {**config.data.as_dict(), "tokenizer": tokenizer_name}  # each model reads with its own tokenizer
         dm = MLMDataModule(**data)

@@ -125,3 +125,55 @@ def test_bad_inputs_are_one_line(eval_args: list[str], tmp_path: Path, capsys: p
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
     assert not (tmp_path / "t.txt").exists()
+
+
+@pytest.mark.slow
+def test_an_extended_vocabulary_is_read_with_its_own_tokenizer(
+    trained_run: Path, eval_args: list[str], corpus_file: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForMaskedLM
+
+    extended = tmp_path / "extended"
+    args = ["--model", str(trained_run / "export"), "--files", str(corpus_file), "--num_tokens", "5"]
+    assert main(["extend-vocab", *args, "--output_dir", str(extended)]) == 0
+    out = tmp_path / "table.json"
+    assert main(["evaluate", "--models", str(extended), "--output", str(out), *eval_args]) == 0
+    rows = json.loads(out.read_text())
+    model = AutoModelForMaskedLM.from_pretrained(extended).eval()
+    config = parse_config(eval_args)
+    data = {**config.data.as_dict(), "tokenizer": str(extended)}
+    added = set(json.loads((extended / "extend_vocab.json").read_text())["added"][0]["word"].split())
+    for row in rows:
+        dm = MLMDataModule(**{**data, "masking": word_masking(MLMDataModule(**data))})
+        dm.setup("validate")
+        assert dm.tokenizer.tokenize(next(iter(added))) == list(added)  # its own tokenizer: the new whole word
+        words = _by_hand(model, dm, f"val/{row['set']}", config.trainer.limit_val_batches)
+        assert row["masked_words"] == words["words"]  # a new whole-word token is a word of its own
+        assert row["word_loss"] == pytest.approx(words["total"] / words["words"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_model_without_its_head_scores_as_fit_saw_it_at_step_0(
+    tokenizer_dir: Path, eval_args: list[str], tmp_path: Path
+) -> None:
+    # An encoder saved without its MLM head (like the embedded default's MiniLM): the head is drawn new on load.
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from mlm_lightning.cli import run_cli
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    encoder = tmp_path / "encoder"
+    BertModel(config).save_pretrained(encoder)
+    tok.save_pretrained(encoder)
+    args = [*eval_args, "--model.model_name_or_path", str(encoder)]
+    cli = run_cli(["fit", *args, "--trainer.max_steps", "1", "--trainer.val_check_interval", "1"])
+    step0 = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ValidateBeforeFit").base_metrics
+    out = tmp_path / "table.json"
+    # Twice in one call: each model's head is drawn from the seed, not from wherever the generator has got to.
+    assert main(["evaluate", "--models", str(encoder), str(encoder), "--output", str(out), *args]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 4
+    for row in rows:
+        assert row["loss"] == pytest.approx(step0[f"val/{row['set']}/loss"], rel=1e-6)
