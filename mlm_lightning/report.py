@@ -187,8 +187,7 @@ METRIC_LABELS = (
 
 def metric_sets(metrics: dict[str, float]) -> list[str]:
     """The validation sets in a metrics record, in order: ``val``, or ``val/<name>`` for each named set."""
-    return [key.removesuffix("/loss") for key in metrics if key.startswith("val/") and key.endswith("/loss")
-            and not key.endswith("/word_loss")]  # fmt: skip
+    return [key.removesuffix("/loss") for key in metrics if key.startswith("val/") and key.endswith("/loss")]
 
 
 def before_after_table(base: dict[str, float], after: dict[str, float], step: int | str = "?") -> str:
