@@ -26,7 +26,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mlm_lightning.cli import parse_config
 from mlm_lightning.data import MLMDataModule
@@ -186,9 +186,16 @@ def write_output(rows: list[dict[str, Any]], path: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad or missing flag as one :class:`MLMError` line instead of usage and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise MLMError(f"evaluate: {message} (every option: python -m mlm_lightning evaluate --help)")
+
+
 def evaluate_command(args: list[str]) -> int:
     """``evaluate --models M [M ...] [--output FILE] [fit arguments]``: prints (and writes) the table."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m mlm_lightning evaluate",
         description="Scores models on the validation sets of a fit configuration (--config, --data.* flags) with "
         "the same fixed masks: masked tokens, loss, perplexity, accuracy, and per-word loss and perplexity "

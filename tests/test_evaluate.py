@@ -115,6 +115,7 @@ def test_bad_inputs_are_one_line(eval_args: list[str], tmp_path: Path, capsys: p
     folder.mkdir()
     (folder / "a.txt").write_text("hello")
     cases = [
+        ([], "the following arguments are required: --models"),
         (["--models", str(tmp_path / "missing")], "no such file or folder"),
         (["--models", str(garbage)], "broken.ckpt"),
         (["--models", str(folder)], "could not load model"),
