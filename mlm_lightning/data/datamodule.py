@@ -146,8 +146,8 @@ class MLMDataModule(L.LightningDataModule):
         held_out = not val_files or (isinstance(val_files, dict) and not all(val_files.values()))
         if held_out and not 0.0 < val_fraction < 1.0:
             raise MLMError(
-                f"data.val_fraction must be in (0, 1) when a validation set is held out of the training files "
-                f"(data.val_files unset, or a name mapped to null), got {val_fraction}"
+                f"data.val_fraction must be in (0, 1) when data.val_files is unset (or maps a name to null: that "
+                f"set is held out of the training files), got {val_fraction}"
             )
         self.train_files = train_files
         self.val_files = dict(val_files) if isinstance(val_files, dict) else val_files
