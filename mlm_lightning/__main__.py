@@ -2,7 +2,8 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI (:mod:`mlm_lightning.cli`). The tools
 around a run are plain typed functions whose signatures and docstrings give their flags and ``--help``:
-``export``, ``extend-vocab``, ``fill-mask``, ``train-tokenizer``; ``inspect`` takes the same arguments as ``fit``.
+``export``, ``extend-vocab``, ``fill-mask``, ``train-tokenizer``; ``inspect`` takes the same arguments as ``fit``,
+and ``evaluate`` those plus ``--models`` and ``--output``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ training (a LightningCLI: --config YAML files and --section.key flags):
 
 tools around a run:
   inspect          the corpus report of a fit configuration, without training
+  evaluate         score models (base, exports, checkpoints) on its validation sets, side by side
   export           turn a checkpoint into a Hugging Face model folder
   fill-mask        the most likely tokens for each [MASK] of a sentence
   train-tokenizer  train a family's tokenizer (WordPiece, byte-level BPE, Unigram) on text files
@@ -80,6 +82,11 @@ def run_tool(name: str, args: list[str]) -> None:
 
         inspect_command(args)
         return
+    if name == "evaluate":
+        from mlm_lightning.evaluate import evaluate_command
+
+        evaluate_command(args)
+        return
     module, attr, nargs_arg, positional = TOOLS[name]
     func = getattr(importlib.import_module(module), attr)
     parser = _tool_parser(name, func, nargs_arg, positional)
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with quiet_libraries():  # known library messages a user cannot act on, for this command only
-            if argv and (argv[0] in TOOLS or argv[0] == "inspect"):
+            if argv and (argv[0] in TOOLS or argv[0] in ("inspect", "evaluate")):
                 run_tool(argv[0], argv[1:])
             else:
                 from mlm_lightning.cli import run_cli

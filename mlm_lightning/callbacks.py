@@ -21,6 +21,11 @@ from mlm_lightning.settings import ClosedUnitInterval, PositiveInt
 VAL_METRICS = ("val/loss", "val/perplexity", "val/accuracy")
 
 
+def validation_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """Every validation metric of the latest validation (``val/...``, each named set's too), as numbers."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
 def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
@@ -109,18 +114,20 @@ class HParamsSummary(Callback):
     The command line turns off the logger's placeholder ``hp_metric`` so this is the only hparams record.
 
     Args:
-        metrics: Metrics shown next to the settings (values of the last validation).
+        metrics: Metrics shown next to the settings (values of the last validation); ``None``: every validation
+            metric (``val/loss``, ``val/perplexity``, ``val/accuracy``, or those of each named validation set).
     """
 
     def __init__(self, metrics: list[str] | None = None) -> None:
-        self.metrics = list(metrics or VAL_METRICS)
+        self.metrics = list(metrics) if metrics else None
         self._last: tuple[int, dict[str, float]] | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            found = trainer.callback_metrics
+            found = validation_metrics(trainer)
+            wanted = self.metrics or list(found)
             # The step these were logged at (GlobalStepAxis): optimizer steps done.
-            self._last = (trainer.global_step, {k: float(found[k]) for k in self.metrics if k in found})
+            self._last = (trainer.global_step, {k: found[k] for k in wanted if k in found})
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -175,7 +182,8 @@ class ExportOnFitEnd(Callback):
     Args:
         enabled: Export at the end of ``fit``.
         output_dir: Folder to write; ``None`` = ``<trainer.default_root_dir>/export``.
-        checkpoint: ``best`` (lowest ``val/loss``) or ``last``.
+        checkpoint: ``best`` (by ``checkpoint.monitor``: lowest ``val/loss``, or that of the first named
+            validation set) or ``last``.
         overwrite: Replace an existing ``output_dir`` written by another run. Without it a new run stops before
             training when the folder exists; a run resumed from its own checkpoint folder replaces its own export.
     """
@@ -236,6 +244,70 @@ class ExportOnFitEnd(Callback):
             return
         # Replacing is decided before training (check_before_fit): here the folder is this run's to write.
         export(path, str(self.target(trainer)), overwrite=True)
+
+
+class ValidateBeforeFit(Callback):
+    """Validates once before the first training step, so every validation curve starts at the base model's value.
+
+    Logged at step 0 under the same tags as every validation (``val/loss``... or ``val/<name>/...``); kept in the
+    checkpoints (``mlm_lightning.base_metrics``), so the model card of an export, like the table this prints at
+    the end of ``fit``, puts the base model's figures beside the adapted model's. A resumed run does not validate
+    again (it keeps the figures of its checkpoint). No checkpoint is saved for step 0 (Lightning's
+    ``ModelCheckpoint`` saves nothing before the first optimizer step; tests/test_adaptation.py checks it), so
+    ``checkpoint.monitor`` never picks the base model as the best and ``export`` never writes it out. The global
+    random states are put back afterwards: training draws the same numbers as without this validation.
+
+    Args:
+        enabled: Validate before the first step. ``None``: when ``model.model_name_or_path`` loads a pretrained
+            model (a from-scratch model's figures before training are those of random weights).
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = enabled
+        self.base_metrics: dict[str, float] = {}
+
+    def wanted(self, pl_module: L.LightningModule) -> bool:
+        """Whether this run validates before training (``enabled``, or its default for the model)."""
+        if self.enabled is not None:
+            return self.enabled
+        return bool(getattr(pl_module, "hparams", {}).get("model_name_or_path"))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.wanted(pl_module) or trainer.global_step > 0 or trainer.ckpt_path or self.base_metrics:
+            return
+        from mlm_lightning.random_states import collect_random_states, restore_random_states
+
+        # The random states are put back after it: a dataloader iterator draws its seed from torch's global
+        # generator, and training (dropout) must draw the same numbers as in a run that does not validate first.
+        states = collect_random_states()
+        # What Lightning's training loop does around a validation within an epoch (public loop attributes).
+        trainer.validating = True
+        trainer.fit_loop.epoch_loop.val_loop.run()
+        trainer.training = True
+        restore_random_states(states)
+        self.base_metrics = validation_metrics(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.base_metrics:
+            checkpoint.setdefault("mlm_lightning", {})["base_metrics"] = dict(self.base_metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base_metrics": dict(self.base_metrics)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base_metrics = dict(state_dict.get("base_metrics", {}))
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from mlm_lightning.report import before_after_table
+
+        after = validation_metrics(trainer)
+        if not self.base_metrics or not after:
+            return
+        table = before_after_table(self.base_metrics, after, trainer.global_step)
+        rank_zero_info(table)
+        for logger in _tensorboards(trainer):
+            logger.experiment.add_text("val/before_after", table, global_step=trainer.global_step)
 
 
 class GlobalStepAxis(Callback):

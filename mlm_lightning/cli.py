@@ -29,6 +29,7 @@ from mlm_lightning.callbacks import (
     FinalValidation,
     GlobalStepAxis,
     HParamsSummary,
+    ValidateBeforeFit,
 )
 from mlm_lightning.checkpoint_io import UNREADABLE, AtomicCheckpointIO, explain_checkpoint_errors, unreadable_checkpoint
 from mlm_lightning.console import console_callbacks
@@ -78,6 +79,36 @@ def _last_checkpoint(folder: str) -> str | None:
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 
+DEFAULT_CHECKPOINT_NAME = "epoch{epoch}-step{step}-val_loss{val/loss:.4f}"
+EVAL_METRICS = ("loss", "perplexity", "accuracy", "word_loss", "word_perplexity")
+
+
+def _resolve_monitor(config: Namespace) -> None:
+    """``checkpoint.monitor`` for named validation sets: the first set's loss unless another is named; checked.
+
+    With ``data.val_files`` a mapping there is no ``val/loss``: the default monitor becomes ``val/<first>/loss``
+    (and the default file name follows the monitored metric). A ``val/...`` monitor that no validation logs is an
+    error now, not at the first validation.
+    """
+    val_files = config.data.get("val_files")
+    if isinstance(val_files, Namespace):
+        val_files = val_files.as_dict()
+    names = list(val_files) if isinstance(val_files, dict) else []
+    prefixes = [f"val/{name}" for name in names] or ["val"]
+    checkpoint = config.checkpoint
+    if names and checkpoint.monitor == "val/loss":
+        checkpoint.monitor = f"{prefixes[0]}/loss"
+    monitor = checkpoint.monitor
+    if monitor and checkpoint.filename == DEFAULT_CHECKPOINT_NAME and monitor != "val/loss":
+        checkpoint.filename = f"epoch{{epoch}}-step{{step}}-{monitor.replace('/', '_')}{{{monitor}:.4f}}"
+    logged = [f"{prefix}/{metric}" for prefix in prefixes for metric in EVAL_METRICS]
+    if monitor and monitor.startswith("val/") and monitor not in logged:
+        raise MLMError(
+            f"checkpoint.monitor={monitor} is not a validation metric of this configuration: "
+            f"{', '.join(f'{p}/loss' for p in prefixes)} (or .../perplexity, .../accuracy)"
+        )
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equal as settings: a tuple and a list of equal items are the same (YAML has no tuples)."""
     norm = lambda v: [norm(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
@@ -95,7 +126,7 @@ class MLMCLI(LightningCLI):
                 "checkpoint.mode": "min",
                 "checkpoint.save_top_k": 1,
                 "checkpoint.save_last": True,
-                "checkpoint.filename": "epoch{epoch}-step{step}-val_loss{val/loss:.4f}",
+                "checkpoint.filename": DEFAULT_CHECKPOINT_NAME,
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
@@ -103,6 +134,7 @@ class MLMCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteLoss, "nonfinite")
         parser.add_lightning_class_args(CorpusReport, "corpus_report")
         parser.add_lightning_class_args(FillMaskProbes, "probes")
+        parser.add_lightning_class_args(ValidateBeforeFit, "validate_before_fit")
         parser.add_lightning_class_args(HParamsSummary, "hparams")
         parser.add_lightning_class_args(ExportOnFitEnd, "export")
         # Lightning's Trainer flags last, so `fit --help` leads with this project's own settings (see below).
@@ -133,6 +165,7 @@ class MLMCLI(LightningCLI):
         # The tokenizer defaults to the pretrained model's own.
         if not config.data.tokenizer and config.model.model_name_or_path:
             config.data.tokenizer = config.model.model_name_or_path
+        _resolve_monitor(config)
         root = config.trainer.default_root_dir or os.getcwd()
         # A fixed checkpoint folder (not Lightning's per-version one), so `--ckpt_path last` finds the last run.
         if not config.checkpoint.dirpath:

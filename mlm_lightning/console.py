@@ -6,6 +6,7 @@ The library messages a run does not print are filtered in :mod:`mlm_lightning.qu
 from __future__ import annotations
 
 import math
+import re
 import sys
 from typing import Any
 
@@ -13,15 +14,23 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+# The figures of a validation line, with their decimals: every validation set's (``val/`` or ``val/<name>/``).
+_LINE_METRICS = re.compile(r"^val/(?:[A-Za-z0-9_-]+/)?(loss|perplexity|accuracy)$")
+_DIGITS = {"loss": 4, "perplexity": 2, "accuracy": 4}
+
 
 def validation_line(trainer: L.Trainer) -> str:
-    """``step 100/300  val/loss 5.2531  val/perplexity 191.07  val/accuracy 0.2214`` from the latest metrics."""
+    """``step 100/300  val/loss 5.2531  val/perplexity 191.07  val/accuracy 0.2214`` from the latest metrics.
+
+    With named validation sets, each set's three figures in turn (``val/domain/loss ...  val/general/loss ...``).
+    """
     metrics = trainer.callback_metrics
     total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
     parts = [f"step {trainer.global_step}{total}"]
-    for name, digits in (("val/loss", 4), ("val/perplexity", 2), ("val/accuracy", 4)):
-        if name in metrics:
-            parts.append(f"{name} {float(metrics[name]):.{digits}f}")
+    for name, value in metrics.items():
+        found = _LINE_METRICS.match(name)
+        if found:
+            parts.append(f"{name} {float(value):.{_DIGITS[found[1]]}f}")
     return "  ".join(parts)
 
 

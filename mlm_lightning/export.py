@@ -98,14 +98,25 @@ def model_card(ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str
         ("optimizer steps", str(ckpt.get("global_step", "?"))),
         ("max sequence length", str(data.get("max_seq_length", "?"))),
     ]
-    if "val/loss" in metrics:
+    from mlm_lightning.report import before_after_table, metric_sets
+
+    for prefix in metric_sets(metrics):
+        name = f" ({prefix.partition('/')[2]})" if "/" in prefix else ""
         rows += [
-            ("validation loss", f"{metrics['val/loss']:.4f}"),
-            ("validation perplexity", f"{metrics.get('val/perplexity', float('nan')):.2f}"),
-            ("validation masked-token accuracy", f"{100 * metrics.get('val/accuracy', float('nan')):.2f}%"),
+            (f"validation loss{name}", f"{metrics[f'{prefix}/loss']:.4f}"),
+            (f"validation perplexity{name}", f"{metrics.get(f'{prefix}/perplexity', float('nan')):.2f}"),
+            (
+                f"validation masked-token accuracy{name}",
+                f"{100 * metrics.get(f'{prefix}/accuracy', float('nan')):.2f}%",
+            ),
         ]
-    else:
+    if not metric_sets(metrics):
         rows.append(("validation", "no validation ran before this checkpoint"))
+    base_metrics = ckpt.get("mlm_lightning", {}).get("base_metrics") or {}
+    before_after = []
+    if base_metrics and metric_sets(metrics):
+        table = before_after_table(base_metrics, metrics, ckpt.get("global_step", "?"))
+        before_after = ["## Before and after", "", table, ""]
     front = ["---", "library_name: transformers", "pipeline_tag: fill-mask", "tags:", "- mlm-lightning", "- fill-mask"]
     if _is_hub_id(base):
         front.append(f"base_model: {base}")
@@ -125,6 +136,7 @@ def model_card(ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str
             "Validation metrics are those of the last validation before the checkpoint was saved; perplexity is "
             "exp(validation loss), the loss being the mean cross-entropy over all masked validation tokens.",
             "",
+            *before_after,
             "## Use",
             "",
             "```python",

@@ -61,6 +61,8 @@ class MLMBatch(TypedDict):
         masked_labels: ``[M]`` int64 the original ids at ``masked_positions`` (``labels`` gathered there).
         num_tokens: Real (non-pad) tokens in the batch, for throughput.
         num_token_pairs: Sum over rows of length squared: attention's query-key pairs, for FLOPs and MFU.
+        masked_words: With whole-word masking only: the words chosen (all their pieces are masked positions), for
+            per-word figures.
     """
 
     input_ids: torch.Tensor
@@ -70,6 +72,7 @@ class MLMBatch(TypedDict):
     masked_labels: torch.Tensor
     num_tokens: int
     num_token_pairs: int
+    masked_words: NotRequired[int]
 
 
 @dataclass
@@ -157,7 +160,7 @@ class MLMCollator:
             out[to_random] = self._replacement_ids[pick]
         return out.numpy(), labels.numpy()
 
-    def _select_whole_words(self, ids: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _word_starts(self, ids: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
         # A word starts at every eligible token that is not a continuation piece, and at every eligible token
         # right after a special token or the row's start: a word never spans [SEP] (a "##" piece after it belongs
         # to the next document), and a word cut by a block's start is still a word of its own.
@@ -170,6 +173,16 @@ class MLMCollator:
             first, last_before = classes[1:, 0], classes[:-1, 1]
             boundary = (first != last_before) & (first != NO_CLASS) & (last_before != NO_CLASS)
             starts[1:] |= eligible[1:] & boundary
+        return starts
+
+    def masked_words(self, input_ids: np.ndarray, labels: np.ndarray) -> int:
+        """Whole-word masking: how many words of an example (its original ids) ``labels`` chose."""
+        ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
+        eligible = ~torch.from_numpy(self._special[ids.numpy()])
+        return int((self._word_starts(ids, eligible) & torch.from_numpy(labels != IGNORE_INDEX)).sum())
+
+    def _select_whole_words(self, ids: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        starts = self._word_starts(ids, eligible)
         word_id = torch.cumsum(starts.long(), 0) - 1
         word_id[~eligible] = -1
         n_words = int(starts.sum())
@@ -188,10 +201,13 @@ class MLMCollator:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = np.full((len(examples), width), self.pad_token_id, dtype=np.int64)
         labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
+        words = 0
         for row, ex in enumerate(examples):
             ids, lab = self.mask_example(ex["input_ids"], int(ex.get("epoch", 0)), int(ex["index"]))
             input_ids[row, : len(ids)] = ids
             labels[row, : len(lab)] = lab
+            if self.continuation_mask is not None:
+                words += self.masked_words(ex["input_ids"], lab)
         batch: dict[str, Any] = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
         if any(n != width for n in lengths):
             # Only a padded batch gets an attention mask: without one, attention takes its fast (SDPA) path.
@@ -203,6 +219,8 @@ class MLMCollator:
         batch["masked_labels"] = torch.from_numpy(flat[positions])
         batch["num_tokens"] = int(sum(lengths))  # real (non-pad) tokens, for throughput
         batch["num_token_pairs"] = int(sum(n * n for n in lengths))  # attention's query-key pairs, for MFU
+        if self.continuation_mask is not None:
+            batch["masked_words"] = words
         return MLMBatch(**batch)
 
 

@@ -236,14 +236,11 @@ class MLMModule(L.LightningModule):
             self.model.resize_token_embeddings(
                 self.model.config.vocab_size, pad_to_multiple_of=pad_vocab_multiple, mean_resizing=False
             )
-        # Token-weighted sums that torchmetrics reduces across devices: loss, then perplexity = exp(loss).
-        # nan_strategy="disable": a NaN loss must make the mean NaN, not be dropped from it (the default).
-        self.val_loss = MeanMetric(nan_strategy="disable")
-        self.val_accuracy = MeanMetric()
-        self.val_nonfinite = SumMetric(nan_strategy="disable")  # masked tokens whose loss is NaN or infinite
-        self.test_loss = MeanMetric(nan_strategy="disable")
-        self.test_accuracy = MeanMetric()
-        self.test_nonfinite = SumMetric(nan_strategy="disable")
+        # One set of token-weighted metrics per evaluation split ("val", "test"; "val/<name>" for each named
+        # validation set, added in setup once the data module is known). Their states are not saved in checkpoints.
+        self.eval_metrics = nn.ModuleDict({"val": EvalMetrics(), "test": EvalMetrics()})
+        self._val_prefixes = ["val"]  # the metric prefix of each validation dataloader, by dataloader_idx
+        self.eval_counts: dict[str, dict[str, int]] = {}  # prefix -> masked tokens (and words) of its last run
         self._tokens_seen = 0
         self._flops_seen = 0
         self._last_time: float | None = None
@@ -348,6 +345,7 @@ class MLMModule(L.LightningModule):
         return bool(self.hparams.compile) and self.device.type == "cuda" and self._mlm_head() is not None
 
     def _shared_step(self, batch: MLMBatch, stage: str) -> torch.Tensor:
+        """The training loss, or an evaluation batch's metric updates (``stage``: ``val``, ``val/<name>``, ``test``)."""
         batch = self.compile_width(batch)
         labels = batch["masked_labels"]
         if stage == "train":
@@ -356,18 +354,20 @@ class MLMModule(L.LightningModule):
             return loss
         logits = self.masked_logits(batch).float()
         losses = F.cross_entropy(logits, labels, reduction="none")
-        loss_metric, acc_metric, nonfinite = self._metrics(stage)
+        metrics = self._metrics(stage)
         if labels.numel():
-            loss_metric.update(losses)  # mean over all masked tokens of the split: token-weighted
-            acc_metric.update((logits.argmax(-1) == labels).float())
-            nonfinite.update((~torch.isfinite(losses)).sum())  # on the device: no synchronisation per step
+            metrics.loss.update(losses)  # mean over all masked tokens of the split: token-weighted
+            metrics.accuracy.update((logits.argmax(-1) == labels).float())
+            metrics.nonfinite.update((~torch.isfinite(losses)).sum())  # on the device: no synchronisation per step
+        if "masked_words" in batch:  # whole-word masking: every piece of a chosen word is a masked token
+            metrics.words.update(float(batch["masked_words"]))
         return losses.sum()
 
     def training_step(self, batch: MLMBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: MLMBatch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "val")
+    def validation_step(self, batch: MLMBatch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self._shared_step(batch, self._val_prefixes[dataloader_idx])
 
     def test_step(self, batch: MLMBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "test")
@@ -383,36 +383,46 @@ class MLMModule(L.LightningModule):
             "losses": F.cross_entropy(logits, labels, reduction="none"),
         }
 
-    def _metrics(self, stage: str) -> tuple[MeanMetric, MeanMetric, SumMetric]:
-        if stage == "val":
-            return self.val_loss, self.val_accuracy, self.val_nonfinite
-        return self.test_loss, self.test_accuracy, self.test_nonfinite
+    @property
+    def val_prefixes(self) -> list[str]:
+        """The metric prefix of each validation set: ``val``, or ``val/<name>`` for each named set, in order."""
+        return list(self._val_prefixes)
+
+    def _metrics(self, stage: str) -> EvalMetrics:
+        return self.eval_metrics[_metric_key(stage)]
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        loss_metric, acc_metric, nonfinite = self._metrics(stage)
+        metrics = self._metrics(stage)
         # Decided on the count of all devices: compute() below gathers from every device, so all must join it.
-        updates = torch.tensor(loss_metric.update_count, device=self.device)
+        updates = torch.tensor(metrics.loss.update_count, device=self.device)
         if self.trainer.strategy.reduce(updates, reduce_op="sum") == 0:
             return
-        loss = loss_metric.compute()
-        # Both counts summed over devices (every device is here: the update count above was reduced the same way).
-        local = torch.stack([nonfinite.sum_value, loss_metric.weight]).double()
-        bad, total = (int(x) for x in self.trainer.strategy.reduce(local, reduce_op="sum").tolist())
+        loss = metrics.loss.compute()
+        # The counts summed over devices (every device is here: the update count above was reduced the same way).
+        local = torch.stack([metrics.nonfinite.sum_value, metrics.loss.weight, metrics.words.sum_value]).double()
+        bad, total, words = (int(x) for x in self.trainer.strategy.reduce(local, reduce_op="sum").tolist())
         if bad:
-            split = "validation" if stage == "val" else "test"
+            split = "test" if stage == "test" else "validation" + (f" set {stage[4:]}" if "/" in stage else "")
             rank_zero_warn(
                 f"{split}: {bad:,} of {total:,} masked tokens have a non-finite loss (NaN or "
                 f"infinite), so {stage}/loss and {stage}/perplexity are {float(loss)}: the model has (partly) "
                 f"diverged. Lower model.learning_rate or resume from an earlier checkpoint."
             )
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
-        self.log(f"{stage}/perplexity", torch.exp(loss), prog_bar=stage == "val")
-        self.log(f"{stage}/accuracy", acc_metric.compute())
-        for metric in (loss_metric, acc_metric, nonfinite):
-            metric.reset()
+        shown = stage == self._val_prefixes[0]  # the progress bar has room for one set
+        self.log(f"{stage}/loss", loss, prog_bar=shown, add_dataloader_idx=False)
+        self.log(f"{stage}/perplexity", torch.exp(loss), prog_bar=shown, add_dataloader_idx=False)
+        self.log(f"{stage}/accuracy", metrics.accuracy.compute(), add_dataloader_idx=False)
+        self.eval_counts[stage] = {"masked_tokens": total, "masked_words": words}
+        if words:
+            # Per word: each chosen word's pieces were all masked, so the summed token loss is the words' loss.
+            word_loss = loss.double() * total / words
+            self.log(f"{stage}/word_loss", word_loss.float(), add_dataloader_idx=False)
+            self.log(f"{stage}/word_perplexity", torch.exp(word_loss).float(), add_dataloader_idx=False)
+        metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
+        for prefix in self._val_prefixes:
+            self._log_epoch_metrics(prefix)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
@@ -487,10 +497,11 @@ class MLMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What `export` needs without the original model source or the YAML: architecture and latest validation.
         metrics = self.trainer.callback_metrics
-        checkpoint["mlm_lightning"] = {
-            "model_config": self.model.config.to_dict(),
-            "val_metrics": {k: float(v) for k, v in metrics.items() if k.startswith("val/")},
-        }
+        # update(): callbacks add their own records here too (ValidateBeforeFit's base_metrics).
+        checkpoint.setdefault("mlm_lightning", {}).update(
+            model_config=self.model.config.to_dict(),
+            val_metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/")},
+        )
         if self._schedule is not None:
             checkpoint["mlm_lightning"]["schedule"] = self._schedule
 
@@ -654,6 +665,54 @@ class MLMModule(L.LightningModule):
         self.check_max_seq_length(getattr(dm, "max_seq_length", None))
         if self._trainer is not None:  # before the strategy wraps the model: FSDP units are its own layers
             fill_auto_wrap_policy(self.trainer.strategy, self.model)
+        # One metric set per validation set of the data (before Lightning moves the module to its device).
+        self._val_prefixes = list(getattr(dm, "val_splits", None) or ["val"])
+        for prefix in self._val_prefixes:
+            if _metric_key(prefix) not in self.eval_metrics:
+                self.eval_metrics[_metric_key(prefix)] = EvalMetrics()
+
+    @classmethod
+    def around(cls, model: nn.Module, name: str = "") -> MLMModule:
+        """An ``MLMModule`` whose network is ``model``, already loaded (``evaluate``): the same steps and metrics.
+
+        Built with a one-unit throwaway network (cheap) that ``model`` then replaces; ``name`` is recorded as
+        ``model_name_or_path``. Not for training or checkpoints: its architecture settings are not ``model``'s.
+        """
+        module = cls(
+            vocab_size=1, hidden_size=1, num_hidden_layers=1, num_attention_heads=1, intermediate_size=1,
+            max_position_embeddings=1, dropout=0.0,
+        )  # fmt: skip
+        module.model = model
+        module.hparams["model_name_or_path"] = name
+        module.hparams["vocab_size"] = model.config.vocab_size
+        return module
+
+
+class EvalMetrics(nn.Module):
+    """The token-weighted metrics of one evaluation set, which torchmetrics reduces across devices.
+
+    ``loss`` is the mean cross-entropy over all masked tokens (perplexity is its ``exp``), ``accuracy`` the share
+    of masked tokens predicted exactly; ``nonfinite`` counts masked tokens whose loss is NaN or infinite and
+    ``words`` the masked words of a whole-word-masking batch (``masked_words``), for per-word figures.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # nan_strategy="disable": a NaN loss must make the mean NaN, not be dropped from it (the default).
+        self.loss = MeanMetric(nan_strategy="disable")
+        self.accuracy = MeanMetric()
+        self.nonfinite = SumMetric(nan_strategy="disable")
+        self.words = SumMetric()
+
+    def reset(self) -> None:
+        """Starts the next evaluation from zero."""
+        for metric in (self.loss, self.accuracy, self.nonfinite, self.words):
+            metric.reset()
+
+
+def _metric_key(prefix: str) -> str:
+    """A metric prefix as a submodule name (``val/domain`` -> ``val:domain``: module names cannot hold dots)."""
+    return prefix.replace("/", ":")
 
 
 def masked_mean_loss(module: MLMModule, batch: dict[str, Any]) -> torch.Tensor:

@@ -51,7 +51,7 @@ class SplitStats:
 
 
 def split_stats(dm: MLMDataModule, split: str) -> SplitStats:
-    """Statistics of ``split`` (``train`` or ``val``) of a data module that has been set up."""
+    """Statistics of ``split`` (``train``, ``val`` or ``val/<name>``) of a data module that has been set up."""
     rows = dm.datasets[split]
     meta = dm.corpus_meta(split)
     offsets = np.load(rows.folder / "doc_offsets.npy")
@@ -61,7 +61,7 @@ def split_stats(dm: MLMDataModule, split: str) -> SplitStats:
         split_docs = int((starts // block != (ends - 1) // block).sum())
     else:
         split_docs = int((ends - 1 - starts > dm.max_seq_length - 2).sum())
-    loader = dm.train_dataloader() if split == "train" else dm.val_dataloader()
+    loader = dm.loader(split)
     lengths = rows.row_lengths()
     served = lengths[loader.sampler.shard(0)]  # the order batches are formed in, so padding is exact
     firsts = np.arange(0, len(served), loader.batch_size)
@@ -82,11 +82,12 @@ def split_stats(dm: MLMDataModule, split: str) -> SplitStats:
 
 
 def corpus_report(dm: MLMDataModule) -> dict[str, SplitStats]:
-    """Training and validation statistics; prepares and sets up ``dm`` if needed."""
-    if not {"train", "val"} <= dm.datasets.keys():
+    """Training and validation statistics (each named validation set a column); prepares and sets up ``dm``."""
+    splits = ["train", *dm.val_splits]
+    if not set(splits) <= dm.datasets.keys():
         dm.prepare_data()
         dm.setup("fit")
-    return {split: split_stats(dm, split) for split in ("train", "val")}
+    return {split: split_stats(dm, split) for split in splits}
 
 
 def format_report(stats: dict[str, SplitStats], dm: MLMDataModule) -> str:
@@ -174,3 +175,42 @@ def model_max_positions(model_config: dict) -> int | None:
         return max_sequence_length(load_model_config(name)) or None
     except MLMError:  # a hub name offline: the report goes on without this check (fit says why it cannot load)
         return None
+
+
+# (metric, label, format) of the rows of :func:`before_after_table` and of the model card.
+METRIC_LABELS = (
+    ("loss", "loss", "{:.4f}"),
+    ("perplexity", "perplexity", "{:.2f}"),
+    ("accuracy", "masked-token accuracy", "{:.2%}"),
+)
+
+
+def metric_sets(metrics: dict[str, float]) -> list[str]:
+    """The validation sets in a metrics record, in order: ``val``, or ``val/<name>`` for each named set."""
+    return [key.removesuffix("/loss") for key in metrics if key.startswith("val/") and key.endswith("/loss")]
+
+
+def before_after_table(base: dict[str, float], after: dict[str, float], step: int | str = "?") -> str:
+    """Base and adapted model's validation figures side by side, for every validation set: a Markdown table.
+
+    Both are measured on the same validation rows with the same fixed masks (``val/...`` metrics of the
+    validation before the first step and of a later one).
+    """
+    sets = [s for s in metric_sets(after) if f"{s}/loss" in base]
+    header, rule = ["|"], ["| --- |"]
+    for prefix in sets:
+        name = prefix.partition("/")[2] or "validation"
+        header += [f" {name}: base model (step 0) |", f" {name}: adapted (step {step}) |"]
+        rule += [" ---: |", " ---: |"]
+    lines = [f"before and after: validation on the same rows and masks, base model vs this run at step {step}", ""]
+    lines += ["| " + "".join(header), "".join(rule)]
+    for key, label, fmt in METRIC_LABELS:
+        cells = []
+        for prefix in sets:
+            cells += [_cell(base.get(f"{prefix}/{key}"), fmt), _cell(after.get(f"{prefix}/{key}"), fmt)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)

@@ -133,3 +133,39 @@ def trained_run(corpus_file: Path, tokenizer_dir: Path, tmp_path_factory: pytest
         mp.setenv("MLM_LIGHTNING_CACHE", str(base / "cache"))  # the CPU peak for MFU is cached there
         assert main(["fit", *args, "--export.enabled", "true"]) == 0
     return base / "run"
+
+
+def named_sets(general: Path) -> list[str]:
+    """``data.val_files`` as two named validation sets: ``domain`` (held out of the training files), ``general``."""
+    return ["--data.val_files", json.dumps({"domain": None, "general": [str(general)]})]
+
+
+@pytest.fixture(scope="session")
+def general_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second validation text: other documents of the same words."""
+    path = tmp_path_factory.mktemp("general") / "general.txt"
+    path.write_text("\n".join(make_corpus(n_docs=60, seed=9)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def adapted_run(
+    trained_run: Path, corpus_file: Path, tokenizer_dir: Path, general_file: Path, tmp_path_factory
+) -> Path:
+    """The trained tiny model's export adapted for 12 more steps, validated on two named sets; returns its root.
+
+    A pretrained model (``model.model_name_or_path``): validation before the first step is on by default.
+    """
+    from mlm_lightning.__main__ import main
+
+    base = tmp_path_factory.mktemp("adapted")
+    args = tiny_cli_args(corpus_file, tokenizer_dir, base / "run")
+    args += ["--model.model_name_or_path", str(trained_run / "export"), *named_sets(general_file)]
+    args += ["--export.enabled", "true", "--data.cache_dir", str(base / "cache")]
+    with pytest.MonkeyPatch.context() as mp:  # session scope: the per-test autouse fixture is not active yet
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        mp.setenv("MLM_LIGHTNING_CACHE", str(base / "cache"))
+        assert main(["fit", *args]) == 0
+    return base / "run"

@@ -192,7 +192,7 @@ class CorpusCache:
     def corpora(
         self,
         train_files: list[str] | None,
-        val_files: list[str] | None,
+        val_files: list[str] | dict[str, list[str] | None] | None,
         test_files: list[str] | None,
         val_fraction: float,
         seed: int,
@@ -200,19 +200,28 @@ class CorpusCache:
         """The entries a data module needs: split name (``train``, ``val``, ``test``) -> :class:`Corpus`.
 
         Without ``val_files``, ``train`` and ``val`` are one entry: ``val_fraction`` of the documents held out
-        (seeded by ``seed``). Hashes every file (and checks it is readable text).
+        (seeded by ``seed``). Named validation sets (a mapping) are ``val/<name>``; a name mapped to ``None`` is
+        that held-out share. Hashes every file (and checks it is readable text). ``train`` is left out when no
+        validation set needs the training files and there are none (``evaluate`` on given files).
         """
-        if not train_files:
+        named = val_files if isinstance(val_files, dict) else {"": val_files}
+        held_out = [name for name, files in named.items() if not files]
+        if not train_files and (held_out or not val_files):
             raise MLMError("no training data: set data.train_files")
         entries: dict[str, Corpus] = {}
-        train = resolve_files(train_files, self.folder)
-        if val_files:
-            entries["train"] = Corpus(self.key("train", train, {}), train, {})
-            val = resolve_files(val_files, self.folder)
-            entries["val"] = Corpus(self.key("val", val, {}), val, {})
-        else:
+        train = resolve_files(train_files, self.folder) if train_files else []
+        if held_out:
             split = {"val_fraction": val_fraction, "split_seed": seed}
-            entries["train"] = entries["val"] = Corpus(self.key("train+val", train, split), train, split)
+            entries["train"] = Corpus(self.key("train+val", train, split), train, split)
+        elif train:
+            entries["train"] = Corpus(self.key("train", train, {}), train, {})
+        for name, files in named.items():
+            split_name = f"val/{name}" if name else "val"
+            if files:
+                val = resolve_files(files, self.folder)
+                entries[split_name] = Corpus(self.key("val", val, {}), val, {})
+            else:
+                entries[split_name] = entries["train"]
         if test_files:
             test = resolve_files(test_files, self.folder)
             entries["test"] = Corpus(self.key("test", test, {}), test, {})

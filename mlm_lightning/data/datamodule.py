@@ -9,6 +9,7 @@ layout (:mod:`.rows`) in an order that survives a resume (:mod:`.sampling`), and
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -42,6 +43,28 @@ def _strategy(masking: MaskingStrategy | Mapping[str, Any]) -> MaskingStrategy:
     return parser.instantiate(parser.parse_object({"masking": dict(masking)})).masking
 
 
+VAL_SET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_val_set_names(names: list[str]) -> None:
+    """Raises :class:`MLMError` unless ``names`` can name validation sets (and their ``val/<name>/...`` tags)."""
+    if not names:
+        raise MLMError("data.val_files is an empty mapping: give at least one name, or a list of files")
+    for name in names:
+        if not VAL_SET_NAME.match(str(name)):
+            raise MLMError(
+                f"data.val_files: the validation set name '{name}' must be letters, digits, '_' or '-' "
+                f"(it becomes part of the metric names val/<name>/loss...)"
+            )
+
+
+def _folder(split: str, corpus: Corpus) -> str:
+    """The folder of a cache entry that holds ``split``: ``train``/``val`` of a held-out split, else ``all``."""
+    if not corpus.split:
+        return "all"
+    return "train" if split == "train" else "val"
+
+
 def _masking_config(masking: MaskingStrategy) -> dict[str, Any]:
     """A strategy as plain data, ``{class_path, init_args}``: what checkpoints and dashboards can hold."""
     cls = type(masking)
@@ -54,7 +77,10 @@ class MLMDataModule(L.LightningDataModule):
     Args:
         train_files: Paths, globs, folders, ``pkg://package/path`` package data, or ``http(s)://`` URLs of
             ``.txt``, ``.jsonl``, ``.csv`` or ``.parquet`` files.
-        val_files: Validation files (same forms). ``None`` holds out ``val_fraction`` of the documents.
+        val_files: Validation files (same forms). ``None`` holds out ``val_fraction`` of the documents. A mapping
+            from a name to files gives several named validation sets, each logged as ``val/<name>/loss``,
+            ``.../perplexity`` and ``.../accuracy`` (a list keeps ``val/loss``...); a name mapped to ``null`` is the
+            held-out share. In YAML: ``val_files: {domain: null, general: [general.txt]}``.
         val_fraction: Share of training documents held out for validation (seeded) when ``val_files`` is unset.
         test_files: Files for ``test``; ``None`` tests on the validation split.
         text_layout: How ``.txt`` files split into documents: one per ``line``, one per ``paragraph``
@@ -92,7 +118,7 @@ class MLMDataModule(L.LightningDataModule):
     def __init__(
         self,
         train_files: list[str] | None = None,
-        val_files: list[str] | None = None,
+        val_files: list[str] | dict[str, list[str] | None] | None = None,
         val_fraction: ClosedUnitInterval = 0.05,
         test_files: list[str] | None = None,
         text_layout: Literal["line", "paragraph", "file"] = "line",
@@ -116,10 +142,16 @@ class MLMDataModule(L.LightningDataModule):
         self.prepare_data_per_node = prepare_data_per_node  # read by Lightning to pick the ranks that prepare
         if max_seq_length < 8:
             raise MLMError(f"data.max_seq_length={max_seq_length} is too small (at least 8)")
-        if val_files is None and not 0.0 < val_fraction < 1.0:
-            raise MLMError(f"data.val_fraction must be in (0, 1) when data.val_files is unset, got {val_fraction}")
+        if isinstance(val_files, dict):
+            check_val_set_names(list(val_files))
+        held_out = not val_files or (isinstance(val_files, dict) and not all(val_files.values()))
+        if held_out and not 0.0 < val_fraction < 1.0:
+            raise MLMError(
+                f"data.val_fraction must be in (0, 1) when data.val_files is unset (or maps a name to null: that "
+                f"set is held out of the training files), got {val_fraction}"
+            )
         self.train_files = train_files
-        self.val_files = val_files
+        self.val_files = dict(val_files) if isinstance(val_files, dict) else val_files
         self.val_fraction = val_fraction
         self.test_files = test_files
         self.text_layout = text_layout
@@ -170,6 +202,16 @@ class MLMDataModule(L.LightningDataModule):
         ``model.special_token_ids``); roles the tokenizer has no token for are left out."""
         return special_token_ids(self.tokenizer)
 
+    @property
+    def val_names(self) -> list[str]:
+        """The names of the validation sets, in order; empty for a single unnamed set (``val/loss``...)."""
+        return list(self.val_files) if isinstance(self.val_files, dict) else []
+
+    @property
+    def val_splits(self) -> list[str]:
+        """The validation splits' keys, in the order of the dataloaders: ``val``, or ``val/<name>`` for each set."""
+        return [f"val/{name}" for name in self.val_names] or ["val"]
+
     # -- cache ------------------------------------------------------------------------------------------
     @cached_property
     def cache(self) -> CorpusCache:
@@ -211,7 +253,7 @@ class MLMDataModule(L.LightningDataModule):
         meta = self.cache.meta(corpus)
         dropped = meta.get("dropped_rows", {}) if split == "train" or not corpus.split else {}
         return {
-            **meta["splits"][split if corpus.split else "all"],
+            **meta["splits"][_folder(split, corpus)],
             "null_rows": dropped.get("null_rows"),
             "non_text_rows": dropped.get("non_text_rows"),
         }
@@ -219,16 +261,19 @@ class MLMDataModule(L.LightningDataModule):
     def _rows(self, split: str) -> TokenRows:
         corpus = self.corpora[split]
         # Not repaired here: under DDP every process sets up, and only the preparing one may rebuild.
-        folder = self.cache.entry(corpus, repair=False) / (split if corpus.split else "all")
+        folder = self.cache.entry(corpus, repair=False) / _folder(split, corpus)
         tok = self.tokenizer
         return TokenRows(folder, self.layout, self.max_seq_length, tok.cls_token_id, tok.sep_token_id)
 
     def setup(self, stage: str | None = None) -> None:
         """Memory-maps the tokenized splits that ``stage`` needs."""
-        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["val"]}
-        for split in wanted.get(stage or "fit", ["train", "val"]):
+        vals = self.val_splits
+        wanted = {"fit": ["train", *vals], "validate": vals, "test": ["test"], "predict": vals[:1]}
+        for split in wanted.get(stage or "fit", ["train", *vals]):
+            if split == "train" and "train" not in self.corpora:
+                raise MLMError("no training data: set data.train_files")
             if split == "test" and not self.test_files:
-                self.datasets["test"] = self.datasets.get("val") or self._rows("val")
+                self.datasets["test"] = self.datasets.get(vals[0]) or self._rows(vals[0])
             elif split not in self.datasets:
                 self.datasets[split] = self._rows(split)
             if len(self.datasets[split]) == 0:
@@ -239,7 +284,8 @@ class MLMDataModule(L.LightningDataModule):
         """The masking collator of ``data.masking``; validation and test use a different, fixed seed stream."""
         return self.masking.collator(self.tokenizer, self.seed, train)
 
-    def _loader(self, split: str) -> DataLoader:
+    def loader(self, split: str) -> DataLoader:
+        """The dataloader of one split that :meth:`setup` has loaded: ``train``, a validation split, ``test``."""
         train = split == "train"
         rows = self.datasets[split]
         trainer = self.trainer
@@ -278,16 +324,18 @@ class MLMDataModule(L.LightningDataModule):
         return loader
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        return self.loader("train")
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """One loader, or one per named validation set (Lightning's ``dataloader_idx`` is its place in the list)."""
+        loaders = [self.loader(split) for split in self.val_splits]
+        return loaders if self.val_names else loaders[0]
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self.loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self.loader(self.val_splits[0])
 
     def num_train_batches(self) -> int:
         """Training batches per epoch on one device, computed without building a dataloader."""
