@@ -312,14 +312,8 @@ def test_masked_mean_loss_is_the_mean_cross_entropy_and_zero_without_masked_toke
     loss.backward()
 
 
-def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a GPU with compile on, the whole loss is one graph: the masked count is symbolic, no graph breaks.
-
-    Traced here on the CPU with dynamo and a backend that records the graphs and runs them as traced, with the
-    path switched on as on a GPU.
-    """
-    from mlm_lightning.module import masked_mean_loss
-
+def record_compiled_graphs(monkeypatch: pytest.MonkeyPatch) -> list[torch.fx.GraphModule]:
+    """Makes ``torch.compile`` record each graph dynamo traces (and run it as traced); returns the list it fills."""
     graphs: list[torch.fx.GraphModule] = []
 
     def record(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
@@ -328,6 +322,18 @@ def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch:
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=record, **kw))
+    return graphs
+
+
+def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU with compile on, the whole loss is one graph: the masked count is symbolic, no graph breaks.
+
+    Traced here on the CPU with dynamo and a backend that records the graphs and runs them as traced, with the
+    path switched on as on a GPU.
+    """
+    from mlm_lightning.module import masked_mean_loss
+
+    graphs = record_compiled_graphs(monkeypatch)
     torch._dynamo.reset()
     torch.manual_seed(0)
     module = MLMModule(vocab_size=100, dropout=0.0, compile=True, **TINY)
@@ -390,14 +396,7 @@ def test_compiled_line_by_line_widths_compile_a_few_times_not_per_batch(monkeypa
 
     from mlm_lightning.module import COMPILE_WIDTHS
 
-    graphs: list[torch.fx.GraphModule] = []
-
-    def record(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
-        graphs.append(gm)
-        return gm.forward
-
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=record, **kw))
+    graphs = record_compiled_graphs(monkeypatch)
     torch._dynamo.reset()
     torch.manual_seed(0)
     module = MLMModule(vocab_size=100, dropout=0.0, compile=True, **TINY).eval()
