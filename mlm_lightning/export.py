@@ -15,6 +15,7 @@ import torch
 
 from mlm_lightning.atomic import atomic_output_dir, check_writable
 from mlm_lightning.errors import MLMError
+from mlm_lightning.quiet import no_transformers_progress
 from mlm_lightning.sources import PKG_SCHEME
 
 
@@ -171,7 +172,8 @@ def export(ckpt_path: str, output_dir: str, overwrite: bool = False, tokenizer: 
     if max_positions and (tok.model_max_length is None or tok.model_max_length > max_positions):
         tok.model_max_length = max_positions
     with atomic_output_dir(target, overwrite) as work:
-        model.save_pretrained(work, safe_serialization=True)
+        with no_transformers_progress():
+            model.save_pretrained(work, safe_serialization=True)
         tok.save_pretrained(work)
         card = model_card(ckpt, model, tokenizer_name, target.name)
         (work / "README.md").write_text(card.replace("[MASK]", tok.mask_token), encoding="utf-8")

@@ -24,6 +24,7 @@ from typing import Any
 
 from mlm_lightning.atomic import atomic_output_dir, check_writable
 from mlm_lightning.errors import MLMError
+from mlm_lightning.quiet import no_transformers_progress
 from mlm_lightning.sources import resolve_files
 from mlm_lightning.tokenizer import tokenizer_family
 
@@ -325,7 +326,8 @@ def extend_vocab(
     }
     table = format_table(added, corpus)
     with atomic_output_dir(target, overwrite) as work:
-        mlm.save_pretrained(work, safe_serialization=True)
+        with no_transformers_progress():
+            mlm.save_pretrained(work, safe_serialization=True)
         tok.save_pretrained(work)
         (work / "extend_vocab.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
         (work / "extend_vocab.md").write_text(table + "\n", encoding="utf-8")

@@ -105,3 +105,19 @@ def tokenization_progress(total_bytes: int) -> Iterator[None]:
         yield
     finally:
         (datasets.utils.disable_progress_bars if were_disabled else datasets.utils.enable_progress_bars)()
+
+
+@contextlib.contextmanager
+def no_transformers_progress() -> Iterator[None]:
+    """Switches ``transformers``' progress bars off inside the block: "Writing model shards 1/1" for a one-file
+    model says nothing, and in a log it is a line of carriage returns.
+    """
+    from transformers.utils import logging as hf_logging
+
+    were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if were_enabled:
+            hf_logging.enable_progress_bar()

@@ -133,3 +133,18 @@ def test_export_maps_the_checkpoint_instead_of_reading_it(trained_run: Path) -> 
             start, end = (int(a, 16) for a in fields[0].split("-"))
             mapped.append(range(start, end))
     assert all(any(t.data_ptr() in r for r in mapped) for t in (moment, weight))
+
+
+def test_export_prints_one_line_and_no_progress_bar(trained_run: Path, tmp_path: Path, capfd) -> None:
+    """transformers' "Writing model shards" bar (one shard: nothing to say) stays out of the output and logs."""
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    last = trained_run / "checkpoints" / "last.ckpt"
+    assert main(["export", "--ckpt_path", str(last), "--output_dir", str(tmp_path / "model")]) == 0
+    out, err = capfd.readouterr()
+    assert "shards" not in out + err and "\r" not in out + err
+    assert out.strip().splitlines() == [
+        f"exported {last} (step {torch.load(last, weights_only=False)['global_step']}) to {tmp_path / 'model'}"
+    ]
+    assert hf_logging.is_progress_bar_enabled()  # restored for the caller
