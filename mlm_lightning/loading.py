@@ -8,6 +8,7 @@ names what was asked for and says what works offline.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from mlm_lightning.errors import MLMError
@@ -63,8 +64,8 @@ def load_masked_lm(
         name_or_path: Hub name, local folder or ``pkg://`` path.
         for_training: Return it in train mode (``from_pretrained`` returns eval mode, which would silently switch
             dropout off in training) and without transformers' note that the MLM head was newly initialised
-            (expected when training from an encoder-only checkpoint). Otherwise eval mode, and that note shows:
-            predictions of a random head are worthless.
+            (expected when training from an encoder-only checkpoint). Otherwise eval mode, and one warning line
+            when weights are missing: predictions of a random head are worthless.
         hint: What to pass instead, in the error message.
         config_overrides: Config values that replace the pretrained model's (e.g. its dropout).
 
@@ -74,17 +75,29 @@ def load_masked_lm(
     from transformers import AutoModelForMaskedLM
     from transformers.utils import logging as hf_logging
 
+    from mlm_lightning.quiet import no_transformers_progress
+
+    # transformers' own load report is a table of every missing key and a progress bar: one line says it instead.
     verbosity = hf_logging.get_verbosity()
-    if for_training:
-        hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()
     try:
-        model = AutoModelForMaskedLM.from_pretrained(_source(name_or_path), **(config_overrides or {}))
+        with no_transformers_progress():
+            model, info = AutoModelForMaskedLM.from_pretrained(
+                _source(name_or_path), output_loading_info=True, **(config_overrides or {})
+            )
     except (OSError, ValueError) as err:  # ValueError: not a valid hub name, or not a masked-LM config
         raise MLMError(
             f"could not load model '{name_or_path}': {_first_line(err)}. Without network access, pass {hint}."
         ) from err
     finally:
         hf_logging.set_verbosity(verbosity)
+    missing = list(info.get("missing_keys") or [])
+    if missing and not for_training:
+        print(
+            f"warning: model '{name_or_path}' has no weights for {len(missing)} parameters ({missing[0]}, ...): "
+            "they start random (an encoder without its MLM head?), so its predictions mean little until trained",
+            file=sys.stderr,
+        )
     return model.train(for_training)
 
 
