@@ -47,6 +47,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -222,6 +223,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
             str(args.num_workers),
             "--data.cache_dir",
             args.cache_dir,
+            *shlex.split(args.project_args),
         ],
         run=False,
     )
@@ -356,6 +358,7 @@ def spawn(kind: str, args: argparse.Namespace, precision: str, work: Path, index
             str(args.num_workers),
         ]
         + (["--compile"] if args.compile else [])
+        + ([f"--project-args={args.project_args}"] if args.project_args else [])
         + (["--smoke"] if args.smoke else [])
     )
     start = time.time()
@@ -382,6 +385,9 @@ def main() -> None:
     parser.add_argument("--peer-precision", default="32-true", help="the Hugging Face recipe's precision")
     parser.add_argument("--num-workers", type=int, default=0, help="the project's dataloader workers")
     parser.add_argument("--compile", action="store_true", help="the project with model.compile=true")
+    parser.add_argument(
+        "--project-args", default="", help="more settings for the project's side, e.g. '--model.attention_dropout 0'"
+    )
     parser.add_argument("--eval-blocks", type=int, default=256, help="held-out blocks for perplexity")
     parser.add_argument(
         "--smoke", action="store_true", help="3 steps of batch 4 on two plays, 1 repeat: checks the script"
@@ -434,7 +440,8 @@ def main() -> None:
     print(
         f"\nworkload {args.workload}: {args.steps} steps ({args.steps - args.skip} timed), "
         f"batch {wl['batch']} x {SEQ}, medians of {args.repeats}; "
-        f"project{' compiled' if args.compile else ''} vs HF recipe in {args.peer_precision}"
+        f"project{' compiled' if args.compile else ''}{' ' + args.project_args if args.project_args else ''} "
+        f"vs HF recipe in {args.peer_precision}"
     )
     for project in sides[:-1]:
         print(f"\nproject {project[1]}")

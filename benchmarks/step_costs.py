@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--malloc", default="mmap=1048576", help="dynamic, or mmap=..,trim=..,top_pad=.. (bytes)")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps")
     parser.add_argument("--skip", type=int, default=3, help="steps before measuring")
+    parser.add_argument("--trim", action="store_true", help="malloc_trim(0) after every optimizer step")
     args, extra = parser.parse_known_args()
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = MallInfo2
@@ -72,13 +73,16 @@ def main() -> None:
             state["start"] = time.perf_counter()
 
         def on_train_batch_end(self, trainer: L.Trainer, module: Any, out: Any, batch: Any, idx: int) -> None:
+            if args.trim:
+                libc.malloc_trim(0)
             if trainer.global_step > args.skip:
                 times.append(time.perf_counter() - state["start"])
             if trainer.global_step == args.steps:
                 usage, start, info = resource.getrusage(resource.RUSAGE_SELF), state["usage"], libc.mallinfo2()
                 n = args.steps - args.skip
                 print(
-                    f"malloc {args.malloc} {' '.join(extra)}: step {statistics.median(times):.2f} s (median), "
+                    f"malloc {args.malloc}{' trim' if args.trim else ''} {' '.join(extra)}: "
+                    f"step {statistics.median(times):.2f} s (median), "
                     f"user {usage.ru_utime - start.ru_utime:.1f} s, sys {usage.ru_stime - start.ru_stime:.1f} s, "
                     f"{(usage.ru_minflt - start.ru_minflt) / n:,.0f} faults/step over {n} steps; "
                     f"peak RSS {status_mb('VmHWM'):,.0f} MB; heap {info.arena / 2**20:,.0f} MB, "

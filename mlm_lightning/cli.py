@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_mo
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from mlm_lightning.allocator import limit_heap_growth
+from mlm_lightning.allocator import HeapGrowthLimit, limit_heap_growth
 from mlm_lightning.callbacks import (
     CorpusReport,
     ExportOnFitEnd,
@@ -415,7 +415,7 @@ class _ConfigOnly(MLMCLI):
 def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLMCLI] = MLMCLI) -> MLMCLI:
     """Builds (and by default runs) the CLI; ``args`` replaces ``sys.argv[1:]`` for in-process use."""
     if run:
-        limit_heap_growth()
+        limit_heap_growth()  # already while the model loads; HeapGrowthLimit covers trainer.fit from Python
     return cli_class(
         MLMModule,
         MLMDataModule,
@@ -426,7 +426,7 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLM
         trainer_defaults={
             "default_root_dir": "logs",
             "use_distributed_sampler": False,  # MLMSampler shards by itself (mlm_lightning.data.sampling)
-            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation()],
+            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation(), HeapGrowthLimit()],
         },
         save_config_kwargs={"overwrite": True},
         parser_class=MLMArgumentParser,

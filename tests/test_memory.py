@@ -56,3 +56,17 @@ def test_only_training_uses_workers(corpus_file: Path, tokenizer_dir: Path) -> N
     assert dm.train_dataloader().num_workers == 1 and dm.train_dataloader().persistent_workers
     # A validation worker forked from the trainer came to hold 1.6 GB of copied pages in base.yaml.
     assert dm.val_dataloader().num_workers == 0 and dm.test_dataloader().num_workers == 0
+
+
+def test_python_api_runs_get_the_fixed_threshold(tiny_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run started from Python (run_cli(run=False) + trainer.fit, as the benchmarks do) trained under glibc's
+    # dynamic threshold: 400-600 MB more peak memory and other step times than the same run from the CLI.
+    from mlm_lightning import allocator
+    from mlm_lightning.cli import run_cli
+
+    calls: list[int] = []
+    monkeypatch.setattr(allocator, "limit_heap_growth", lambda threshold=allocator.MMAP_THRESHOLD: calls.append(1))
+    cli = run_cli(["--trainer.max_steps", "1", *tiny_args], run=False)
+    assert not calls
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert calls
