@@ -408,13 +408,17 @@ def main() -> None:
         parser.error(f"--skip ({args.skip}) must be below --steps ({args.steps}): no step would be timed")
     wl = workload(args)
 
-    from mlm_lightning.flops import compute_dtype, probe_cpu_flops
+    from mlm_lightning.flops import compute_dtype, probe_cpu_peak
 
-    # MFU's denominator: this CPU's matmul peak at each side's precision, measured now (a cached peak may come
-    # from a busier moment; training's train/mfu uses the cached one).
+    # MFU's denominator: this CPU's matmul peak at each side's precision, measured now; none (no MFU) if other
+    # processes used the CPU meanwhile, since a busy machine's figure is a share of it, not its peak.
     probe_s = 0.2 if args.smoke else 1.0
-    peaks = {p: probe_cpu_flops(compute_dtype(p), seconds=probe_s) for p in (*args.precision, args.peer_precision)}
-    print("CPU matmul peak: " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
+    peaks = {p: probe_cpu_peak(compute_dtype(p), seconds=probe_s) for p in (*args.precision, args.peer_precision)}
+    print(
+        "CPU matmul peak: "
+        + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" if v else f"{p} not measured (CPU busy)" for p, v in peaks.items()),
+        flush=True,
+    )
     sides = [("project", p) for p in args.precision] + [("peer", args.peer_precision)]
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="mlm-speed-") as tmp:
@@ -423,7 +427,7 @@ def main() -> None:
         for i in range(args.repeats):
             for kind, precision in sides:
                 r = spawn(kind, args, precision, work, i)
-                r["mfu_pct"] = 100 * r["flops_per_sec"] / peaks[precision]
+                r["mfu_pct"] = 100 * r["flops_per_sec"] / peaks[precision] if peaks[precision] else math.nan
                 runs[(kind, precision)].append(r)
                 print(
                     f"  run {i + 1} {kind:7s} {precision:10s}: {r['tokens_per_sec']:8.0f} tok/s  "

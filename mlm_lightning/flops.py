@@ -13,7 +13,9 @@ lower MFU instead of inflating it:
 
 Peaks: a table of GPUs (dense, tensor-core figures from the vendors' datasheets), and on a CPU a short matmul
 probe at the compute precision, measured once per CPU model, thread count, dtype and torch version and cached in
-``<cache dir>/peak_flops.json``.
+``<cache dir>/peak_flops.json``. A probe during which other processes kept the CPU busy measures a share of the
+machine, not its peak (MFU would read several times too high, for every later run): it is neither used nor
+cached, and that run logs no MFU.
 
 Lightning's ``get_available_flops`` table is not used: it does not match the name torch reports for an H200
 ("NVIDIA H200"), lists the H200's figures with sparsity (twice the dense rate), and gives the RTX 4090 and RTX
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import re
 import time
@@ -151,7 +154,9 @@ _GPU_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
 
 _DTYPE_KEYS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 PEAK_CACHE_FILE = "peak_flops.json"
-_memo: dict[str, float] = {}
+# Other processes may use this many cores on average during the probe before its figure is not this CPU's peak.
+PROBE_MAX_OTHER_CORES = 0.25
+_memo: dict[str, float | None] = {}
 
 
 def compute_dtype(precision: str | int | None) -> torch.dtype:
@@ -211,10 +216,42 @@ def probe_cpu_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 0.5) 
     return 2 * size**3 / best
 
 
+def system_busy_seconds() -> float | None:
+    """CPU seconds all processes of the machine have been busy since boot (``/proc/stat``); ``None`` elsewhere."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle + iowait; the rest (user nice system irq softirq steal) is busy
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def probe_cpu_peak(dtype: torch.dtype, seconds: float | None = None) -> float | None:
+    """:func:`probe_cpu_flops`, or ``None`` when other processes used more than a quarter core meanwhile."""
+    busy, own, wall = system_busy_seconds(), time.process_time(), time.perf_counter()
+    rate = probe_cpu_flops(dtype) if seconds is None else probe_cpu_flops(dtype, seconds=seconds)
+    after = system_busy_seconds()
+    if busy is None or after is None:  # not Linux: no way to tell, take the figure
+        return rate
+    others = (after - busy) - (time.process_time() - own)
+    if others / (time.perf_counter() - wall) > PROBE_MAX_OTHER_CORES:
+        log.info(
+            "no train/mfu this run: other processes were using the CPU while its %s matmul peak was measured "
+            "(it is measured again next run)",
+            dtype,
+        )
+        return None
+    return rate
+
+
 def cpu_peak_key(dtype: torch.dtype) -> str:
-    """Cache key of a CPU peak: what changes it (processor, threads, dtype, torch version)."""
+    """Cache key of a CPU peak: what changes it (processor, threads, dtype, torch version).
+
+    ``v2``: peaks cached before the busy-machine check may be a loaded machine's share; they are measured again.
+    """
     return (
-        f"{cpu_model()}|threads={torch.get_num_threads()}|{str(dtype).removeprefix('torch.')}|torch={torch.__version__}"
+        f"v2|{cpu_model()}|threads={torch.get_num_threads()}|{str(dtype).removeprefix('torch.')}"
+        f"|torch={torch.__version__}"
     )
 
 
@@ -236,8 +273,11 @@ def _read_peak_cache(path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and math.isfinite(v) and v > 0}
 
 
-def cpu_peak_flops(dtype: torch.dtype) -> float:
-    """This CPU's matmul peak at ``dtype``: measured once (about a second) and cached on disk and in memory."""
+def cpu_peak_flops(dtype: torch.dtype) -> float | None:
+    """This CPU's matmul peak at ``dtype``: measured once (about a second) and cached on disk and in memory.
+
+    ``None`` when the measurement was disturbed by other processes (nothing cached: the next run measures again).
+    """
     key = cpu_peak_key(dtype)
     if key in _memo:
         return _memo[key]
@@ -247,7 +287,11 @@ def cpu_peak_flops(dtype: torch.dtype) -> float:
         from mlm_lightning.atomic import atomic_file
 
         log.info("measuring this CPU's %s matmul peak for MFU (once; cached in %s)", dtype, path)
-        cached[key] = probe_cpu_flops(dtype)
+        rate = probe_cpu_peak(dtype)
+        if rate is None:
+            _memo[key] = None
+            return None
+        cached[key] = rate
         try:
             with atomic_file(path) as tmp:
                 tmp.write_text(json.dumps(cached, indent=1, sort_keys=True))

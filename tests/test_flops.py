@@ -131,6 +131,7 @@ def test_compute_dtype_of_precision_settings() -> None:
 def test_cpu_peak_is_measured_once_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[torch.dtype] = []
     monkeypatch.setattr(flops, "probe_cpu_flops", lambda dtype: calls.append(dtype) or 1.5e11)
+    monkeypatch.setattr(flops, "system_busy_seconds", lambda: 100.0)  # an idle machine
     monkeypatch.setattr(flops, "_memo", {})
     assert flops.cpu_peak_flops(torch.bfloat16) == 1.5e11
     assert flops.cpu_peak_flops(torch.bfloat16) == 1.5e11
@@ -146,6 +147,44 @@ def test_cpu_peak_is_measured_once_and_cached(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(flops, "_memo", {})
     assert flops.cpu_peak_flops(torch.bfloat16) == 1.5e11 and len(calls) == 2
     assert json.loads(flops.peak_cache_path().read_text()) == cached
+
+
+def test_cpu_peak_measured_on_a_busy_machine_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Measured while other jobs ran, the cached bf16 "peak" of this project's machine was 87 GFLOP/s against 420
+    # idle: every later run logged an MFU almost 5 times too high.
+    busy = iter([100.0, 101.0])  # other processes: one CPU second during the (instant) probe
+    monkeypatch.setattr(flops, "system_busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(flops, "probe_cpu_flops", lambda dtype: 0.87e11)
+    monkeypatch.setattr(flops, "_memo", {})
+    assert flops.cpu_peak_flops(torch.bfloat16) is None
+    assert flops.peak_flops(torch.device("cpu"), torch.bfloat16) is None  # memoised for the run: no MFU logged
+    assert not flops.peak_cache_path().exists()
+    # The next run, on an idle machine, measures it again and keeps it.
+    monkeypatch.setattr(flops, "system_busy_seconds", lambda: 100.0)
+    monkeypatch.setattr(flops, "probe_cpu_flops", lambda dtype: 4.2e11)
+    monkeypatch.setattr(flops, "_memo", {})
+    assert flops.cpu_peak_flops(torch.bfloat16) == 4.2e11
+    assert json.loads(flops.peak_cache_path().read_text()) == {flops.cpu_peak_key(torch.bfloat16): 4.2e11}
+
+
+def test_peaks_cached_before_the_busy_check_are_measured_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    old_key = flops.cpu_peak_key(torch.float32).removeprefix("v2|")
+    flops.peak_cache_path().parent.mkdir(parents=True, exist_ok=True)
+    flops.peak_cache_path().write_text(json.dumps({old_key: 0.6e11}))
+    monkeypatch.setattr(flops, "system_busy_seconds", lambda: 100.0)
+    monkeypatch.setattr(flops, "probe_cpu_flops", lambda dtype: 1.7e11)
+    monkeypatch.setattr(flops, "_memo", {})
+    assert flops.cpu_peak_flops(torch.float32) == 1.7e11
+
+
+def test_system_busy_seconds_reads_this_machine() -> None:
+    first = flops.system_busy_seconds()
+    if first is None:
+        pytest.skip("no /proc/stat")
+    end = time.process_time() + 0.05
+    while time.process_time() < end:  # this process: busy for 50 ms
+        pass
+    assert flops.system_busy_seconds() >= first + 0.03
 
 
 def test_cpu_probe_measures_a_plausible_rate() -> None:

@@ -20,7 +20,12 @@ def test_speed_benchmark_pretrained_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "workload pretrained" in out and "project 32-true" in out
+    # MFU needs the CPU's peak, which is not measured while other processes keep the CPU busy.
+    busy = "not measured (CPU busy)" in out
     for label in ("real tokens/s", "MFU (%)", "val perplexity"):
         line = next(x for x in out.splitlines() if x.startswith(label))
         project, peer, ratio = (float(v) for v in line.split()[-3:])
+        if label == "MFU (%)" and busy:
+            assert "nan" in line, line
+            continue
         assert project > 0 and peer > 0 and ratio > 0, line
