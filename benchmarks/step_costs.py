@@ -66,8 +66,12 @@ def main() -> None:
     state: dict[str, Any] = {}
 
     class Measure(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+            state["fit_start"] = time.perf_counter()
+
         def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
             if trainer.global_step == args.skip:
+                state["warm_up"] = time.perf_counter() - state["fit_start"]  # steps 1..skip: compilation, if any
                 state["usage"] = resource.getrusage(resource.RUSAGE_SELF)
                 Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
             state["start"] = time.perf_counter()
@@ -82,6 +86,7 @@ def main() -> None:
                 n = args.steps - args.skip
                 print(
                     f"malloc {args.malloc}{' trim' if args.trim else ''} {' '.join(extra)}: "
+                    f"first {args.skip} steps {state['warm_up']:.1f} s, "
                     f"step {statistics.median(times):.2f} s (median), "
                     f"user {usage.ru_utime - start.ru_utime:.1f} s, sys {usage.ru_stime - start.ru_stime:.1f} s, "
                     f"{(usage.ru_minflt - start.ru_minflt) / n:,.0f} faults/step over {n} steps; "
