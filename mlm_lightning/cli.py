@@ -38,6 +38,7 @@ from mlm_lightning.errors import MLMError, Terminated
 from mlm_lightning.last_checkpoint import MLMCheckpoint
 from mlm_lightning.module import MLMModule
 from mlm_lightning.nonfinite import NonFiniteLoss
+from mlm_lightning.precision import default_precision
 from mlm_lightning.random_states import RandomStates
 from mlm_lightning.run_folder import RESUME_KEYWORDS, run_dir_guard
 from mlm_lightning.settings import plain_values
@@ -162,6 +163,9 @@ class MLMCLI(LightningCLI):
             value = config.trainer.get(key)
             if not isinstance(value, bool) and not allowed(value):
                 raise MLMError(f"trainer.{key} must be {text}, got {value}")
+        if config.trainer.get("precision") is None:  # unset: bf16 where the hardware computes it (precision.py)
+            config.trainer.precision, why = default_precision(config.trainer.get("accelerator", "auto"))
+            rank_zero_info(f"trainer.precision: {config.trainer.precision} ({why}; set it to choose another)")
         # The tokenizer defaults to the pretrained model's own.
         if not config.data.tokenizer and config.model.model_name_or_path:
             config.data.tokenizer = config.model.model_name_or_path
