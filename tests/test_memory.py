@@ -70,3 +70,53 @@ def test_python_api_runs_get_the_fixed_threshold(tiny_args: list[str], monkeypat
     assert not calls
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert calls
+
+
+# 2,000 blocks of 64 KiB (below the mmap threshold: on the heap), all freed but the last, which pins the heap's
+# top so that free() alone cannot shrink it; prints the RSS given back by release_free_heap, in MB.
+_TRIM = """
+import ctypes, sys
+from pathlib import Path
+from mlm_lightning.allocator import limit_heap_growth, release_free_heap
+def rss():
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+assert limit_heap_growth()
+blocks = [libc.malloc(64 << 10) for _ in range(2000)]
+for b in blocks:
+    ctypes.memset(b, 1, 64 << 10)
+for b in blocks[:-1]:
+    libc.free(b)
+before = rss()
+if sys.argv[1] == "trim":
+    assert release_free_heap()
+print(before - rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_release_free_heap_gives_freed_small_buffers_back() -> None:
+    def given_back(mode: str) -> float:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run([sys.executable, "-c", _TRIM, mode], capture_output=True, text=True, env=env, check=True)
+        return float(out.stdout.strip())
+
+    assert given_back("keep") < 10  # the freed 125 MB stay in the process
+    assert given_back("trim") > 100
+
+
+def test_runs_trim_the_heap_every_few_steps_and_after_validation(
+    tiny_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlm_lightning import allocator
+    from mlm_lightning.cli import run_cli
+
+    trims: list[int] = []
+    cli = run_cli(["--trainer.max_steps", "12", "--trainer.val_check_interval", "6", *tiny_args], run=False)
+    monkeypatch.setattr(allocator, "release_free_heap", lambda: trims.append(cli.trainer.global_step) or True)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert allocator.TRIM_EVERY == 10
+    assert trims == [6, 10, 12]  # validations at steps 6 and 12, and step 10
