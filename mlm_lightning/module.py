@@ -763,14 +763,17 @@ def pad_to_compile_width(batch: dict[str, Any], longest: int, pad_token_id: int)
 def adamw_implementation(device_type: str, trainer: L.Trainer) -> dict[str, bool]:
     """AdamW's implementation for a run: ``{"fused": True}`` or ``{"foreach": True}``.
 
-    Fused (one kernel per step) on a GPU; multi-tensor (foreach) on a CPU, where it beats both alternatives, and
-    on a GPU when a mixed-precision run clips gradients: Lightning's mixed-precision plugin refuses to clip for an
-    optimizer that unscales gradients itself (a fused one) and would stop the run at its first step.
+    Fused (one kernel per step, no temporaries) on a GPU and on a CPU: an isolated step over ``base.yaml``'s 22.7M
+    parameters took 14-18 ms fused against 82-86 ms multi-tensor (foreach), whose parameter-sized temporaries are
+    fresh mappings under :mod:`mlm_lightning.allocator`'s threshold (16,000-21,000 page faults a step, against
+    none). Multi-tensor when a mixed-precision run clips gradients: Lightning's mixed-precision plugin refuses to
+    clip for an optimizer that unscales gradients itself (a fused one) and would stop the run at its first step;
+    and on other devices, which torch's fused AdamW may not support.
     """
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     clips = bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin, MixedPrecision)
-    return {"fused": True} if device_type == "cuda" and not clips else {"foreach": True}
+    return {"fused": True} if device_type in ("cpu", "cuda") and not clips else {"foreach": True}
 
 
 def skip_mask_of_unpadded_batches() -> None:
