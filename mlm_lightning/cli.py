@@ -168,7 +168,7 @@ class MLMCLI(LightningCLI):
             limit_heap_growth()
         if config.trainer.get("precision") is None:  # unset: bf16 where the hardware computes it (precision.py)
             config.trainer.precision, why = default_precision(config.trainer.get("accelerator", "auto"))
-            rank_zero_info(f"trainer.precision: {config.trainer.precision} ({why}; set it to choose another)")
+            self._precision_note = f"trainer.precision: {config.trainer.precision} ({why}; set it to choose another)"
         # The tokenizer defaults to the pretrained model's own.
         if not config.data.tokenizer and config.model.model_name_or_path:
             config.data.tokenizer = config.model.model_name_or_path
@@ -196,6 +196,8 @@ class MLMCLI(LightningCLI):
         self.parser.add_instantiator(_plain_instantiator, object)
 
     def instantiate_classes(self) -> None:
+        if getattr(self, "_precision_note", None):  # said when a run is built, not when a tool only reads the config
+            rank_zero_info(self._precision_note)
         # The Trainer and Lightning's callbacks check some of their settings (`max_epochs -5`, `devices 0`,
         # `checkpoint.save_top_k -3`) when built: one line too, and still before anything is written.
         try:

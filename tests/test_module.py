@@ -46,6 +46,32 @@ def test_masked_logits_equal_full_logits(dm: MLMDataModule) -> None:
     torch.testing.assert_close(fast, full[mask], rtol=1e-5, atol=1e-5)
 
 
+def test_cpu_head_runs_on_a_few_row_counts_with_the_same_logits_and_gradients() -> None:
+    # oneDNN caches a kernel per matrix shape (up to 1,024): a head run on every new masked count grew base.yaml's
+    # bf16 trainer by about 3 MB a step. Padded to multiples of HEAD_ROWS_MULTIPLE, it sees a few shapes.
+    from mlm_lightning.module import HEAD_ROWS_MULTIPLE
+
+    vocab = 100
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=vocab, **TINY).eval()
+    rows: list[int] = []
+    module.model.cls.register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
+    input_ids = torch.randint(5, vocab, (4, 40))
+    for count in (5, 17, 64, 70, 150):
+        positions = torch.randperm(160)[:count].sort().values
+        batch = {"input_ids": input_ids, "masked_positions": positions}
+        logits = module.masked_logits(batch)
+        hidden = module.model.base_model(input_ids=input_ids)[0].flatten(0, 1)
+        reference = module.model.cls(hidden.index_select(0, positions))
+        assert logits.shape == (count, vocab)
+        torch.testing.assert_close(logits, reference)
+        weight = module.model.cls.predictions.transform.dense.weight
+        torch.testing.assert_close(
+            torch.autograd.grad(logits.square().mean(), weight), torch.autograd.grad(reference.square().mean(), weight)
+        )
+    assert rows[::2] == [64, 64, 64, 128, 192] and all(r % HEAD_ROWS_MULTIPLE == 0 for r in rows[::2])
+
+
 def test_perplexity_is_token_weighted_over_the_whole_split(dm: MLMDataModule) -> None:
     torch.manual_seed(0)
     module = MLMModule(vocab_size=dm.vocab_size, **TINY)

@@ -73,3 +73,21 @@ def test_a_set_precision_is_kept(tiny_args: list[str], monkeypatch: pytest.Monke
 def test_base_config_leaves_precision_to_the_hardware() -> None:
     config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "base.yaml").read_text())
     assert config["trainer"]["precision"] is None
+
+
+def test_the_choice_is_said_once_when_a_run_is_built_not_when_a_tool_reads_the_config(
+    tiny_args: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlm_lightning.cli import parse_config
+
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    args = [*tiny_args, "--trainer.precision", "null", "--trainer.accelerator", "cpu"]
+    with caplog.at_level("INFO"):
+        assert parse_config(args).trainer.precision == "bf16-mixed"  # evaluate and inspect see the same value
+        assert "trainer.precision" not in caplog.text
+        run_cli(args, run=False)
+    notes = [r.getMessage() for r in caplog.records if "trainer.precision" in r.getMessage()]
+    assert notes == [
+        "trainer.precision: bf16-mixed (this CPU computes bf16 natively (avx512_bf16); set it to choose another)"
+    ]
