@@ -34,6 +34,9 @@ _INFO_LINES: list[str] = [
     "GPU available: False, used: False",  # no accelerator at all: nothing to choose (a GPU machine still says so)
     "TPU available: False, using: 0 TPU cores",
     "Trainer already configured with model summary callbacks",  # ours (PlainModelSummary), on purpose
+    # The precision is in config.yaml, and a chosen one is said with its reason (cli.py); `evaluate` built a
+    # Trainer per model and printed this once for each.
+    "Using bfloat16 Automatic Mixed Precision (AMP)",
 ]
 
 
