@@ -10,7 +10,7 @@ alternate them, the machine's load moves the times.
 
 Usage::
 
-    python benchmarks/step_costs.py --malloc mmap=1048576          # what the CLI sets (mlm_lightning.allocator)
+    python benchmarks/step_costs.py --malloc mmap=1048576  # memory.limit_heap: true (base.yaml)
     python benchmarks/step_costs.py --malloc dynamic
     python benchmarks/step_costs.py --malloc mmap=1048576 --model.attention_dropout 0
 """
@@ -105,7 +105,7 @@ def main() -> None:
             "--data.train_files", json.dumps(two), "--data.val_files", json.dumps(two[:1]),
             "--data.num_workers", "0", *extra,
         ], run=False)  # fmt: on
-        # The setting under test stands alone: no threshold or trimming from the CLI's own HeapGrowthLimit.
+        # The setting under test stands alone: no threshold or trimming from the run's own HeapGrowthLimit.
         cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if not isinstance(c, HeapGrowthLimit)]
         cli.trainer.callbacks.append(Measure())
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)

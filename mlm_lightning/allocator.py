@@ -15,6 +15,8 @@ The price is kernel time: every large buffer is a new mapping whose pages are fa
 hidden-state buffers go back to the heap and the peak rises by 250-420 MB; transparent huge pages for torch's
 buffers (``THP_MEM_ALLOC_ENABLE=1``) cut the faults but not the kernel time. The lever that pays is allocating
 less: ``model.attention_dropout: 0`` (fused attention) removed a third of the faults and 210 MB of the peak.
+Because of that price it is a setting, ``memory.limit_heap`` (:class:`HeapGrowthLimit`): off by default (glibc's
+behaviour, as in any PyTorch program), on in ``configs/base.yaml`` for ``make train``'s 1.5 GB.
 
 What still collects below the threshold (small buffers and their gaps, in the main heap and in the arenas of
 torch's threads) grew the trainer by about 0.8 MB a step on ``base.yaml``; ``malloc_trim`` every
