@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 import lightning as L
@@ -36,6 +37,7 @@ MMAP_THRESHOLD = 1 << 20  # allocations from 1 MiB up get their own mapping, ret
 TRIM_EVERY = 10  # optimizer steps between two malloc_trim calls (a few ms each)
 
 
+@functools.cache  # looked up once: a trim runs every few steps
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
