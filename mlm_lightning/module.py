@@ -501,6 +501,29 @@ class MLMModule(L.LightningModule):
             if norms:
                 self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clips as Lightning does, and also a fused optimizer's gradients where no gradient scaler is in use.
+
+        Lightning's mixed-precision plugin refuses to clip for any optimizer that unscales gradients itself (a fused
+        one), but with ``bf16-mixed`` there is no scaler: the gradients are the true ones, as in fp32, and clipping
+        them is the base plugin's plain clipping. So bf16 runs that clip keep fused AdamW
+        (:func:`adamw_implementation`).
+        """
+        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+        from lightning.pytorch.utilities import GradClipAlgorithmType
+
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            algorithm = GradClipAlgorithmType((gradient_clip_algorithm or "norm").lower())
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What `export` needs without the original model source or the YAML: architecture and latest validation.
         metrics = self.trainer.callback_metrics
@@ -777,13 +800,16 @@ def adamw_implementation(device_type: str, trainer: L.Trainer) -> dict[str, bool
     Fused (one kernel per step, no temporaries) on a GPU and on a CPU: an isolated step over ``base.yaml``'s 22.7M
     parameters took 14-18 ms fused against 82-86 ms multi-tensor (foreach), whose parameter-sized temporaries are
     fresh mappings under :mod:`mlm_lightning.allocator`'s threshold (16,000-21,000 page faults a step, against
-    none). Multi-tensor when a mixed-precision run clips gradients: Lightning's mixed-precision plugin refuses to
-    clip for an optimizer that unscales gradients itself (a fused one) and would stop the run at its first step;
-    and on other devices, which torch's fused AdamW may not support.
+    none). Multi-tensor when a run with a gradient scaler (``16-mixed``) clips gradients: a fused optimizer unscales
+    inside its step, after clipping would have seen the scaled gradients, so Lightning refuses to clip (bf16 has no
+    scaler: :meth:`MLMModule.configure_gradient_clipping` clips its fused optimizer); and on other devices, which
+    torch's fused AdamW may not support.
     """
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    clips = bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin, MixedPrecision)
+    plugin = trainer.precision_plugin
+    scaled = isinstance(plugin, MixedPrecision) and plugin.scaler is not None
+    clips = bool(trainer.gradient_clip_val) and scaled
     return {"fused": True} if device_type in ("cpu", "cuda") and not clips else {"foreach": True}
 
 

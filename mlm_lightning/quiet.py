@@ -26,6 +26,9 @@ _WARNINGS: list[tuple[str, str, str]] = [
     # A non-empty checkpoint folder is already refused unless the run resumes from it (run_folder.run_dir_guard),
     # so when Lightning sees one, it is the documented `--ckpt_path last` resume.
     (r"Checkpoint directory .* exists and is not empty", r"lightning\.pytorch\.callbacks\.model_checkpoint", "resume"),
+    # Every bf16-mixed run (base.yaml on a bf16 CPU): the summary's size at 32 bits is the right one, since mixed
+    # precision keeps the weights in float32.
+    (r"Precision .* is not supported by the model summary", r"lightning\.pytorch\.utilities\.model_summary", "bf16"),
 ]
 
 # Lightning info lines (logger ``lightning.pytorch.utilities.rank_zero``) that say nothing on this machine.

@@ -393,9 +393,13 @@ def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch:
     torch._dynamo.reset()
 
 
-def test_adamw_is_not_fused_where_lightning_could_not_clip_its_gradients(
+def test_adamw_is_fused_unless_a_gradient_scaler_is_in_use_with_clipping(
     dm: MLMDataModule, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
     from mlm_lightning import module as module_lib
 
     def trainer(**kw: Any) -> L.Trainer:
@@ -404,17 +408,34 @@ def test_adamw_is_not_fused_where_lightning_could_not_clip_its_gradients(
     choose = module_lib.adamw_implementation
     assert choose("cuda", trainer(precision="bf16-mixed")) == {"fused": True}
     assert choose("cuda", trainer(precision="32-true", gradient_clip_val=1.0)) == {"fused": True}
-    assert choose("cuda", trainer(precision="bf16-mixed", gradient_clip_val=1.0)) == {"foreach": True}
     assert choose("cpu", trainer(precision="bf16-mixed")) == {"fused": True}
     assert choose("cpu", trainer(precision="32-true", gradient_clip_val=1.0)) == {"fused": True}  # 5x faster step
-    assert choose("cpu", trainer(precision="bf16-mixed", gradient_clip_val=1.0)) == {"foreach": True}
-    # A GPU's choice made on this CPU (fused AdamW runs on a CPU too): bf16-mixed with clipping, as
-    # configs/from-scratch.yaml with --trainer.precision bf16-mixed, trains instead of raising at the first step.
-    monkeypatch.setattr(module_lib, "adamw_implementation", lambda device_type, t: choose("cuda", t))
+    # bf16 has no gradient scaler: clipping a fused optimizer's gradients is plain clipping (base.yaml on a bf16 CPU).
+    assert choose("cpu", trainer(precision="bf16-mixed", gradient_clip_val=1.0)) == {"fused": True}
+    # fp16 with a scaler (a GPU's 16-mixed): a fused step unscales after clipping would have run, so foreach.
+    fp16 = MixedPrecision("16-mixed", "cuda", scaler=torch.amp.GradScaler("cpu"))
+    assert choose("cuda", SimpleNamespace(precision_plugin=fp16, gradient_clip_val=1.0)) == {"foreach": True}
+    assert choose("cuda", SimpleNamespace(precision_plugin=fp16, gradient_clip_val=None)) == {"fused": True}
+    # bf16-mixed with clipping trains with fused AdamW (Lightning's own check raised at the first step), and the
+    # gradients the optimizer steps with are clipped to the norm asked for.
+    seen: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self: torch.optim.AdamW, closure: Any = None) -> Any:
+        loss = closure()  # Lightning's closure: forward, backward and the gradient clipping
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        step(self)
+        return loss
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     torch.manual_seed(0)
     module = MLMModule(vocab_size=dm.vocab_size, **TINY)
-    trainer(precision="bf16-mixed", gradient_clip_val=1.0, max_steps=2, limit_val_batches=0).fit(module, datamodule=dm)
+    run = trainer(precision="bf16-mixed", gradient_clip_val=0.01, max_steps=2, limit_val_batches=0)
+    run.fit(module, datamodule=dm)
     assert module.trainer.global_step == 2
+    assert run.optimizers[0].defaults["fused"] is True
+    assert len(seen) == 2 and all(0.0099 < norm <= 0.0101 for norm in seen), seen  # unclipped norms are ~10
 
 
 @pytest.mark.slow
