@@ -63,6 +63,18 @@ def test_the_module_decides_at_set_up_and_says_so_once(a_compiler: None, caplog:
     assert module.hparams.compile is None  # the checkpoint keeps the rule, not this machine's answer
 
 
+def test_on_a_cpu_only_training_runs_compiled(a_compiler: None) -> None:
+    import torch
+
+    module = MLMModule(compile=True, **TINY)
+    _set_up(module)
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "masked_positions": torch.tensor([1])}
+    module.eval()  # validation: every batch shape would compile (~9 s each on base.yaml) for no faster steps
+    assert module._encoder() is module.model.base_model and module.compile_width(batch) is batch
+    module.train()
+    assert isinstance(module._encoder(), torch._dynamo.eval_frame.OptimizedModule)
+
+
 def test_the_module_runs_uncompiled_without_a_compiler(no_compiler: None) -> None:
     module = MLMModule(compile=None, **TINY)
     _set_up(module)

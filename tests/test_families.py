@@ -171,10 +171,10 @@ def test_full_logits_families_say_so_once_and_match(family: str, caplog: pytest.
 def test_compile_covers_the_full_logits_path(monkeypatch: pytest.MonkeyPatch) -> None:
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or m)
-    module = MLMModule(model_type="bart", compile=True, **SETTINGS).eval()
+    module = MLMModule(model_type="bart", compile=True, **SETTINGS)  # training: on a CPU evaluation is eager
     module.masked_logits(tiny_batch("bart"))
     assert compiled == [module.model]  # the whole model, since that is what runs
-    module = MLMModule(model_type="bert", compile=True, **SETTINGS).eval()
+    module = MLMModule(model_type="bert", compile=True, **SETTINGS)
     module.masked_logits(tiny_batch("bert"))
     assert compiled[-1] is module.model.base_model
 

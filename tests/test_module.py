@@ -448,8 +448,8 @@ def test_compiled_line_by_line_widths_compile_a_few_times_not_per_batch(monkeypa
     graphs = record_compiled_graphs(monkeypatch)
     torch._dynamo.reset()
     torch.manual_seed(0)
-    module = MLMModule(vocab_size=100, dropout=0.0, compile=True, **TINY).eval()
-    reference = MLMModule(vocab_size=100, dropout=0.0, **TINY).eval()
+    module = MLMModule(vocab_size=100, dropout=0.0, compile=True, **TINY)  # training mode: compiled on a CPU
+    reference = MLMModule(vocab_size=100, dropout=0.0, **TINY)
     reference.load_state_dict(module.state_dict())
     module._trainer = SimpleNamespace(datamodule=SimpleNamespace(max_seq_length=64))
     widths = set()
