@@ -29,8 +29,8 @@ Two workloads (``--workload``):
   fresh on both sides), with base.yaml's settings, read from it: batch 16, lr 2e-4, 40 warm-up steps then linear
   decay, its ``memory.limit_heap`` and ``model.compile`` (null: compiled on a CPU with a C++ compiler; the
   compilation falls in the first, untimed steps), and its ``model.attention_dropout`` if it sets one (on the
-  project's side; the recipe keeps the checkpoint's unless ``--peer-attention-dropout`` says otherwise). Both sides load the same
-  weights (the peer with ``BertForMaskedLM.from_pretrained``).
+  project's side; the recipe keeps the checkpoint's unless ``--peer-attention-dropout`` says otherwise). Both sides
+  load the same weights (the peer with ``BertForMaskedLM.from_pretrained``).
 
 The project's side runs as ``fit`` does from the command line (its callbacks included), with its precision given
 by ``--precision``; ``--project-args`` adds settings to it (e.g. ``--project-args "--memory.limit_heap false"``).
@@ -74,7 +74,12 @@ SEQ, SEED = 128, 1234
 # project's attention dropout (None: the model's own), memory.limit_heap and model.compile (None: by the device).
 WORKLOADS: dict[str, dict[str, Any]] = {
     "scratch": {
-        "model": None, "batch": 32, "lr": 5e-4, "warmup": 10, "attention_dropout": None, "limit_heap": False,
+        "model": None,
+        "batch": 32,
+        "lr": 5e-4,
+        "warmup": 10,
+        "attention_dropout": None,
+        "limit_heap": False,
         "compile": False,
     },  # fmt: skip
     "pretrained": {  # configs/base.yaml's model and settings
@@ -471,10 +476,11 @@ def main() -> None:
         return statistics.median(r[key] for r in runs[side])
 
     peer = ("peer", args.peer_precision)
+    compiled = " compiled" if args.compile else f" model.compile {json.dumps(wl['compile'])}"
     print(
         f"\nworkload {args.workload}: {args.steps} steps ({args.steps - args.skip} timed), "
         f"batch {wl['batch']} x {SEQ}, medians of {args.repeats}; "
-        f"project{' compiled' if args.compile else ' compile ' + json.dumps(wl['compile'])}{' ' + args.project_args if args.project_args else ''} "
+        f"project{compiled}{' ' + args.project_args if args.project_args else ''} "
         f"vs HF recipe in {args.peer_precision}"
         + (f", attention dropout {args.peer_attention_dropout}" if args.peer_attention_dropout is not None else "")
     )
