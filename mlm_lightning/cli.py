@@ -301,12 +301,12 @@ class MLMCLI(LightningCLI):
 
     # LightningCLI runs these instead of the Trainer's methods of the same name. Input that would fail in the
     # Trainer's setup is checked first, so a bad run stops before it writes logs or checkpoints.
-    def _check_model(self, model: MLMModule) -> None:
+    def _check_model(self, model: MLMModule, stage: str) -> None:
         model.check_max_seq_length(getattr(self.datamodule, "max_seq_length", None))
-        model.decide_compile(self.trainer.strategy.root_device.type)
+        model.decide_compile(self.trainer.strategy.root_device.type, stage)
 
     def fit(self, model: MLMModule, **kwargs: Any) -> None:
-        self._check_model(model)
+        self._check_model(model, "fit")
         ckpt_path = kwargs.get("ckpt_path")
         for callback in self.trainer.callbacks:
             if isinstance(callback, ExportOnFitEnd):
@@ -315,12 +315,12 @@ class MLMCLI(LightningCLI):
             self.trainer.fit(model, **kwargs)
 
     def validate(self, model: MLMModule, **kwargs: Any) -> None:
-        self._check_model(model)
+        self._check_model(model, "validate")
         with report_sigterm(self.trainer), explain_checkpoint_errors(kwargs.get("ckpt_path")):
             self.trainer.validate(model, **kwargs)
 
     def test(self, model: MLMModule, **kwargs: Any) -> None:
-        self._check_model(model)
+        self._check_model(model, "test")
         with report_sigterm(self.trainer), explain_checkpoint_errors(kwargs.get("ckpt_path")):
             self.trainer.test(model, **kwargs)
 

@@ -319,14 +319,18 @@ class MLMModule(L.LightningModule):
         # each batch shape (64, and each validation set's shorter last batch) compiled for about 9 s.
         return self.compiles and (self.training or self.device.type != "cpu")
 
-    def decide_compile(self, device_type: str) -> None:
-        """Settles :attr:`compiles` for a run on ``device_type``; raises :class:`MLMError` where it cannot compile."""
+    def decide_compile(self, device_type: str, stage: str = "fit") -> None:
+        """Settles :attr:`compiles` for a ``stage`` run on ``device_type``; :class:`MLMError` where it cannot compile.
+
+        Said in one line when ``compile`` is ``None`` and the run trains (on a CPU only training compiles).
+        """
         decided = self.hparams.compile
         if decided is None:
             decided, why = default_compile(device_type)
-            if self.__dict__.get("_compiles") is None:  # said once per module (validate before fit sets up too)
+            if stage == "fit" and not self.__dict__.get("_said_compile"):  # once (validate before fit sets up too)
                 rank_zero_info(f"model.compile: {str(decided).lower()} ({why}; set it to choose)")
-        if decided:
+                self.__dict__["_said_compile"] = True
+        if decided and (stage == "fit" or device_type != "cpu"):
             check_can_compile(device_type)
         self.__dict__["_compiles"] = decided
 
@@ -724,7 +728,7 @@ class MLMModule(L.LightningModule):
         self.check_max_seq_length(getattr(dm, "max_seq_length", None))
         if self._trainer is not None:  # before the strategy wraps the model: FSDP units are its own layers
             fill_auto_wrap_policy(self.trainer.strategy, self.model)
-            self.decide_compile(self.trainer.strategy.root_device.type)
+            self.decide_compile(self.trainer.strategy.root_device.type, stage)
         # One metric set per validation set of the data (before Lightning moves the module to its device).
         self._val_prefixes = list(getattr(dm, "val_splits", None) or ["val"])
         for prefix in self._val_prefixes:

@@ -95,6 +95,18 @@ def test_fit_with_compile_true_and_no_compiler_is_one_line_and_exit_2(
     assert not root.exists() or not [p for p in root.rglob("*") if p.is_file()]
 
 
+def test_evaluation_on_a_cpu_needs_no_compiler_and_says_nothing(
+    no_compiler: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    for setting in (True, None):
+        module = MLMModule(compile=setting, **TINY)
+        with caplog.at_level("INFO"):
+            module.decide_compile("cpu", "validate")  # nothing compiles: no refusal, no line
+        assert not [r for r in caplog.records if r.getMessage().startswith("model.compile")]
+    with pytest.raises(MLMError, match="needs a C\\+\\+ compiler"):
+        MLMModule(compile=True, **TINY).decide_compile("cpu", "fit")
+
+
 def test_base_config_compiles_where_it_pays() -> None:
     config = yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())
     assert "compile" in config["model"] and config["model"]["compile"] is None
