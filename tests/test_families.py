@@ -528,7 +528,7 @@ def test_module_setup_fills_the_fsdp_policy_before_the_strategy_wraps() -> None:
     from lightning.pytorch.strategies import FSDPStrategy
 
     module = MLMModule(model_type="roberta", **SETTINGS)
-    strategy = FSDPStrategy()
+    strategy = FSDPStrategy(parallel_devices=[torch.device("cpu")])  # as a Trainer connects it
     module._trainer = SimpleNamespace(strategy=strategy, datamodule=None)
     module.setup("fit")
     layer = module.model.roberta.encoder.layer[0]
