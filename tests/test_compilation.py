@@ -107,6 +107,7 @@ def test_evaluation_on_a_cpu_needs_no_compiler_and_says_nothing(
         MLMModule(compile=True, **TINY).decide_compile("cpu", "fit")
 
 
-def test_base_config_compiles_where_it_pays() -> None:
+def test_base_config_stays_uncompiled_for_its_memory() -> None:
+    # Compiled, make train's process tree peaked at 1.54 GB (g++ in child processes): over its 1.5 GB target.
     config = yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())
-    assert "compile" in config["model"] and config["model"]["compile"] is None
+    assert config["model"]["compile"] is False
