@@ -170,7 +170,7 @@ class MLMModule(L.LightningModule):
         compile: ``torch.compile`` what runs: the encoder (masked-only head; on a GPU the whole training loss,
             static shapes but the masked count) or the whole model (full logits); the first steps pay the
             compilation. ``None``: on for a CPU with a C++ compiler (``$CXX`` or ``g++``; measured on ``base.yaml``:
-            10 min 24 s down to 9 min 32 s), off on a GPU (its ~40 s pay only in long runs); said in one line.
+            9 min 41 s down to 9 min 32 s on a first run), off on a GPU (its ~40 s pay only in long runs); said in one line.
             ``true`` on a CPU without a C++ compiler stops the run before it starts. On a CPU evaluation runs
             uncompiled (no faster compiled; each batch shape would compile).
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
