@@ -169,10 +169,10 @@ class MLMModule(L.LightningModule):
             families whose MLM head cannot be applied to a subset of positions do this anyway).
         compile: ``torch.compile`` what runs: the encoder (masked-only head; on a GPU the whole training loss,
             static shapes but the masked count) or the whole model (full logits); the first steps pay the
-            compilation. ``None``: on for a CPU with a C++ compiler (``$CXX`` or ``g++``; measured on ``base.yaml``:
-            9 min 41 s down to 9 min 32 s on a first run), off on a GPU (its ~40 s pay only in long runs); said in one line.
-            ``true`` on a CPU without a C++ compiler stops the run before it starts. On a CPU evaluation runs
-            uncompiled (no faster compiled; each batch shape would compile).
+            compilation. ``None``: on for a CPU with a C++ compiler (``$CXX`` or ``g++``; a ``base.yaml`` step 25 %
+            shorter in bf16), off on a GPU (its ~40 s pay only in long runs); said in one line. ``true`` on a CPU
+            without a C++ compiler stops the run before it starts. On a CPU evaluation runs uncompiled (no faster
+            compiled; each batch shape would compile).
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
             matrix units; the extra rows are never a target). 1 keeps the tokenizer's size.
         resume_schedule: When a resumed run ends at another step than the checkpoint's learning-rate schedule
