@@ -19,7 +19,11 @@ from mlm_lightning.errors import MLMError
 
 
 def cpu_compiler() -> str | None:
-    """The C++ compiler torch's inductor would build CPU code with (``$CXX``, else ``g++``), if it is installed."""
+    """The C++ compiler torch's inductor would build CPU code with (``$CXX``, else ``g++``), if it is installed.
+
+    Inductor's own search (``torch._inductor.cpp_builder.get_cpp_compiler``) is private and raises deep in a
+    compilation, so its default rule is repeated here: the same two names, looked up on ``PATH``.
+    """
     name = os.environ.get("CXX") or "g++"
     found = shutil.which(name)
     return name if found else None

@@ -293,8 +293,7 @@ class MLMModule(L.LightningModule):
         return head(hidden.index_select(0, positions))
 
     def _encoder(self, whole_model: bool = False) -> nn.Module:
-        """The encoder (or, for full logits, the whole model), compiled when ``compile`` is on (on a CPU in training
-        only)."""
+        """The encoder (or, for full logits, the whole model), compiled when ``compile`` is on (on a CPU: training)."""
         if not self._runs_compiled():
             return self.model if whole_model else self.model.base_model
         key = "_compiled_model" if whole_model else "_compiled_encoder"
