@@ -35,15 +35,18 @@ Two workloads (``--workload``):
 The project's side runs as ``fit`` does from the command line (its callbacks included), with its precision given
 by ``--precision``; ``--project-args`` adds settings to it (e.g. ``--project-args "--memory.limit_heap false"``).
 
-``--precision`` takes one or more of the project's precisions: with several, each repeat runs the project once
-per precision and the peer once (project fp32, project bf16, peer, ...), so one invocation compares both against
-the same peer runs. ``--smoke`` is 3 steps of batch 4 on two plays, one repeat: it checks the script, not the speed.
+``--precision`` and ``--peer-precision`` take one or more precisions each; by default both are fp32 and, where
+this hardware computes bf16 natively (``mlm_lightning.precision``), bf16-mixed too. Each repeat runs every side
+once, alternating (project fp32, project bf16, peer fp32, peer bf16, ...), and every project precision is compared
+with the recipe **in the same precision** (the fair ratio) and with the recipe's own default, fp32 (what a user
+of ``run_mlm.py`` gets without flags). On a CPU the recipe's bf16 is ``TrainingArguments(bf16=True,
+use_cpu=True)``. ``--smoke`` is 3 steps of batch 4 on two plays, one repeat: it checks the script, not the speed.
 
 Usage::
 
-    python benchmarks/speed.py                                   # fp32 vs fp32, 3 pairs
-    python benchmarks/speed.py --precision bf16-mixed            # project in bf16-mixed vs the peer in fp32
-    python benchmarks/speed.py --workload pretrained --precision 32-true bf16-mixed --steps 45 --repeats 2
+    python benchmarks/speed.py                                   # fp32 (and bf16) vs the recipe in each, 3 rounds
+    python benchmarks/speed.py --precision bf16-mixed --peer-precision bf16-mixed 32-true
+    python benchmarks/speed.py --workload pretrained --steps 45 --repeats 3
     python benchmarks/speed.py --workload pretrained --smoke     # seconds to a minute: the script works
 """
 
@@ -92,6 +95,13 @@ WORKLOADS: dict[str, dict[str, Any]] = {
         "compile": BASE["model"].get("compile", False),
     },
 }
+
+
+def default_precisions() -> list[str]:
+    """fp32, and bf16-mixed where this hardware computes bf16 natively (the rule of ``trainer.precision: null``)."""
+    from mlm_lightning.precision import default_precision
+
+    return ["32-true"] + (["bf16-mixed"] if default_precision("auto")[0] == "bf16-mixed" else [])
 
 
 def workload(args: argparse.Namespace) -> dict[str, Any]:
@@ -407,10 +417,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
     parser.add_argument("--skip", type=int, default=5, help="steps excluded from timing (warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternated")
+    both = default_precisions()
     parser.add_argument(
-        "--precision", nargs="+", default=["32-true"], help="the project's precision(s) (32-true, bf16-mixed)"
+        "--precision", nargs="+", default=both, help=f"the project's precision(s) (default: {' '.join(both)})"
     )
-    parser.add_argument("--peer-precision", default="32-true", help="the Hugging Face recipe's precision")
+    parser.add_argument(
+        "--peer-precision", nargs="+", default=both, help=f"the recipe's precision(s) (default: {' '.join(both)})"
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="the project's dataloader workers")
     parser.add_argument(
         "--compile", action="store_true", help="the project with model.compile=true (pretrained: base.yaml's value)"
@@ -448,13 +461,16 @@ def main() -> None:
     # MFU's denominator: this CPU's matmul peak at each side's precision, measured now; none (no MFU) if other
     # processes used the CPU meanwhile, since a busy machine's figure is a share of it, not its peak.
     probe_s = 0.2 if args.smoke else 1.0
-    peaks = {p: probe_cpu_peak(compute_dtype(p), seconds=probe_s) for p in (*args.precision, args.peer_precision)}
+    peaks = {
+        p: probe_cpu_peak(compute_dtype(p), seconds=probe_s)
+        for p in dict.fromkeys([*args.precision, *args.peer_precision])
+    }
     print(
         "CPU matmul peak: "
         + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" if v else f"{p} not measured (CPU busy)" for p, v in peaks.items()),
         flush=True,
     )
-    sides = [("project", p) for p in args.precision] + [("peer", args.peer_precision)]
+    sides = [("project", p) for p in args.precision] + [("peer", p) for p in args.peer_precision]
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="mlm-speed-") as tmp:
         work = Path(tmp)
@@ -475,26 +491,30 @@ def main() -> None:
     def med(side: tuple[str, str], key: str) -> float:
         return statistics.median(r[key] for r in runs[side])
 
-    peer = ("peer", args.peer_precision)
     compiled = " compiled" if args.compile else f" model.compile {json.dumps(wl['compile'])}"
     print(
         f"\nworkload {args.workload}: {args.steps} steps ({args.steps - args.skip} timed), "
         f"batch {wl['batch']} x {SEQ}, medians of {args.repeats}; "
         f"project{compiled}{' ' + args.project_args if args.project_args else ''} "
-        f"vs HF recipe in {args.peer_precision}"
+        f"vs HF recipe in {', '.join(args.peer_precision)}"
         + (f", attention dropout {args.peer_attention_dropout}" if args.peer_attention_dropout is not None else "")
     )
-    for project in sides[:-1]:
-        print(f"\nproject {project[1]}")
-        print(f"{'':24s}{'project':>12s}{'HF recipe':>12s}{'ratio':>8s}")
-        for key, label in (
-            ("tokens_per_sec", "real tokens/s"),
-            ("mfu_pct", "MFU (%)"),
-            ("peak_rss_mb", "peak RSS (MB)"),
-            ("perplexity", "val perplexity"),
-        ):
-            p, q = med(project, key), med(peer, key)
-            print(f"{label:24s}{p:12.1f}{q:12.1f}{p / q:8.2f}")
+    # Each project precision against the recipe in the same precision first (the fair ratio), then against the
+    # recipe's default, fp32, where that is another run.
+    for project in [s for s in sides if s[0] == "project"]:
+        peers = [("peer", p) for p in dict.fromkeys((project[1], "32-true")) if ("peer", p) in runs]
+        for peer in peers:
+            how = "same precision" if peer[1] == project[1] else "the recipe's default"
+            print(f"\nproject {project[1]} vs HF recipe {peer[1]} ({how})")
+            print(f"{'':24s}{'project':>12s}{'HF recipe':>12s}{'ratio':>8s}")
+            for key, label in (
+                ("tokens_per_sec", "real tokens/s"),
+                ("mfu_pct", "MFU (%)"),
+                ("peak_rss_mb", "peak RSS (MB)"),
+                ("perplexity", "val perplexity"),
+            ):
+                a, b = med(project, key), med(peer, key)
+                print(f"{label:24s}{a:12.1f}{b:12.1f}{a / b:8.2f}")
         warm = [r["startup_s"] for r in runs[project][1:]] or [runs[project][0]["startup_s"]]
         print(f"{'first step, cache warm':24s}{statistics.median(warm):11.1f}s")
 

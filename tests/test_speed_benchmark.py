@@ -19,7 +19,10 @@ def test_speed_benchmark_pretrained_smoke(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "workload pretrained" in out and "project 32-true" in out
+    assert "workload pretrained" in out and "project 32-true vs HF recipe 32-true (same precision)" in out
+    if "bf16" in out.split("CPU matmul peak:")[1].splitlines()[0]:  # a CPU with bf16: both comparisons, by default
+        assert "project bf16-mixed vs HF recipe bf16-mixed (same precision)" in out
+        assert "project bf16-mixed vs HF recipe 32-true (the recipe's default)" in out
     # MFU needs the CPU's peak, which is not measured while other processes keep the CPU busy.
     busy = "not measured (CPU busy)" in out
     for label in ("real tokens/s", "MFU (%)", "val perplexity"):
