@@ -3,7 +3,9 @@
 * :class:`AtomicCheckpointIO` writes every checkpoint under a temporary name and renames it only when complete,
   and turns an unreadable ``--ckpt_path`` into one message naming the file.
 * :func:`read_checkpoint` / :func:`unreadable_checkpoint`: ``torch.load`` of a checkpoint and the one-line error
-  for a missing, truncated or foreign file.
+  for a missing, truncated or foreign file. Every checkpoint is read weights-only: tensors, plain Python values and
+  the few types of :data:`SAFE_GLOBALS`, nothing that could run code; a file that needs more is refused
+  (:func:`refused_checkpoint`) unless the user passes ``--weights_only false`` for a file they trust.
 * :func:`explain_checkpoint_errors`: "this checkpoint does not fit this model" as one line.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import pickle
 import zipfile
 from collections.abc import Iterator
@@ -32,6 +35,41 @@ def is_local(path: str | os.PathLike[str]) -> bool:
 # What torch.load raises for a truncated, corrupt or foreign file.
 UNREADABLE = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile, OSError)
 
+# The only types besides tensors and plain Python values (dict, list, str, numbers, ...: torch's own allowlist) that
+# mlm-lightning's checkpoints may hold, so the only ones a weights-only read builds: hyperparameters given as paths
+# from Python. Constructing them runs no code of the file's choosing. Add a type here, and only here, when a
+# checkpoint of ours needs it (test_checkpointing.py reads a real one weights-only).
+SAFE_GLOBALS: tuple[type, ...] = (
+    pathlib.PosixPath,
+    pathlib.PurePosixPath,
+    pathlib.WindowsPath,
+    pathlib.PureWindowsPath,
+)
+torch.serialization.add_safe_globals(list(SAFE_GLOBALS))
+
+# The opt-in for a checkpoint that needs more, named in the refusal: the flag of fit/validate (Lightning's own),
+# export, fill-mask and evaluate.
+TRUST_FLAG = "--weights_only false"
+
+
+def refused_checkpoint(path: str | os.PathLike[str]) -> MLMError | None:
+    """The one-line refusal for a checkpoint whose reading would build objects beyond :data:`SAFE_GLOBALS`.
+
+    ``None`` when the file holds no such object (it failed to load for another reason: see
+    :func:`unreadable_checkpoint`). Found by reading the pickle's instructions, without running any of them.
+    """
+    try:
+        unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a zip checkpoint at all: unreadable_checkpoint says so
+        return None
+    if not unsafe:
+        return None
+    shown = ", ".join(unsafe[:3]) + (f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else "")
+    return MLMError(
+        f"{path}: refused: reading it would call {shown}, which mlm-lightning's checkpoints never hold (a crafted "
+        f"checkpoint runs code that way). Only for a file you trust (you wrote it), pass {TRUST_FLAG}"
+    )
+
 
 def unreadable_checkpoint(path: str | os.PathLike[str], err: BaseException | None = None) -> MLMError:
     """The one-line error for a checkpoint file that is missing or that ``torch.load`` could not read."""
@@ -46,16 +84,23 @@ def unreadable_checkpoint(path: str | os.PathLike[str], err: BaseException | Non
 
 
 def read_checkpoint(
-    path: str | os.PathLike[str], map_location: Any = None, weights_only: bool | None = None, mmap: bool = False
+    path: str | os.PathLike[str], map_location: Any = None, weights_only: bool | None = True, mmap: bool = False
 ) -> dict:
     """``torch.load`` of a Lightning checkpoint that fails with one readable :class:`MLMError` naming the file.
 
-    ``mmap``: tensors stay in the file (mapped, read when used) instead of being copied into memory.
+    Args:
+        path: The checkpoint file.
+        map_location: As ``torch.load``'s.
+        weights_only: ``True`` or ``None`` (Lightning's "not set"): tensors, plain values and :data:`SAFE_GLOBALS`
+            only, and a file that needs more is refused. ``False`` unpickles anything: only for a trusted file.
+        mmap: Tensors stay in the file (mapped, read when used) instead of being copied into memory.
     """
+    weights_only = weights_only is not False
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except UNREADABLE as err:
-        raise unreadable_checkpoint(path, err) from err
+        refused = refused_checkpoint(path) if weights_only and isinstance(err, pickle.UnpicklingError) else None
+        raise (refused or unreadable_checkpoint(path, err)) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise MLMError(f"{path}: not a Lightning checkpoint (no 'state_dict' in it)")
     return checkpoint
@@ -80,8 +125,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, fh)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        if not is_local(path):
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        if not is_local(path):  # weights-only there too (Lightning's default for a URL is a full unpickle)
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only is not False)
         return read_checkpoint(str(path).removeprefix("file://"), map_location=map_location, weights_only=weights_only)
 
 

@@ -31,7 +31,12 @@ from mlm_lightning.callbacks import (
     HParamsSummary,
     ValidateBeforeFit,
 )
-from mlm_lightning.checkpoint_io import UNREADABLE, AtomicCheckpointIO, explain_checkpoint_errors, unreadable_checkpoint
+from mlm_lightning.checkpoint_io import (
+    AtomicCheckpointIO,
+    explain_checkpoint_errors,
+    read_checkpoint,
+    unreadable_checkpoint,
+)
 from mlm_lightning.console import console_callbacks
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError, Terminated
@@ -234,10 +239,10 @@ class MLMCLI(LightningCLI):
         self._checkpoint_settings: tuple[str, dict[str, Any]] | None = None
         if not path or path in RESUME_KEYWORDS or "://" in path:  # hpc, registry, remote: Lightning's own way
             return
-        try:  # mmap: only the small hyperparameter record is read from a large file
-            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
-        except UNREADABLE as err:
-            raise unreadable_checkpoint(path, err) from err
+        # mmap: only the small hyperparameter record is read from a large file. Weights-only unless the user trusts
+        # the file (--weights_only false): a crafted checkpoint is refused here, before anything runs or is written.
+        ckpt = read_checkpoint(path, map_location="cpu", weights_only=config.get("weights_only"), mmap=True)
+        saved = ckpt.get("hyper_parameters") or {}
         saved = {k: v for k, v in saved.items() if not k.startswith("_")}  # LightningCLI's `_instantiator`
         self._checkpoint_settings = (path, saved)
         given = self.parser.parse_args(self._args, defaults=False)[subcommand] if self._args is not None else config
