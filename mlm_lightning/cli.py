@@ -40,6 +40,7 @@ from mlm_lightning.checkpoint_io import (
 from mlm_lightning.console import console_callbacks
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError, Terminated
+from mlm_lightning.flops import given_cpu_peak
 from mlm_lightning.last_checkpoint import MLMCheckpoint
 from mlm_lightning.module import MLMModule
 from mlm_lightning.nonfinite import NonFiniteLoss
@@ -169,6 +170,7 @@ class MLMCLI(LightningCLI):
             value = config.trainer.get(key)
             if not isinstance(value, bool) and not allowed(value):
                 raise MLMError(f"trainer.{key} must be {text}, got {value}")
+        given_cpu_peak()  # $MLM_LIGHTNING_CPU_PEAK_FLOPS, checked before anything is written
         if config.memory.limit_heap:  # before the model and the data are loaded (HeapGrowthLimit sets it again)
             limit_heap_growth()
         if config.trainer.get("precision") is None:  # unset: bf16 where the hardware computes it (precision.py)
