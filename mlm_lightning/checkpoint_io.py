@@ -6,17 +6,20 @@
   for a missing, truncated or foreign file. Every checkpoint is read weights-only: tensors, plain Python values and
   the few types of :data:`SAFE_GLOBALS`, nothing that could run code; a file that needs more is refused
   (:func:`refused_checkpoint`) unless the user passes ``--weights_only false`` for a file they trust.
+* :func:`checkpoint_format`: the format of our own record in a checkpoint (:data:`CHECKPOINT_FORMAT`): a newer or
+  unknown one is refused in one line, an older one migrated with one info line.
 * :func:`explain_checkpoint_errors`: "this checkpoint does not fit this model" as one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pathlib
 import pickle
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -24,6 +27,53 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mlm_lightning.atomic import atomic_file
 from mlm_lightning.errors import MLMError
+
+log = logging.getLogger(__name__)
+
+# The layout of what mlm-lightning keeps in a checkpoint (its ``"mlm_lightning"`` record, the hyperparameters and
+# callback states it reads back), written as ``checkpoint["mlm_lightning"]["format"]``. Raise it when a checkpoint's
+# content changes so that an older mlm-lightning would misread it, and add the step from the previous format to
+# _MIGRATIONS. 1: checkpoints written before the format was recorded.
+CHECKPOINT_FORMAT = 2
+
+
+def _from_format_1(checkpoint: dict[str, Any]) -> None:
+    """Format 1 to 2: nothing moved (2 only adds the format itself)."""
+
+
+# format -> the function that turns a checkpoint of that format into one of the next, in place.
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], None]] = {1: _from_format_1}
+_ANNOUNCED: set[str] = set()  # checkpoints whose migration this process has said (fit reads a checkpoint twice)
+
+
+def checkpoint_format(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Checks the format of a checkpoint's own record and migrates an older one in place (one info line).
+
+    Raises:
+        MLMError: The checkpoint comes from a newer mlm-lightning, or its record has a layout this one does not know.
+    """
+    from mlm_lightning import __version__
+
+    record = checkpoint.get("mlm_lightning", {})
+    version = record.get("format", 1) if isinstance(record, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > CHECKPOINT_FORMAT:
+        raise MLMError(
+            f"{path}: written by a newer mlm-lightning (checkpoint format {version}; mlm-lightning {__version__} "
+            f"reads formats up to {CHECKPOINT_FORMAT}): upgrade mlm-lightning to use it"
+        )
+    if not isinstance(version, int) or isinstance(version, bool) or version not in (*_MIGRATIONS, CHECKPOINT_FORMAT):
+        raise MLMError(
+            f"{path}: the checkpoint's mlm_lightning record has a layout this mlm-lightning ({__version__}) does not "
+            f"know (format {version!r}): it was not written by `python -m mlm_lightning fit`, or it was edited"
+        )
+    if version < CHECKPOINT_FORMAT:
+        for step in range(version, CHECKPOINT_FORMAT):
+            _MIGRATIONS[step](checkpoint)
+        checkpoint.setdefault("mlm_lightning", {})["format"] = CHECKPOINT_FORMAT
+        if str(path) not in _ANNOUNCED:
+            _ANNOUNCED.add(str(path))
+            log.info("%s: checkpoint format %s (an older mlm-lightning), read as format %s", path, version, step + 1)
+    return checkpoint
 
 
 def is_local(path: str | os.PathLike[str]) -> bool:
@@ -103,7 +153,7 @@ def read_checkpoint(
         raise (refused or unreadable_checkpoint(path, err)) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise MLMError(f"{path}: not a Lightning checkpoint (no 'state_dict' in it)")
-    return checkpoint
+    return checkpoint_format(checkpoint, path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -126,7 +176,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if not is_local(path):  # weights-only there too (Lightning's default for a URL is a full unpickle)
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only is not False)
+            loaded = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only is not False)
+            return checkpoint_format(loaded, path)
         return read_checkpoint(str(path).removeprefix("file://"), map_location=map_location, weights_only=weights_only)
 
 

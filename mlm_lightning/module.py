@@ -17,6 +17,7 @@ from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
 from mlm_lightning import families
+from mlm_lightning.checkpoint_io import CHECKPOINT_FORMAT
 from mlm_lightning.compilation import check_can_compile, default_compile
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import max_sequence_length
@@ -570,6 +571,7 @@ class MLMModule(L.LightningModule):
         metrics = self.trainer.callback_metrics
         # update(): callbacks add their own records here too (ValidateBeforeFit's base_metrics).
         checkpoint.setdefault("mlm_lightning", {}).update(
+            format=CHECKPOINT_FORMAT,  # checkpoint_io.checkpoint_format: what reads it checks it
             model_config=self.model.config.to_dict(),
             val_metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/")},
         )

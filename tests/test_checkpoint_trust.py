@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mlm_lightning.__main__ import main
-from mlm_lightning.checkpoint_io import SAFE_GLOBALS, read_checkpoint
+from mlm_lightning.checkpoint_io import CHECKPOINT_FORMAT, SAFE_GLOBALS, read_checkpoint
 from mlm_lightning.errors import MLMError
 
 
@@ -99,3 +99,70 @@ def test_a_model_folder_with_its_own_code_is_refused_without_running_it(tmp_path
     with pytest.raises(MLMError, match="could not load model"):
         load_masked_lm(str(folder))
     assert not marker.exists()
+
+
+def _with_format(folder: Path, version: object) -> Path:
+    path = folder / f"format-{version}.ckpt"
+    record = {"format": version, "model_config": {"model_type": "bert"}}
+    torch.save({"state_dict": {}, "hyper_parameters": {"vocab_size": 200}, "mlm_lightning": record}, path)
+    return path
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_by_every_command(
+    tiny_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = _with_format(tmp_path, CHECKPOINT_FORMAT + 1)
+    commands = [
+        ["export", "--ckpt_path", str(path), "--output_dir", str(tmp_path / "out")],
+        ["fill-mask", "--model", str(path), "the [MASK] of the king."],
+        ["evaluate", "--models", str(path), *tiny_args],
+        ["fit", *tiny_args, "--ckpt_path", str(path)],  # resume
+        ["validate", *tiny_args, "--ckpt_path", str(path)],
+    ]
+    for argv in commands:
+        capsys.readouterr()
+        assert main(argv) == 2, argv[0]
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"error: {path}: written by a newer mlm-lightning (checkpoint format {CHECKPOINT_FORMAT + 1}; "
+            f"mlm-lightning 0.1.0 reads formats up to {CHECKPOINT_FORMAT}): upgrade mlm-lightning to use it"
+        ], argv[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("version", ["2", 0, True, None])
+def test_a_checkpoint_record_of_an_unknown_layout_is_refused(tmp_path: Path, version: object) -> None:
+    with pytest.raises(MLMError, match="has a layout this mlm-lightning .* does not know"):
+        read_checkpoint(_with_format(tmp_path, version))
+
+
+def test_an_older_checkpoint_is_migrated_with_one_info_line(
+    trained_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    last = trained_run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True, map_location="cpu")
+    assert ckpt["mlm_lightning"]["format"] == CHECKPOINT_FORMAT  # what fit writes
+    del ckpt["mlm_lightning"]["format"]  # as every checkpoint before the format was recorded (format 1)
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    with caplog.at_level("INFO", logger="mlm_lightning.checkpoint_io"):
+        assert main(["export", "--ckpt_path", str(old), "--output_dir", str(tmp_path / "model")]) == 0
+        assert read_checkpoint(old)["mlm_lightning"]["format"] == CHECKPOINT_FORMAT  # read again: said once
+    lines = [r.getMessage() for r in caplog.records if r.name == "mlm_lightning.checkpoint_io"]
+    assert lines == [f"{old}: checkpoint format 1 (an older mlm-lightning), read as format {CHECKPOINT_FORMAT}"]
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_resumes_from_an_older_checkpoint(trained_run: Path, tiny_args: list[str], tmp_path: Path) -> None:
+    from mlm_lightning.cli import run_cli
+
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    del ckpt["mlm_lightning"]["format"]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    args = [*tiny_args, "--trainer.max_steps", "14"]  # the same tokenizer and settings as trained_run
+    cli = run_cli(["fit", *args, "--ckpt_path", str(old)])
+    assert cli.trainer.global_step == 14
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert saved["mlm_lightning"]["format"] == CHECKPOINT_FORMAT
