@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -26,12 +27,26 @@ def _sibling(target: Path, kind: str) -> Path:
     return target.parent / f".{target.name}.{kind}-{secrets.token_hex(4)}"
 
 
+# The OS error in the text of a library's own exception type: the Rust writers (safetensors, which writes an
+# export's weights, and tokenizers) raise no OSError, only "Error while serializing: I/O error: No space left on
+# device (os error 28)" (safetensors 0.8) or "IoError(Os { code: 28, kind: StorageFull, ... })" (older releases).
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)|\bOs \{ code: (\d+)")
+
+
+def os_errno(err: BaseException) -> int | None:
+    """The ``errno`` of an ``OSError``, or of the OS error a library's exception names in its message."""
+    if isinstance(err, OSError):
+        return err.errno
+    found = _OS_ERROR_IN_TEXT.search(str(err))
+    return int(found[1] or found[2]) if found else None
+
+
 def _disk_full(err: BaseException) -> bool:
     """Whether ``err`` or an exception it was raised from is "no space left" (torch.save wraps the OSError)."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+        if os_errno(current) in (errno.ENOSPC, errno.EDQUOT):
             return True
         seen.add(id(current))
         current = current.__cause__ or current.__context__

@@ -31,10 +31,16 @@ from mlm_lightning.callbacks import (
     HParamsSummary,
     ValidateBeforeFit,
 )
-from mlm_lightning.checkpoint_io import UNREADABLE, AtomicCheckpointIO, explain_checkpoint_errors, unreadable_checkpoint
+from mlm_lightning.checkpoint_io import (
+    AtomicCheckpointIO,
+    explain_checkpoint_errors,
+    read_checkpoint,
+    unreadable_checkpoint,
+)
 from mlm_lightning.console import console_callbacks
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError, Terminated
+from mlm_lightning.flops import given_cpu_peak
 from mlm_lightning.last_checkpoint import MLMCheckpoint
 from mlm_lightning.module import MLMModule
 from mlm_lightning.nonfinite import NonFiniteLoss
@@ -164,6 +170,7 @@ class MLMCLI(LightningCLI):
             value = config.trainer.get(key)
             if not isinstance(value, bool) and not allowed(value):
                 raise MLMError(f"trainer.{key} must be {text}, got {value}")
+        given_cpu_peak()  # $MLM_LIGHTNING_CPU_PEAK_FLOPS, checked before anything is written
         if config.memory.limit_heap:  # before the model and the data are loaded (HeapGrowthLimit sets it again)
             limit_heap_growth()
         if config.trainer.get("precision") is None:  # unset: bf16 where the hardware computes it (precision.py)
@@ -234,10 +241,10 @@ class MLMCLI(LightningCLI):
         self._checkpoint_settings: tuple[str, dict[str, Any]] | None = None
         if not path or path in RESUME_KEYWORDS or "://" in path:  # hpc, registry, remote: Lightning's own way
             return
-        try:  # mmap: only the small hyperparameter record is read from a large file
-            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
-        except UNREADABLE as err:
-            raise unreadable_checkpoint(path, err) from err
+        # mmap: only the small hyperparameter record is read from a large file. Weights-only unless the user trusts
+        # the file (--weights_only false): a crafted checkpoint is refused here, before anything runs or is written.
+        ckpt = read_checkpoint(path, map_location="cpu", weights_only=config.get("weights_only"), mmap=True)
+        saved = ckpt.get("hyper_parameters") or {}
         saved = {k: v for k, v in saved.items() if not k.startswith("_")}  # LightningCLI's `_instantiator`
         self._checkpoint_settings = (path, saved)
         given = self.parser.parse_args(self._args, defaults=False)[subcommand] if self._args is not None else config

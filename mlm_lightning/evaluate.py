@@ -48,8 +48,10 @@ COLUMNS = (
 OUTPUT_SUFFIXES = (".json", ".csv")
 
 
-def load_model(name: str) -> tuple[Any, str]:
+def load_model(name: str, weights_only: bool = True) -> tuple[Any, str]:
     """``(masked LM in eval mode, its tokenizer's name or path)`` for a checkpoint, a model folder or a hub name.
+
+    A checkpoint is read weights-only unless ``weights_only`` is ``False`` (``--weights_only false``, as for ``fit``).
 
     Raises:
         MLMError: The file or folder does not exist, is not a checkpoint or a model, or cannot be read.
@@ -62,8 +64,8 @@ def load_model(name: str) -> tuple[Any, str]:
     if not name.startswith(PKG_SCHEME) and looks_local and not path.exists():
         raise MLMError(f"model '{name}': no such file or folder")
     if path.is_file():
-        ckpt = load_checkpoint(path)
-        model, _, tokenizer_name = from_checkpoint(ckpt, path)
+        ckpt = load_checkpoint(path, weights_only)
+        model, _, tokenizer_name = from_checkpoint(ckpt, path, weights_only=weights_only)
         return model.eval(), tokenizer_name
     return load_masked_lm(name), name
 
@@ -96,8 +98,11 @@ def score(module: Any, dm: MLMDataModule, trainer_settings: dict[str, Any]) -> d
     return found
 
 
-def evaluate_models(models: list[str], config: Any) -> list[dict[str, Any]]:
-    """The table's rows: one per model and validation set, in the order given."""
+def evaluate_models(models: list[str], config: Any, weights_only: bool = True) -> list[dict[str, Any]]:
+    """The table's rows: one per model and validation set, in the order given.
+
+    ``weights_only``: read checkpoints weights-only (``False`` only for files the user trusts).
+    """
     from mlm_lightning.module import MLMModule
 
     settings = {
@@ -113,7 +118,7 @@ def evaluate_models(models: list[str], config: Any) -> list[dict[str, Any]]:
             # A model whose files lack its MLM head (the embedded default's MiniLM) gets a new one, drawn as in
             # `fit` (seeded just before the model is built): its figures are then those fit logs at step 0.
             L.seed_everything(int(config.seed_everything), verbose=False)
-        model, tokenizer_name = load_model(name)
+        model, tokenizer_name = load_model(name, weights_only)
         data = {**config.data.as_dict(), "tokenizer": tokenizer_name}  # each model reads with its own tokenizer
         dm = MLMDataModule(**data)
         tokens = score(MLMModule.around(model, name), dm, settings)
@@ -208,10 +213,17 @@ def evaluate_command(args: list[str]) -> int:
         help="Models to score: export or model folders, fit checkpoints (.ckpt), pkg:// paths or hub names.",
     )
     parser.add_argument("--output", default=None, help="Also write the table to this .json or .csv file.")
+    parser.add_argument(
+        "--weights_only",
+        choices=("true", "false"),
+        default="true",
+        help="Read checkpoints' tensors and plain values only (a file that needs more is refused: it could run "
+        "code). false only for checkpoints you trust.",
+    )
     known, rest = parser.parse_known_args(args)
     output = check_output(known.output)
     config = parse_config(rest)
-    rows = evaluate_models(known.models, config)
+    rows = evaluate_models(known.models, config, known.weights_only == "true")
     print(format_table(rows))
     if output is not None:
         write_output(rows, output)

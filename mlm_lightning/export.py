@@ -19,21 +19,27 @@ from mlm_lightning.quiet import no_transformers_progress
 from mlm_lightning.sources import PKG_SCHEME
 
 
-def load_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a Lightning checkpoint of an ``MLMModule`` onto the CPU."""
+def load_checkpoint(ckpt_path: str | os.PathLike, weights_only: bool = True) -> dict[str, Any]:
+    """Reads a Lightning checkpoint of an ``MLMModule`` onto the CPU.
+
+    Weights-only unless ``weights_only`` is ``False`` (a file the user trusts): a checkpoint that would build other
+    objects is refused with one line (``checkpoint_io.read_checkpoint``), as it could run code.
+    """
     from mlm_lightning.checkpoint_io import read_checkpoint  # imports Lightning: not for fill-mask on an export
 
     path = Path(ckpt_path).expanduser()
-    # Lightning checkpoints hold plain Python objects (hyperparameters, loop state) besides tensors. Mapped, not
-    # read: only the model's weights are used, and the optimizer's state (two thirds of the file) stays on disk;
-    # at the end of fit, where the export runs inside the trainer, reading it all was +430 MB at base.yaml's peak.
-    ckpt = read_checkpoint(path, map_location="cpu", weights_only=False, mmap=True)
+    # Mapped, not read: only the model's weights are used, and the optimizer's state (two thirds of the file) stays
+    # on disk; at the end of fit, where the export runs inside the trainer, reading it all was +430 MB at base.yaml's
+    # peak.
+    ckpt = read_checkpoint(path, map_location="cpu", weights_only=weights_only, mmap=True)
     if "hyper_parameters" not in ckpt:
         raise MLMError(f"{path}: not a checkpoint written by `python -m mlm_lightning fit`")
     return ckpt
 
 
-def masked_lm_from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | os.PathLike = "") -> torch.nn.Module:
+def masked_lm_from_checkpoint(
+    ckpt: dict[str, Any], ckpt_path: str | os.PathLike = "", weights_only: bool = True
+) -> torch.nn.Module:
     """The checkpoint's ``AutoModelForMaskedLM``, in eval mode on the CPU.
 
     Built from the architecture stored in the checkpoint, so a model fine-tuned from a hub name exports
@@ -43,7 +49,7 @@ def masked_lm_from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | os.PathLike
     if stored is None:
         from mlm_lightning.module import MLMModule
 
-        return MLMModule.load_from_checkpoint(ckpt_path, map_location="cpu").model.eval()
+        return MLMModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=weights_only).model.eval()
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     config = type(AutoConfig.for_model(stored["model_type"])).from_dict(stored)
@@ -62,11 +68,13 @@ def load_tokenizer(name_or_path: str | None) -> Any:
     return load(name_or_path, setting="--tokenizer")
 
 
-def from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | os.PathLike, tokenizer: str | None = None) -> tuple:
+def from_checkpoint(
+    ckpt: dict[str, Any], ckpt_path: str | os.PathLike, tokenizer: str | None = None, weights_only: bool = True
+) -> tuple:
     """``(model, tokenizer, tokenizer name)`` of a checkpoint, ready for ``save_pretrained`` or a pipeline."""
     name = tokenizer or ckpt["hyper_parameters"].get("tokenizer_name_or_path")
     tok = load_tokenizer(name)
-    model = masked_lm_from_checkpoint(ckpt, ckpt_path)
+    model = masked_lm_from_checkpoint(ckpt, ckpt_path, weights_only)
     if len(tok) > model.config.vocab_size:
         raise MLMError(f"tokenizer '{name}' has {len(tok)} tokens but the model only {model.config.vocab_size}")
     if ckpt["hyper_parameters"].get("pad_vocab_multiple", 1) > 1 and model.config.vocab_size > len(tok):
@@ -151,7 +159,9 @@ def model_card(ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str
     )
 
 
-def export(ckpt_path: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
+def export(
+    ckpt_path: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None, weights_only: bool = True
+) -> Path:
     """Writes a checkpoint as a Hugging Face model folder: model, tokenizer and model card.
 
     The folder is written into a temporary folder beside ``output_dir`` and renamed into place when complete.
@@ -161,10 +171,12 @@ def export(ckpt_path: str, output_dir: str, overwrite: bool = False, tokenizer: 
         output_dir: Folder to create; loads with ``AutoModelForMaskedLM.from_pretrained(output_dir)``.
         overwrite: Replace ``output_dir`` if it exists (otherwise that is an error).
         tokenizer: Tokenizer to save with the model; ``None`` uses the one recorded in the checkpoint.
+        weights_only: Read the checkpoint's tensors and plain values only (a file that needs more is refused: it
+            could run code). ``false`` only for a checkpoint you trust.
     """
     target = check_writable(output_dir, overwrite)
-    ckpt = load_checkpoint(ckpt_path)
-    model, tok, tokenizer_name = from_checkpoint(ckpt, ckpt_path, tokenizer)
+    ckpt = load_checkpoint(ckpt_path, weights_only)
+    model, tok, tokenizer_name = from_checkpoint(ckpt, ckpt_path, tokenizer, weights_only)
     from mlm_lightning.families import max_sequence_length
 
     # Pipelines truncate to the tokenizer's limit: make it the model's, as hub tokenizers do.

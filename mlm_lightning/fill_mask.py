@@ -18,14 +18,17 @@ Predictions = list[list[tuple[str, float]]]
 GENERIC_MASK = "[MASK]"
 
 
-def load_model(model: str, tokenizer: str | None = None) -> tuple[Any, Any]:
-    """A masked LM and its tokenizer from an exported folder, a ``.ckpt`` file or a hub name."""
+def load_model(model: str, tokenizer: str | None = None, weights_only: bool = True) -> tuple[Any, Any]:
+    """A masked LM and its tokenizer from an exported folder, a ``.ckpt`` file or a hub name.
+
+    A ``.ckpt`` file is read weights-only unless ``weights_only`` is ``False`` (see ``export.load_checkpoint``).
+    """
     from mlm_lightning.export import from_checkpoint, load_checkpoint, load_tokenizer
     from mlm_lightning.loading import load_masked_lm
 
     path = Path(resolve_pkg(model)).expanduser()
     if path.is_file():
-        return from_checkpoint(load_checkpoint(path), path, tokenizer)[:2]
+        return from_checkpoint(load_checkpoint(path, weights_only), path, tokenizer, weights_only)[:2]
     loaded = load_masked_lm(model, hint="an `export` output folder, a .ckpt file or a pkg:// path")
     return loaded, load_tokenizer(tokenizer or (str(path) if path.is_dir() else model))
 
@@ -73,7 +76,11 @@ def format_predictions(sentences: list[str], results: list[Predictions]) -> str:
 
 
 def fill_mask_command(
-    model: str, sentences: list[str] | None = None, top_k: int = 5, tokenizer: str | None = None
+    model: str,
+    sentences: list[str] | None = None,
+    top_k: int = 5,
+    tokenizer: str | None = None,
+    weights_only: bool = True,
 ) -> None:
     """Prints the most likely tokens, with probabilities, for each mask of each sentence.
 
@@ -83,6 +90,8 @@ def fill_mask_command(
             one sentence per line from standard input.
         top_k: Candidates shown per mask.
         tokenizer: Tokenizer to use instead of the model's own.
+        weights_only: Read a checkpoint's tensors and plain values only (a file that needs more is refused: it
+            could run code). ``false`` only for a checkpoint you trust.
     """
     if not sentences or sentences == ["-"]:
         if sys.stdin.isatty():
@@ -90,5 +99,5 @@ def fill_mask_command(
         sentences = [line.strip() for line in sys.stdin if line.strip()]
         if not sentences:
             raise MLMError("no sentences on standard input")
-    loaded, tok = load_model(model, tokenizer)
+    loaded, tok = load_model(model, tokenizer, weights_only)
     print(format_predictions(sentences, fill_mask(loaded, tok, sentences, top_k)))

@@ -13,9 +13,10 @@ lower MFU instead of inflating it:
 
 Peaks: a table of GPUs (dense, tensor-core figures from the vendors' datasheets), and on a CPU a short matmul
 probe at the compute precision, measured once per CPU model, thread count, dtype and torch version and cached in
-``<cache dir>/peak_flops.json``. A probe during which other processes kept the CPU busy measures a share of the
-machine, not its peak (MFU would read several times too high, for every later run): it is neither used nor
-cached, and that run logs no MFU.
+``<cache dir>/peak_flops.json`` (the run's ``data.cache_dir``, else ``$MLM_LIGHTNING_CACHE``). A probe during which
+other processes kept the CPU busy measures a share of the machine, not its peak (MFU would read several times too
+high, for every later run): it is neither used nor cached, and that run logs no MFU. ``$MLM_LIGHTNING_CPU_PEAK_FLOPS``
+gives the peak instead (a datasheet figure, or a fixed one for tests): nothing is measured or cached.
 
 Lightning's ``get_available_flops`` table is not used: it does not match the name torch reports for an H200
 ("NVIDIA H200"), lists the H200's figures with sparsity (twice the dense rate), and gives the RTX 4090 and RTX
@@ -154,6 +155,7 @@ _GPU_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
 
 _DTYPE_KEYS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 PEAK_CACHE_FILE = "peak_flops.json"
+CPU_PEAK_ENV = "MLM_LIGHTNING_CPU_PEAK_FLOPS"  # a given CPU peak (FLOP/s), used instead of the probe and its cache
 # Other processes may use this many cores on average during the probe before its figure is not this CPU's peak.
 PROBE_MAX_OTHER_CORES = 0.25
 _memo: dict[str, float | None] = {}
@@ -255,11 +257,33 @@ def cpu_peak_key(dtype: torch.dtype) -> str:
     )
 
 
-def peak_cache_path() -> Path:
-    """Where measured CPU peaks are kept."""
+def peak_cache_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where measured CPU peaks are kept: in ``cache_dir`` (a run's ``data.cache_dir``), else the default cache."""
     from mlm_lightning.sources import default_cache_dir
 
-    return default_cache_dir() / PEAK_CACHE_FILE
+    return (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / PEAK_CACHE_FILE
+
+
+def given_cpu_peak() -> float | None:
+    """The CPU peak set in ``$MLM_LIGHTNING_CPU_PEAK_FLOPS`` (FLOP/s, e.g. ``4.2e11``), or ``None`` when unset.
+
+    Raises:
+        MLMError: It is set but not a finite number above 0.
+    """
+    from mlm_lightning.errors import MLMError
+
+    text = os.environ.get(CPU_PEAK_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise MLMError(
+            f"${CPU_PEAK_ENV}={text!r}: must be this CPU's matmul peak in FLOP/s, a number > 0 (e.g. 4.2e11)"
+        )
+    return value
 
 
 def _read_peak_cache(path: Path) -> dict[str, float]:
@@ -273,15 +297,24 @@ def _read_peak_cache(path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and math.isfinite(v) and v > 0}
 
 
-def cpu_peak_flops(dtype: torch.dtype) -> float | None:
+def cpu_peak_flops(dtype: torch.dtype, cache_dir: str | os.PathLike[str] | None = None) -> float | None:
     """This CPU's matmul peak at ``dtype``: measured once (about a second) and cached on disk and in memory.
 
-    ``None`` when the measurement was disturbed by other processes (nothing cached: the next run measures again).
+    ``$MLM_LIGHTNING_CPU_PEAK_FLOPS``, when set, is the peak instead (for every dtype). ``None`` when the
+    measurement was disturbed by other processes (nothing cached: the next run measures again).
+
+    Args:
+        dtype: The compute dtype of the matmuls.
+        cache_dir: The cache folder of the run (``data.cache_dir``); ``None``: the default cache.
     """
+    given = given_cpu_peak()
+    if given is not None:
+        return given
+    path = peak_cache_path(cache_dir)
     key = cpu_peak_key(dtype)
-    if key in _memo:
-        return _memo[key]
-    path = peak_cache_path()
+    memo_key = f"{path}|{key}"
+    if memo_key in _memo:
+        return _memo[memo_key]
     cached = _read_peak_cache(path)
     if key not in cached:
         from mlm_lightning.atomic import atomic_file
@@ -289,7 +322,7 @@ def cpu_peak_flops(dtype: torch.dtype) -> float | None:
         log.info("measuring this CPU's %s matmul peak for MFU (once; cached in %s)", dtype, path)
         rate = probe_cpu_peak(dtype)
         if rate is None:
-            _memo[key] = None
+            _memo[memo_key] = None
             return None
         cached[key] = rate
         try:
@@ -297,16 +330,19 @@ def cpu_peak_flops(dtype: torch.dtype) -> float | None:
                 tmp.write_text(json.dumps(cached, indent=1, sort_keys=True))
         except OSError as err:  # a read-only cache only costs the probe again next time
             log.warning("could not cache the CPU peak in %s: %s", path, err)
-    _memo[key] = cached[key]
+    _memo[memo_key] = cached[key]
     return cached[key]
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """Peak FLOP/s of one ``device`` at ``dtype``: the GPU table, a measured CPU peak, or ``None`` if unknown."""
+def peak_flops(
+    device: torch.device, dtype: torch.dtype, cache_dir: str | os.PathLike[str] | None = None
+) -> float | None:
+    """Peak FLOP/s of one ``device`` at ``dtype``: the GPU table, a CPU's (measured and cached in ``cache_dir``, or
+    given), or ``None`` if unknown."""
     if device.type == "cuda":
         return gpu_peak_flops(
             torch.cuda.get_device_name(device), dtype, tf32=torch.get_float32_matmul_precision() != "highest"
         )
     if device.type == "cpu" and dtype in _DTYPE_KEYS:
-        return cpu_peak_flops(dtype)
+        return cpu_peak_flops(dtype, cache_dir)
     return None

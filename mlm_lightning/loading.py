@@ -2,7 +2,8 @@
 
 Every loader takes a hub name, a local folder (``~`` allowed) or a ``pkg://package/path``, and turns a failure
 (no network for a hub name, a missing folder, a folder of something else) into one :class:`MLMError` line that
-names what was asked for and says what works offline.
+names what was asked for and says what works offline. No loader runs a folder's own code: ``trust_remote_code`` is
+always ``False``, so a config's ``auto_map`` is refused at once (transformers would otherwise ask at a terminal).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def load_tokenizer(name_or_path: str, setting: str = "data.tokenizer") -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(_source(name_or_path))
+        tok = AutoTokenizer.from_pretrained(_source(name_or_path), trust_remote_code=False)
     except (OSError, ValueError) as err:  # ValueError: not a valid hub name either
         raise MLMError(
             f"could not load tokenizer '{name_or_path}': {_first_line(err)}. Offline, pass a local folder as "
@@ -83,7 +84,7 @@ def load_masked_lm(
     try:
         with no_transformers_progress():
             model, info = AutoModelForMaskedLM.from_pretrained(
-                _source(name_or_path), output_loading_info=True, **(config_overrides or {})
+                _source(name_or_path), output_loading_info=True, trust_remote_code=False, **(config_overrides or {})
             )
     except (OSError, ValueError) as err:  # ValueError: not a valid hub name, or not a masked-LM config
         raise MLMError(
@@ -110,7 +111,7 @@ def load_model_config(name_or_path: str) -> dict[str, Any]:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(_source(name_or_path)).to_dict()
+        return AutoConfig.from_pretrained(_source(name_or_path), trust_remote_code=False).to_dict()
     except (OSError, ValueError) as err:
         raise MLMError(
             f"could not load the config of model '{name_or_path}': {_first_line(err)}. Without network access, "
@@ -136,6 +137,6 @@ def bundled_tokenizer(model_name_or_path: str) -> Any | None:
     if not os.path.isdir(folder) or not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
         return None
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError):  # a broken tokenizer beside the weights: the configured one is checked alone
         return None

@@ -17,13 +17,16 @@ from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
 from mlm_lightning import families
+from mlm_lightning.checkpoint_io import CHECKPOINT_FORMAT
 from mlm_lightning.compilation import check_can_compile, default_compile
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import max_sequence_length
 from mlm_lightning.flops import (
+    CPU_PEAK_ENV,
     EncoderShape,
     batch_token_counts,
     compute_dtype,
+    given_cpu_peak,
     peak_cache_path,
     peak_flops,
     training_flops,
@@ -486,7 +489,7 @@ class MLMModule(L.LightningModule):
         self.apply_optimizer_settings()  # after a resume: the configured settings, not the checkpoint's
         # Known once the device and precision are: the GPU table, or this CPU's measured (cached) matmul peak.
         if self.trainer.is_global_zero:
-            self._peak_flops = peak_flops(self.device, compute_dtype(self.trainer.precision))
+            self._peak_flops = peak_flops(self.device, compute_dtype(self.trainer.precision), self._cache_dir())
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Real (non-pad) tokens per second over the logging interval; wall time, so it includes data loading.
@@ -510,11 +513,18 @@ class MLMModule(L.LightningModule):
                 mfu = self._flops_seen / elapsed / self._peak_flops
                 self.log("train/mfu", mfu, on_step=True, on_epoch=False, rank_zero_only=True)
                 if mfu > 1 and self.device.type == "cpu":
-                    rank_zero_warn(
-                        "train/mfu is above 1: this CPU's matmul peak was measured while it was busy; "
-                        f"delete {peak_cache_path()} to measure it again"
+                    fix = (
+                        f"${CPU_PEAK_ENV} is below it"
+                        if given_cpu_peak() is not None
+                        else f"the CPU's matmul peak was measured while it was busy; delete "
+                        f"{peak_cache_path(self._cache_dir())} to measure it again"
                     )
+                    rank_zero_warn(f"train/mfu is above 1: {fix}")
             self._last_time, self._tokens_seen, self._flops_seen = now, 0, 0
+
+    def _cache_dir(self) -> Any:
+        """The run's cache folder (``data.cache_dir``), where the CPU peak is cached too; ``None``: the default."""
+        return getattr(getattr(self.trainer, "datamodule", None), "cache_dir", None)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -561,6 +571,7 @@ class MLMModule(L.LightningModule):
         metrics = self.trainer.callback_metrics
         # update(): callbacks add their own records here too (ValidateBeforeFit's base_metrics).
         checkpoint.setdefault("mlm_lightning", {}).update(
+            format=CHECKPOINT_FORMAT,  # checkpoint_io.checkpoint_format: what reads it checks it
             model_config=self.model.config.to_dict(),
             val_metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/")},
         )

@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from mlm_lightning.flops import CPU_PEAK_ENV
+
+# The CPU matmul peak (FLOP/s) of tests that log MFU: fixed, because the probe refuses to measure while other
+# processes use the CPU, and a test must not depend on the machine being idle. A tiny model's MFU stays far below 1.
+FIXED_CPU_PEAK = "1e12"
+
 # huggingface_hub reads these once, when it is first imported (a session fixture may import it before the
 # per-test fixture below runs): set them now, so a hub name fails at once instead of after a minute of retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -35,6 +41,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.delenv(CPU_PEAK_ENV, raising=False)  # tests that need a CPU peak set one (FIXED_CPU_PEAK)
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +137,8 @@ def trained_run(corpus_file: Path, tokenizer_dir: Path, tmp_path_factory: pytest
         mp.setenv("HF_DATASETS_OFFLINE", "1")
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TOKENIZERS_PARALLELISM", "false")
-        mp.setenv("MLM_LIGHTNING_CACHE", str(base / "cache"))  # the CPU peak for MFU is cached there
+        mp.setenv("MLM_LIGHTNING_CACHE", str(base / "cache"))
+        mp.setenv(CPU_PEAK_ENV, FIXED_CPU_PEAK)  # train/mfu whatever the load
         assert main(["fit", *args, "--export.enabled", "true"]) == 0
     return base / "run"
 

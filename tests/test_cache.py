@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import http.server
+import json
 import os
 import threading
 import warnings
@@ -51,6 +52,12 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:200])
 
 
+def edit_document_count(path: Path) -> None:
+    meta = json.loads(path.read_text())
+    meta["splits"]["train"]["documents"] += 1  # still valid JSON, and still plausible
+    path.write_text(json.dumps(meta, indent=1))
+
+
 def random_bytes(path: Path) -> None:
     path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
 
@@ -61,6 +68,7 @@ DAMAGE = {
     "random bytes in tokens.npy": ("val/tokens.npy", random_bytes),
     "zeroed doc_offsets.npy": ("train/doc_offsets.npy", zero_half),
     "corrupt meta.json": ("meta.json", lambda p: p.write_text('{"splits": {"train": ')),
+    "edited meta.json (valid JSON)": ("meta.json", edit_document_count),
     "missing tokens.npy": ("val/tokens.npy", lambda p: p.unlink()),
 }
 
@@ -99,7 +107,9 @@ def test_damaged_entry_is_rebuilt_with_one_warning(
     assert [p.name for p in (cache / "corpora").iterdir()] == [entry.name]  # nothing set aside is left behind
 
 
-@pytest.mark.parametrize("case", ["zero half of tokens.npy", "truncated tokens.npy", "corrupt meta.json"])
+@pytest.mark.parametrize(
+    "case", ["zero half of tokens.npy", "truncated tokens.npy", "corrupt meta.json", "edited meta.json (valid JSON)"]
+)
 def test_damage_found_in_setup_is_one_line(case: str, small_corpus: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
     """A process that does not prepare data (DDP's other ranks) must not rebuild what the others read: it stops."""
     cache = tmp_path / "cache"

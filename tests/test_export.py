@@ -148,3 +148,40 @@ def test_export_prints_one_line_and_no_progress_bar(trained_run: Path, tmp_path:
         f"exported {last} (step {torch.load(last, weights_only=False)['global_step']}) to {tmp_path / 'model'}"
     ]
     assert hf_logging.is_progress_bar_enabled()  # restored for the caller
+
+
+def test_a_full_disk_in_the_weights_writer_is_one_line(trained_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a previous export, to be kept whole
+
+    def full(tensors: dict, filename: str, metadata: dict | None = None) -> None:
+        Path(filename).write_bytes(b"\0" * 100)  # what fit before the disk was full
+        # What safetensors (Rust: no OSError) raises for ENOSPC; 17 lines of traceback reached the user.
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    ckpt = str(trained_run / "checkpoints" / "last.ckpt")
+    assert main(["export", "--ckpt_path", ckpt, "--output_dir", str(out), "--overwrite", "true"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: disk full: could not write {out} (the previous export is intact). Free some space, or write elsewhere"
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["export"] and (out / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("Error while serializing: I/O error: No space left on device (os error 28)", 28),  # safetensors 0.8
+        ('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left" })', 28),
+        ("Disk quota exceeded (os error 122)", 122),  # tokenizers' save
+        ("no OS error here", None),
+    ],
+)
+def test_the_os_error_of_a_library_exception_is_read_from_its_text(text: str, number: int | None) -> None:
+    from mlm_lightning.atomic import os_errno
+
+    assert os_errno(RuntimeError(text)) == number

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,6 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mlm_lightning import flops
+from mlm_lightning.errors import MLMError
 from mlm_lightning.masking import MLMCollator
 from mlm_lightning.module import MLMModule
 
@@ -237,7 +239,7 @@ class _Recorder(L.Callback):
 
 def test_logged_tokens_per_sec_and_mfu(monkeypatch: pytest.MonkeyPatch) -> None:
     peak = 2.0e9
-    monkeypatch.setattr("mlm_lightning.module.peak_flops", lambda device, dtype: peak)
+    monkeypatch.setattr("mlm_lightning.module.peak_flops", lambda device, dtype, cache_dir=None: peak)
     torch.manual_seed(0)
     module = MLMModule(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
@@ -278,3 +280,50 @@ def test_the_cpu_probe_leaves_the_global_random_state_alone() -> None:
     before = torch.get_rng_state()
     probe_cpu_flops(torch.float32, size=64, seconds=0.0)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_given_cpu_peak_is_used_without_probing_or_caching(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests (and a user on a shared machine) set the peak: MFU is then logged whatever the load.
+    monkeypatch.setattr(flops, "probe_cpu_flops", lambda dtype: pytest.fail("probed"))
+    monkeypatch.setattr(flops, "_memo", {})
+    monkeypatch.setenv(flops.CPU_PEAK_ENV, "4.2e11")
+    assert flops.peak_flops(torch.device("cpu"), torch.bfloat16) == 4.2e11
+    assert not flops.peak_cache_path().exists()
+    for bad in ("fast", "0", "-1e11", "inf", "nan"):
+        monkeypatch.setenv(flops.CPU_PEAK_ENV, bad)
+        with pytest.raises(MLMError, match=f"MLM_LIGHTNING_CPU_PEAK_FLOPS='{bad}': must be"):
+            flops.peak_flops(torch.device("cpu"), torch.float32)
+
+
+class _CacheDirData(L.LightningDataModule):
+    def __init__(self, cache_dir: Path) -> None:
+        super().__init__()
+        self.cache_dir = cache_dir
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(_examples([12] * 8), batch_size=4, collate_fn=_collator())
+
+
+def test_the_cpu_peak_is_cached_in_the_runs_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # data.cache_dir moves every cache of a run: the tokenized corpora and the CPU peak alike.
+    monkeypatch.setattr(flops, "probe_cpu_flops", lambda dtype: 1.5e11)
+    monkeypatch.setattr(flops, "system_busy_seconds", lambda: 100.0)  # an idle machine
+    monkeypatch.setattr(flops, "_memo", {})
+    module = MLMModule(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=_CacheDirData(tmp_path / "run_cache"))
+    assert module._peak_flops == 1.5e11
+    assert json.loads((tmp_path / "run_cache" / flops.PEAK_CACHE_FILE).read_text()) == {
+        flops.cpu_peak_key(flops.compute_dtype(trainer.precision)): 1.5e11
+    }
+    assert not flops.peak_cache_path().exists()  # not in $MLM_LIGHTNING_CACHE

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mlm_lightning.flops import CPU_PEAK_ENV
+from tests.conftest import FIXED_CPU_PEAK
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The GPU machine has torch, lightning, transformers and torchmetrics but not these: importing one fails there.
@@ -26,6 +29,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_gpu_benchmark_smoke_runs_without_datasets_or_jsonargparse(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     env = {**os.environ, "PYTHONPATH": ""}  # the script finds the package itself, as on the GPU machine
+    env[CPU_PEAK_ENV] = FIXED_CPU_PEAK  # MFU whatever the load (the CPU probe refuses a busy machine)
     cmd = [sys.executable, "-c", _BLOCK_IMPORTS, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,10 +1,11 @@
 """The tokenization cache: one folder per corpus, named by a hash of everything that changes its tokens.
 
 An entry ``<cache_dir>/corpora/<key>`` holds one flat token stream per split (``tokens.npy``, ``doc_offsets.npy``)
-and ``meta.json`` (statistics, sizes and digests). The key (:meth:`CorpusCache.key`) covers the files' contents,
-the tokenizer (:func:`tokenizer_fingerprint`), the text settings and :data:`CACHE_VERSION`; change what goes into it
-there. An entry is written into a temporary folder and renamed into place (a crash never leaves half an entry), and
-checked before use (sizes always, digests once per process), so a damaged entry is rebuilt or named, never read.
+and ``meta.json`` (statistics, sizes and digests of the stream files, and a digest of its own content). The key
+(:meth:`CorpusCache.key`) covers the files' contents, the tokenizer (:func:`tokenizer_fingerprint`), the text
+settings and :data:`CACHE_VERSION`; change what goes into it there. An entry is written into a temporary folder and
+renamed into place (a crash never leaves half an entry), and checked before use (``meta.json`` and sizes always,
+the stream files' digests once per process), so a damaged entry is rebuilt or named, never read.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from mlm_lightning.errors import MLMError
 from mlm_lightning.quiet import tokenization_progress
 from mlm_lightning.sources import CACHE_SETTING, cache_write_error, resolve_files
 
-CACHE_VERSION = 3  # 2: sizes and digests in meta.json; 3: special-token strings are text, long documents in pieces
+# 2: sizes and digests in meta.json; 3: special-token strings are text, long documents in pieces; 4: meta.json's own
+# digest (an edit that leaves valid JSON, a document count changed, was read as true).
+CACHE_VERSION = 4
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +57,13 @@ def _checksums(folder: Path, splits: list[str]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """Digest of ``meta.json``'s content without its own ``meta_blake2b`` field (canonical JSON: key order and
+    indentation do not count, every value does)."""
+    content = {k: v for k, v in meta.items() if k != "meta_blake2b"}
+    return hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
 def _stamp(folder: Path, names: list[str]) -> tuple[Any, ...]:
     """What identifies the verified state of an entry's files cheaply: path, and each file's size, mtime, inode."""
     stats = [(folder / n).stat() for n in names]
@@ -63,12 +73,15 @@ def _stamp(folder: Path, names: list[str]) -> tuple[Any, ...]:
 def _entry_problem(folder: Path, splits: list[str]) -> tuple[str | None, dict[str, Any] | None]:
     """Checks a cache entry: ``(None, meta)`` when sound, else ``(what is wrong, None)``.
 
-    Always (cheap): ``meta.json`` parses with the expected fields and every file has its recorded size. The
+    Always (cheap): ``meta.json`` parses, matches its own digest, has the expected fields, and every file has its
+    recorded size. The
     digests are compared once per process for each state of the files (memoized by size, mtime and inode), so
     creating dataloaders again does not re-read a large corpus.
     """
     try:
         meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("meta_blake2b") != _meta_digest(meta):
+            return "meta.json does not match its recorded digest (edited?)", None
         sums = meta["checksums"]
         expected = {
             f"{s}/{n}": (int(sums[f"{s}/{n}"]["bytes"]), str(sums[f"{s}/{n}"]["blake2b"]))
@@ -311,6 +324,8 @@ class CorpusCache:
                 )
             shutil.rmtree(work / "hf", ignore_errors=True)
             meta["checksums"] = _checksums(work, names)  # read back right after writing: still in the page cache
+            meta = json.loads(json.dumps(meta))  # as it reads back (tuples become lists): what the digest covers
+            meta["meta_blake2b"] = _meta_digest(meta)
             (work / "meta.json").write_text(json.dumps(meta, indent=1))
             rels = sorted(meta["checksums"])
             try:
