@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mlm_lightning.errors import MLMError
+from mlm_lightning.last_checkpoint import describe_last_finite
 from mlm_lightning.settings import NonNegativeInt
 
 
@@ -55,11 +56,11 @@ class NonFiniteLoss(Callback):
             return
         where = self._where(trainer)
         if self.action == "stop":
-            last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none yet"
             raise MLMError(
-                f"training loss is {loss.item()} at {where}: stopped before it changed the weights. The last good "
-                f"checkpoint is {last}. Lower model.learning_rate or raise model.warmup_steps, use precision "
-                f"32-true or bf16-mixed, or set nonfinite.action=skip to skip such batches."
+                f"training loss is {loss.item()} at {where}: stopped before it changed the weights. "
+                f"{describe_last_finite(trainer.checkpoint_callback)}. Lower model.learning_rate or raise "
+                f"model.warmup_steps, use precision 32-true or bf16-mixed, or set nonfinite.action=skip to skip such "
+                f"batches."
             )
         self.skipped += 1
         if self.skipped > self.max_skipped:

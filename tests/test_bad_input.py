@@ -35,6 +35,9 @@ def make_inputs(folder: Path) -> None:
     (folder / "body.jsonl").write_text("\n".join(json.dumps({"body": d}) for d in docs), encoding="utf-8")
     (folder / "content.csv").write_text("id,content\n" + "\n".join(f"{i},{d}" for i, d in enumerate(docs)))
     (folder / "a_file").write_text("not a folder")
+    (folder / "a.txt").write_text("a\n", encoding="utf-8")  # validation sets with nothing to score
+    (folder / "dot.txt").write_text(".\n", encoding="utf-8")
+    (folder / "bom.txt").write_bytes(b"\xef\xbb\xbf\n\n\n")
     checkpoint = folder / "good.ckpt"
     torch.save({"state_dict": {"w": torch.ones(1000)}, "global_step": 1}, checkpoint)
     (folder / "truncated.ckpt").write_bytes(checkpoint.read_bytes()[:2000])
@@ -64,6 +67,12 @@ CASES = {
     "csv column": (
         {"--data.train_files": "[{d}/content.csv]", "--data.text_column": "body"},
         "no column 'body' (columns: id, content)",
+    ),
+    "validation of 'a'": ({"--data.val_files": "[{d}/a.txt]"}, "a.txt: the val set cannot be scored"),
+    "validation of '.'": ({"--data.val_files": "[{d}/dot.txt]"}, "dot.txt: the val set cannot be scored"),
+    "validation of a BOM": (
+        {"--data.val_files": '{{"general": ["{d}/bom.txt"]}}'},
+        "bom.txt: the val/general set cannot be scored",
     ),
     "max_seq_length": ({"--data.max_seq_length": "128"}, "position embeddings for only 64 tokens"),
     "tokenizer too big": ({"--model.model_name_or_path": "{d}/model100"}, "has embeddings for only 100"),

@@ -63,3 +63,33 @@ def test_too_many_skipped_batches_stop_the_run(tiny_args, poison, capsys) -> Non
     args = [*tiny_args, "--trainer.max_steps", "6", "--nonfinite.action", "skip", "--nonfinite.max_skipped", "2"]
     assert main(["fit", *args]) == 2
     assert "3 training batches had a non-finite loss (the last at step 4" in capsys.readouterr().err
+
+
+def test_exploding_learning_rate_never_saves_nonfinite_weights(tiny_args, tmp_path: Path, capsys) -> None:
+    # lr 1e39 (warm-up 4): step 1 leaves finite weights, step 2 infinite ones while its loss was still finite. A
+    # save is due at every step (last.ckpt) and after step 2's validation (best): the run stops instead.
+    args = [*tiny_args, "--model.learning_rate", "1e39", "--trainer.max_steps", "8"]
+    args += ["--checkpoint.save_last_every_n_steps", "1", "--trainer.val_check_interval", "2"]
+    assert main(["fit", *args]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "is NaN or infinite after step 2: the run stopped without saving it" in errors[0], errors[0]
+    folder = tmp_path / "run" / "checkpoints"
+    assert f"The last finite checkpoint is {folder / 'last.ckpt'}" in errors[0], errors[0]
+    saved = sorted(folder.glob("*.ckpt"))
+    assert [p.name for p in saved] == ["last.ckpt"]  # no best of the non-finite step 2
+    for path in saved:
+        checkpoint = torch.load(path, weights_only=True)
+        assert checkpoint["global_step"] == 1
+        moments = [t for s in checkpoint["optimizer_states"][0]["state"].values() for t in s.values()]
+        assert all(torch.isfinite(t).all() for t in [*checkpoint["state_dict"].values(), *moments]), path
+
+
+def test_nonfinite_weights_before_any_checkpoint_say_none_is_finite(tiny_args, tmp_path: Path, capsys) -> None:
+    args = [*tiny_args, "--model.learning_rate", "1e39", "--model.warmup_steps", "0"]
+    args += ["--checkpoint.save_last_every_n_steps", "1"]
+    assert main(["fit", *args]) == 2
+    err = capsys.readouterr().err
+    assert "after step 1: the run stopped without saving it. No finite checkpoint of this run was saved" in err, err
+    assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))

@@ -241,6 +241,9 @@ class MLMDataModule(L.LightningDataModule):
         """Tokenizes every needed corpus into the cache (runs on one process per machine)."""
         for corpus in {c.key: c for c in self.corpora.values()}.values():
             self.cache.entry(corpus)
+        # Here, before Lightning's setup hook creates the loggers' files: a set that cannot be scored writes nothing.
+        for split in [*self.val_splits, *(["test"] if self.test_files else [])]:
+            self.check_scorable(split)
 
     def corpus_meta(self, split: str) -> dict[str, Any]:
         """Statistics of a split (``train``, ``val``, ``test``) as recorded when it was tokenized.
@@ -278,6 +281,29 @@ class MLMDataModule(L.LightningDataModule):
                 self.datasets[split] = self._rows(split)
             if len(self.datasets[split]) == 0:
                 raise MLMError(f"the {split} split is empty")
+
+    def check_scorable(self, split: str, chunk: int = 256) -> None:
+        """Raises :class:`MLMError` naming the files unless validation masks at least one token of ``split``.
+
+        Evaluation masks are fixed (seeded per example), so whether a set can be scored is known before training:
+        a file holding only "a", "." or a byte-order mark and blank lines gives rows with nothing masked, and no
+        loss at the first validation. Reads rows until the first masked token (the first chunk, for real text).
+        """
+        rows, collator = self._rows(split), self.collator(train=False)
+        for start in range(0, len(rows), chunk):
+            batch = collator([rows[i] for i in range(start, min(start + chunk, len(rows)))])
+            if len(batch["masked_positions"]):
+                return
+        corpus = self.corpora[split]
+        files = ", ".join(str(f) for f in corpus.files)
+        where = f"the validation share held out of {files}" if corpus.split else files
+        special = set(self.tokenizer.all_special_ids)
+        tokens = sum(int(t) not in special for i in range(len(rows)) for t in rows[i]["input_ids"])
+        raise MLMError(
+            f"{where}: the {split} set cannot be scored: its {len(rows)} row(s) hold {tokens} token(s) that may be "
+            f"masked and data.masking masks none of them, so it would have no loss. Give it more text "
+            f"(a few sentences at least)"
+        )
 
     # -- loaders ----------------------------------------------------------------------------------------
     def collator(self, train: bool) -> MLMCollator:
