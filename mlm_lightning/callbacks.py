@@ -225,7 +225,8 @@ class ExportOnFitEnd(Callback):
         if not resuming:
             raise MLMError(
                 f"{target} already exists (the export of an earlier run) and this run would replace it at its end: "
-                f"set export.output_dir to a new folder, or export.overwrite true to replace it"
+                f"start this run in its own folder (--trainer.default_root_dir logs/NEW_NAME), or keep the folder "
+                f"and set --export.output_dir to a new one (--export.overwrite true replaces that run's export)"
             )
 
     @rank_zero_only

@@ -315,10 +315,12 @@ class MLMCLI(LightningCLI):
     def fit(self, model: MLMModule, **kwargs: Any) -> None:
         self._check_model(model, "fit")
         ckpt_path = kwargs.get("ckpt_path")
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, ExportOnFitEnd):
-                callback.check_before_fit(self.trainer, ckpt_path)
+        # The checkpoint folder first (run_dir_guard): when another run's folder is taken, its message names the fix
+        # (a folder of one's own), not one that only moves the export and then fails on the checkpoints.
         with report_sigterm(self.trainer), run_dir_guard(self.trainer, ckpt_path), explain_checkpoint_errors(ckpt_path):
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, ExportOnFitEnd):
+                    callback.check_before_fit(self.trainer, ckpt_path)
             self.trainer.fit(model, **kwargs)
 
     def validate(self, model: MLMModule, **kwargs: Any) -> None:

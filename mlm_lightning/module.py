@@ -640,6 +640,8 @@ class MLMModule(L.LightningModule):
         record, step = self._resumed or (None, 0)
         if record is None or record["scheduler"] != hp.scheduler:  # a new run (or a checkpoint without a record)
             warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
+            if warmup >= total > 0:
+                self._warn_long_warmup(warmup, total)
             return {"scheduler": hp.scheduler, "warmup_steps": warmup, "base_total": total, "stretches": [],
                     "total_steps": total}  # fmt: skip
         end = record["total_steps"]
@@ -677,6 +679,18 @@ class MLMModule(L.LightningModule):
                 + (f" Set model.resume_schedule=stretch to end the decay at step {total}." if not why else "")
             )
         return record
+
+    def _warn_long_warmup(self, warmup: int, total: int) -> None:
+        """Says that a warm-up of ``warmup`` steps does not end within a run of ``total`` steps (nothing else does)."""
+        hp = self.hparams
+        setting = "model.warmup_steps" if hp.warmup_steps else "model.warmup_ratio"
+        reached = hp.learning_rate * (total - 1) / warmup  # the rate of the run's last step
+        decay = "" if hp.scheduler == "constant" else " and never decays"
+        rank_zero_warn(
+            f"the warm-up ({warmup} steps, {setting}) is not shorter than this run ({total} optimizer steps): the "
+            f"learning rate stops at {reached:.3g} on its way to model.learning_rate {hp.learning_rate:g}{decay}. "
+            f"Set a smaller model.warmup_steps, or model.warmup_steps 0 and a model.warmup_ratio (a share of the run)"
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

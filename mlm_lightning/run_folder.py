@@ -61,8 +61,8 @@ def run_dir_guard(trainer: L.Trainer, ckpt_path: str | os.PathLike[str] | None) 
     if existing and not _resuming_from_folder(ckpt_path, folder):
         shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
         raise MLMError(
-            f"{folder} already holds checkpoints of another run ({shown}). Continue that run with "
-            f"--ckpt_path last, or start a new one in another folder (--trainer.default_root_dir), or delete them."
+            f"{folder} already holds checkpoints of another run ({shown}). Start this run in its own folder "
+            f"(--trainer.default_root_dir logs/NEW_NAME), or continue that run with --ckpt_path last, or delete them."
         )
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
