@@ -48,8 +48,10 @@ COLUMNS = (
 OUTPUT_SUFFIXES = (".json", ".csv")
 
 
-def load_model(name: str) -> tuple[Any, str]:
+def load_model(name: str, head_warning: bool = True) -> tuple[Any, str]:
     """``(masked LM in eval mode, its tokenizer's name or path)`` for a checkpoint, a model folder or a hub name.
+
+    ``head_warning``: warn when the model's files lack weights (its MLM head): off for users of the encoder only.
 
     Raises:
         MLMError: The file or folder does not exist, is not a checkpoint or a model, or cannot be read.
@@ -65,7 +67,7 @@ def load_model(name: str) -> tuple[Any, str]:
         ckpt = load_checkpoint(path)
         model, _, tokenizer_name = from_checkpoint(ckpt, path)
         return model.eval(), tokenizer_name
-    return load_masked_lm(name), name
+    return load_masked_lm(name, for_training=not head_warning).eval(), name
 
 
 def word_masking(dm: MLMDataModule) -> TokenMasking:
