@@ -242,6 +242,9 @@ class ExportOnFitEnd(Callback):
         if path is None:
             rank_zero_warn("export.enabled is set but this run saved no checkpoint: nothing exported")
             return
+        from mlm_lightning.probe import fit_probe_table
+
+        fit_probe_table(trainer, pl_module)  # first: the model card shows its table (probe.json beside `path`)
         # Replacing is decided before training (check_before_fit): here the folder is this run's to write.
         export(path, str(self.target(trainer)), overwrite=True)
 
@@ -304,7 +307,11 @@ class ValidateBeforeFit(Callback):
         after = validation_metrics(trainer)
         if not self.base_metrics or not after:
             return
+        from mlm_lightning.probe import fit_probe_table
+
         table = before_after_table(self.base_metrics, after, trainer.global_step)
+        probe = fit_probe_table(trainer, pl_module)  # the downstream task's figures, base vs adapted, below
+        table += f"\n\n{probe}" if probe else ""
         rank_zero_info(table)
         for logger in _tensorboards(trainer):
             logger.experiment.add_text("val/before_after", table, global_step=trainer.global_step)

@@ -80,8 +80,13 @@ def _is_hub_id(name: str | None) -> bool:
     return bool(name) and not name.startswith(PKG_SCHEME) and "://" not in name and not Path(name).exists()
 
 
-def model_card(ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str, title: str) -> str:
-    """A short model card: where the model came from, what it was trained on, how well it does."""
+def model_card(
+    ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str, title: str, probe_table: str | None = None
+) -> str:
+    """A short model card: where the model came from, what it was trained on, how well it does.
+
+    ``probe_table``: the downstream probe of this checkpoint at the end of ``fit`` (``probe.enabled``), if any.
+    """
     hp = ckpt["hyper_parameters"]
     data = ckpt.get("datamodule_hyper_parameters", {})
     metrics = ckpt.get("mlm_lightning", {}).get("val_metrics", {})
@@ -138,6 +143,7 @@ def model_card(ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str
             "exp(validation loss), the loss being the mean cross-entropy over all masked validation tokens.",
             "",
             *before_after,
+            *(["## Downstream probe", "", probe_table, ""] if probe_table else []),
             "## Use",
             "",
             "```python",
@@ -175,7 +181,10 @@ def export(ckpt_path: str, output_dir: str, overwrite: bool = False, tokenizer: 
         with no_transformers_progress():
             model.save_pretrained(work, safe_serialization=True)
         tok.save_pretrained(work)
-        card = model_card(ckpt, model, tokenizer_name, target.name)
+        from mlm_lightning.probe import read_record
+
+        record = read_record(ckpt_path)  # written by fit's end-of-run probe for this very checkpoint file
+        card = model_card(ckpt, model, tokenizer_name, target.name, record["table"] if record else None)
         (work / "README.md").write_text(card.replace("[MASK]", tok.mask_token), encoding="utf-8")
     print(f"exported {ckpt_path} (step {ckpt.get('global_step', '?')}) to {target}")
     return target

@@ -23,7 +23,7 @@ from mlm_lightning.probe import (
     t_quantile,
 )
 from mlm_lightning.probe_tasks import FIRST_FOLIO_GENRES, GENRE_TASK, genre_task, make_splits, read_task
-from tests.conftest import WORDS
+from tests.conftest import WORDS, tiny_cli_args
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,8 @@ def tiny_model(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    # The sizes of configs/tiny.yaml, so `fit` with tiny_cli_args can start from it.
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)  # fmt: skip
     out = tmp_path_factory.mktemp("tiny_model")
     BertForMaskedLM(config).save_pretrained(str(out))
@@ -218,3 +219,41 @@ def test_settings_out_of_range_are_refused() -> None:
         ProbeSettings(seeds=[1, 1]).check()
     with pytest.raises(MLMError, match="brings its own split"):
         read_task(GENRE_TASK, test_file="x.csv")
+
+
+def test_fit_probes_base_and_adapted_at_the_end(
+    tiny_model: Path, corpus_file: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    task = write_task(tmp_path / "task.csv", n=30)
+    root = tmp_path / "run"
+    args = [*tiny_cli_args(corpus_file, tokenizer_dir, root), "--model.model_name_or_path", str(tiny_model)]
+    args += ["--probe.enabled", "true", "--probe.task", str(task), "--probe.max_length", "16"]
+    assert main(["fit", *args, "--export.enabled", "true"]) == 0
+    record = json.loads((root / "checkpoints" / "probe.json").read_text())
+    (best,) = (root / "checkpoints").glob("epoch*.ckpt")
+    assert record["checkpoint"][0] == best.name and record["task"] == "task.csv"
+    assert [r["model"] for r in record["rows"]] == [f"base: {tiny_model}", f"adapted: {best.name}"]
+    assert record["rows"][1]["runs"] == 3
+    card = (root / "export" / "README.md").read_text()
+    assert "## Downstream probe" in card and record["table"] in card
+    (version,) = (root / "lightning_logs").iterdir()
+    events = EventAccumulator(str(version), size_guidance={"tensors": 0})
+    events.Reload()
+    assert "probe/table/text_summary" in events.Tags()["tensors"]
+    # The same probe from the command line gives the same figures.
+    out = tmp_path / "again.json"
+    assert _probe([tiny_model, best], task, "--output", str(out)) == 0
+    again = json.loads(out.read_text())
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in record["rows"]]
+
+
+def test_fit_refuses_a_bad_probe_task_before_training(
+    tiny_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad = _bad(tmp_path, "one.jsonl", [{"text": "a b", "label": "x"}] * 4)
+    assert main(["fit", *tiny_args, "--probe.enabled", "true", "--probe.task", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "probe: task file" in err and "one class only" in err
+    assert not list(tmp_path.rglob("*.ckpt"))
