@@ -90,7 +90,7 @@ def run_tool(name: str, args: list[str]) -> None:
         evaluate_command(args)
         return
     if name == "probe":
-        from mlm_lightning.probe import probe_command
+        from mlm_lightning.probe_command import probe_command
 
         probe_command(args)
         return

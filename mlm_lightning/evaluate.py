@@ -31,8 +31,8 @@ from typing import Any, NoReturn
 from mlm_lightning.cli import parse_config
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError
+from mlm_lightning.export import load_model
 from mlm_lightning.masking import TokenMasking
-from mlm_lightning.sources import PKG_SCHEME
 
 COLUMNS = (
     "model",
@@ -46,28 +46,6 @@ COLUMNS = (
     "word_perplexity",
 )
 OUTPUT_SUFFIXES = (".json", ".csv")
-
-
-def load_model(name: str, head_warning: bool = True) -> tuple[Any, str]:
-    """``(masked LM in eval mode, its tokenizer's name or path)`` for a checkpoint, a model folder or a hub name.
-
-    ``head_warning``: warn when the model's files lack weights (its MLM head): off for users of the encoder only.
-
-    Raises:
-        MLMError: The file or folder does not exist, is not a checkpoint or a model, or cannot be read.
-    """
-    from mlm_lightning.export import from_checkpoint, load_checkpoint
-    from mlm_lightning.loading import load_masked_lm
-
-    path = Path(name).expanduser()
-    looks_local = name.startswith(("/", ".", "~")) or name.endswith(".ckpt")
-    if not name.startswith(PKG_SCHEME) and looks_local and not path.exists():
-        raise MLMError(f"model '{name}': no such file or folder")
-    if path.is_file():
-        ckpt = load_checkpoint(path)
-        model, _, tokenizer_name = from_checkpoint(ckpt, path)
-        return model.eval(), tokenizer_name
-    return load_masked_lm(name, for_training=not head_warning).eval(), name
 
 
 def word_masking(dm: MLMDataModule) -> TokenMasking:

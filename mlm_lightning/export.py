@@ -76,6 +76,44 @@ def from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | os.PathLike, tokenize
     return model, tok, name
 
 
+def load_model(name: str, head_warning: bool = True) -> tuple[Any, str]:
+    """``(masked LM in eval mode, its tokenizer's name or path)`` for a checkpoint, a model folder or a hub name.
+
+    ``head_warning``: warn when the model's files lack weights (its MLM head): off for users of the encoder only.
+
+    Raises:
+        MLMError: The file or folder does not exist, is not a checkpoint or a model, or cannot be read.
+    """
+    from mlm_lightning.loading import load_masked_lm
+
+    path = Path(name).expanduser()
+    looks_local = name.startswith(("/", ".", "~")) or name.endswith(".ckpt")
+    if not name.startswith(PKG_SCHEME) and looks_local and not path.exists():
+        raise MLMError(f"model '{name}': no such file or folder")
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        model, _, tokenizer_name = from_checkpoint(ckpt, path)
+        return model.eval(), tokenizer_name
+    return load_masked_lm(name, for_training=not head_warning).eval(), name
+
+
+PROBE_RECORD = "probe.json"  # written beside the checkpoints by fit's end-of-run probe (probe.enabled)
+
+
+def probe_record(ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The probe record ``fit`` wrote beside ``ckpt_path`` for that very file (name, size and time), or ``None``."""
+    import json
+
+    path = Path(ckpt_path)
+    try:
+        record = json.loads((path.parent / PROBE_RECORD).read_text(encoding="utf-8"))
+        stat = path.stat()
+    except (OSError, ValueError):
+        return None
+    same = isinstance(record, dict) and record.get("checkpoint") == [path.name, stat.st_size, stat.st_mtime_ns]
+    return record if same and isinstance(record.get("table"), str) else None
+
+
 def _is_hub_id(name: str | None) -> bool:
     return bool(name) and not name.startswith(PKG_SCHEME) and "://" not in name and not Path(name).exists()
 
@@ -181,9 +219,7 @@ def export(ckpt_path: str, output_dir: str, overwrite: bool = False, tokenizer: 
         with no_transformers_progress():
             model.save_pretrained(work, safe_serialization=True)
         tok.save_pretrained(work)
-        from mlm_lightning.probe import read_record
-
-        record = read_record(ckpt_path)  # written by fit's end-of-run probe for this very checkpoint file
+        record = probe_record(ckpt_path)  # written by fit's end-of-run probe for this very checkpoint file
         card = model_card(ckpt, model, tokenizer_name, target.name, record["table"] if record else None)
         (work / "README.md").write_text(card.replace("[MASK]", tok.mask_token), encoding="utf-8")
     print(f"exported {ckpt_path} (step {ckpt.get('global_step', '?')}) to {target}")

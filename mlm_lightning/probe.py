@@ -17,15 +17,14 @@ model with a 95 % Student-t interval. The first model is the reference: put the 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import io
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -55,7 +54,6 @@ COLUMNS = (
     "macro_f1_diff_low",
     "macro_f1_diff_high",
 )
-RESULTS_FILE = "probe.json"  # beside the checkpoints: the export's model card reads it
 
 
 @dataclass
@@ -208,7 +206,7 @@ def load_encoder(name: str, tokenizer: str | None = None) -> tuple[Any, Any]:
         MLMError: The model cannot be loaded or has no encoder, or the tokenizer is not the model's.
     """
     from mlm_lightning import families
-    from mlm_lightning.evaluate import load_model
+    from mlm_lightning.export import load_model
     from mlm_lightning.loading import bundled_tokenizer, load_tokenizer
     from mlm_lightning.tokenizer_match import DECISIVE, vocabulary_difference
 
@@ -508,97 +506,7 @@ def write_output(rows: list[dict[str, Any]], path: Path) -> None:
         tmp.write_text(output_text(rows, path), encoding="utf-8")
 
 
-# -- command ------------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a bad or missing flag as one :class:`MLMError` line instead of usage and exit."""
-
-    def error(self, message: str) -> NoReturn:
-        raise MLMError(f"probe: {message} (every option: python -m mlm_lightning probe --help)")
-
-
-def _flag_type(f: Any) -> Any:
-    default = ProbeSettings.__dataclass_fields__[f.name].default
-    if f.name == "seeds":
-        return int
-    if isinstance(default, bool):
-        return lambda v: v.lower() in ("1", "true", "yes")
-    return type(default) if isinstance(default, (int, float)) else str
-
-
-def probe_command(args: list[str]) -> int:
-    """``probe --models M [M ...] [--task FILE] [--output FILE] [probe flags] [fit arguments]``."""
-    doc = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in _attribute_lines()}
-    parser = _Parser(
-        prog="python -m mlm_lightning probe",
-        description="Trains and tests a classifier on a labelled task with each model's encoder (the same splits, "
-        "seeds and settings for all): accuracy and macro-F1, mean ± std, and each model's paired difference from "
-        "the first with a 95%% interval. Fit arguments (--config, --trainer.precision ...) give the precision, "
-        "the accelerator and the probe section's settings.",
-    )
-    parser.add_argument("--models", nargs="+", required=True,
-                        help="Models: export or model folders, fit checkpoints (.ckpt), pkg:// paths or hub names; "
-                        "the first is the reference of the differences.")  # fmt: skip
-    parser.add_argument("--output", default=None, help="Also write the table to this .json or .csv file.")
-    parser.add_argument("--tokenizer", default=None, help="Read every model with this tokenizer (it must be theirs).")
-    for f in fields(ProbeSettings):
-        kwargs: dict[str, Any] = {"default": None, "help": doc.get(f.name, "").replace("%", "%%")}
-        if f.name == "seeds":
-            kwargs["nargs"] = "+"
-        if f.name == "mode":
-            kwargs["choices"] = ["linear", "fine-tune"]
-        parser.add_argument(f"--{f.name}", type=_flag_type(f), **kwargs)
-    known, rest = parser.parse_known_args(args)
-    from mlm_lightning.evaluate import check_output
-
-    output = check_output(known.output)
-    config = None
-    if rest:
-        from mlm_lightning.cli import parse_config
-
-        config = parse_config(rest)
-    base = ProbeSettings()
-    section = config.get("probe") if config is not None else None
-    values = {}
-    for f in fields(ProbeSettings):
-        given = getattr(known, f.name)
-        if given is None and section is not None and section.get(f.name) is not None:
-            given = section.get(f.name)
-        values[f.name] = getattr(base, f.name) if given is None else given
-    settings = ProbeSettings(**values)
-    task, splits = settings.load()  # bad input stops here, before a model is loaded
-    loaders = [(name, lambda name=name: load_encoder(name, known.tokenizer)) for name in known.models]
-    rows = run_probe(loaders, settings, trainer_settings_of(config), task, splits)
-    print(format_table(rows, task.name))
-    if output is not None:
-        write_output(rows, output)
-        print(f"written to {output}")
-    return 0
-
-
-def _attribute_lines() -> list[str]:
-    """``name: text`` for each attribute in :class:`ProbeSettings`' docstring (the flags' help)."""
-    from docstring_parser import parse as parse_docstring
-
-    return [
-        f"{p.arg_name}: {' '.join((p.description or '').split())}"
-        for p in parse_docstring(ProbeSettings.__doc__ or "").params
-    ]
-
-
 # -- at the end of fit --------------------------------------------------------------------------------------------
-def read_record(ckpt_path: str | Path) -> dict[str, Any] | None:
-    """The probe record ``fit`` wrote beside ``ckpt_path`` for that very file (name, size and time), or ``None``."""
-    path = Path(ckpt_path)
-    record_path = path.parent / RESULTS_FILE
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        stat = path.stat()
-    except (OSError, ValueError):
-        return None
-    same = record.get("checkpoint") == [path.name, stat.st_size, stat.st_mtime_ns]
-    return record if same and isinstance(record.get("table"), str) else None
-
-
 class FitProbe(Callback):
     """At the end of ``fit``: the probe (``python -m mlm_lightning probe``) of the base model and the adapted one.
 
@@ -687,7 +595,7 @@ class FitProbe(Callback):
             paths.reverse()
         return next((p for p in paths if p), None)
 
-    def ensure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+    def probe_table(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
         """Runs the probe once (the first caller at the end of fit runs it); its table, or ``None``."""
         if not self.enabled or self._done or trainer.global_rank != 0:
             return self.table
@@ -731,19 +639,14 @@ class FitProbe(Callback):
                 "rows": [{k: _plain(v) for k, v in row.items()} for row in rows],
             }
             from mlm_lightning.atomic import atomic_file
+            from mlm_lightning.export import PROBE_RECORD
 
-            with atomic_file(Path(path).parent / RESULTS_FILE) as tmp:
+            with atomic_file(Path(path).parent / PROBE_RECORD) as tmp:
                 tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         return self.table
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled and not self._done:
-            table = self.ensure(trainer, pl_module)
+            table = self.probe_table(trainer, pl_module)
             if table:
                 rank_zero_info(table)
-
-
-def fit_probe_table(trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
-    """The end-of-fit probe's table (run now if it has not run yet), or ``None`` when the run has none."""
-    probe = next((c for c in trainer.callbacks if isinstance(c, FitProbe)), None)
-    return probe.ensure(trainer, pl_module) if probe is not None else None
