@@ -3,7 +3,8 @@
 ``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI (:mod:`mlm_lightning.cli`). The tools
 around a run are plain typed functions whose signatures and docstrings give their flags and ``--help``:
 ``export``, ``extend-vocab``, ``fill-mask``, ``train-tokenizer``; ``inspect`` takes the same arguments as ``fit``,
-and ``evaluate`` those plus ``--models`` and ``--output``.
+and ``evaluate`` those plus ``--models`` and ``--output``; ``probe`` takes ``--models``, ``--task`` and its own
+flags, and optionally ``fit`` arguments.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ training (a LightningCLI: --config YAML files and --section.key flags):
 tools around a run:
   inspect          the corpus report of a fit configuration, without training
   evaluate         score models (base, exports, checkpoints) on its validation sets, side by side
+  probe            train and test a classifier on a labelled task with each model: did adaptation help it?
   export           turn a checkpoint into a Hugging Face model folder
   fill-mask        the most likely tokens for each [MASK] of a sentence
   train-tokenizer  train a family's tokenizer (WordPiece, byte-level BPE, Unigram) on text files
@@ -87,6 +89,11 @@ def run_tool(name: str, args: list[str]) -> None:
 
         evaluate_command(args)
         return
+    if name == "probe":
+        from mlm_lightning.probe_command import probe_command
+
+        probe_command(args)
+        return
     module, attr, nargs_arg, positional = TOOLS[name]
     func = getattr(importlib.import_module(module), attr)
     parser = _tool_parser(name, func, nargs_arg, positional)
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with quiet_libraries():  # known library messages a user cannot act on, for this command only
-            if argv and (argv[0] in TOOLS or argv[0] in ("inspect", "evaluate")):
+            if argv and (argv[0] in TOOLS or argv[0] in ("inspect", "evaluate", "probe")):
                 run_tool(argv[0], argv[1:])
             else:
                 from mlm_lightning.cli import run_cli

@@ -30,6 +30,17 @@ def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
+def end_of_fit_probe(trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+    """The table of the end-of-fit probe (``probe`` section, :class:`mlm_lightning.probe.FitProbe`), run now if it
+    has not run yet; ``None`` when the run has none. Found by its ``probe_table`` method: it imports this module.
+    """
+    for callback in trainer.callbacks:
+        run = getattr(callback, "probe_table", None)
+        if callable(run):
+            return run(trainer, pl_module)
+    return None
+
+
 class CorpusReport(Callback):
     """Before training: prints the corpus report (and logs it as TensorBoard text ``data/corpus_report``).
 
@@ -243,6 +254,7 @@ class ExportOnFitEnd(Callback):
         if path is None:
             rank_zero_warn("export.enabled is set but this run saved no checkpoint: nothing exported")
             return
+        end_of_fit_probe(trainer, pl_module)  # first: the model card shows its table (probe.json beside `path`)
         # Replacing is decided before training (check_before_fit): here the folder is this run's to write.
         export(path, str(self.target(trainer)), overwrite=True)
 
@@ -306,6 +318,8 @@ class ValidateBeforeFit(Callback):
         if not self.base_metrics or not after:
             return
         table = before_after_table(self.base_metrics, after, trainer.global_step)
+        probe = end_of_fit_probe(trainer, pl_module)  # the downstream task's figures, base vs adapted, below
+        table += f"\n\n{probe}" if probe else ""
         rank_zero_info(table)
         for logger in _tensorboards(trainer):
             logger.experiment.add_text("val/before_after", table, global_step=trainer.global_step)

@@ -45,6 +45,7 @@ from mlm_lightning.last_checkpoint import MLMCheckpoint
 from mlm_lightning.module import MLMModule
 from mlm_lightning.nonfinite import NonFiniteLoss
 from mlm_lightning.precision import default_precision
+from mlm_lightning.probe import FitProbe
 from mlm_lightning.random_states import RandomStates
 from mlm_lightning.run_folder import RESUME_KEYWORDS, run_dir_guard
 from mlm_lightning.settings import plain_values
@@ -144,6 +145,7 @@ class MLMCLI(LightningCLI):
         parser.add_lightning_class_args(ValidateBeforeFit, "validate_before_fit")
         parser.add_lightning_class_args(HParamsSummary, "hparams")
         parser.add_lightning_class_args(ExportOnFitEnd, "export")
+        parser.add_lightning_class_args(FitProbe, "probe")  # after export: its table goes into the model card
         parser.add_lightning_class_args(HeapGrowthLimit, "memory")
         # Lightning's Trainer flags last, so `fit --help` leads with this project's own settings (see below).
         parser.add_lightning_class_args(self.trainer_class, "trainer")

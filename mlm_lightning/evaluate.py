@@ -31,8 +31,8 @@ from typing import Any, NoReturn
 from mlm_lightning.cli import parse_config
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError
+from mlm_lightning.export import load_model
 from mlm_lightning.masking import TokenMasking
-from mlm_lightning.sources import PKG_SCHEME
 
 COLUMNS = (
     "model",
@@ -46,28 +46,6 @@ COLUMNS = (
     "word_perplexity",
 )
 OUTPUT_SUFFIXES = (".json", ".csv")
-
-
-def load_model(name: str, weights_only: bool = True) -> tuple[Any, str]:
-    """``(masked LM in eval mode, its tokenizer's name or path)`` for a checkpoint, a model folder or a hub name.
-
-    A checkpoint is read weights-only unless ``weights_only`` is ``False`` (``--weights_only false``, as for ``fit``).
-
-    Raises:
-        MLMError: The file or folder does not exist, is not a checkpoint or a model, or cannot be read.
-    """
-    from mlm_lightning.export import from_checkpoint, load_checkpoint
-    from mlm_lightning.loading import load_masked_lm
-
-    path = Path(name).expanduser()
-    looks_local = name.startswith(("/", ".", "~")) or name.endswith(".ckpt")
-    if not name.startswith(PKG_SCHEME) and looks_local and not path.exists():
-        raise MLMError(f"model '{name}': no such file or folder")
-    if path.is_file():
-        ckpt = load_checkpoint(path, weights_only)
-        model, _, tokenizer_name = from_checkpoint(ckpt, path, weights_only=weights_only)
-        return model.eval(), tokenizer_name
-    return load_masked_lm(name), name
 
 
 def word_masking(dm: MLMDataModule) -> TokenMasking:
@@ -118,7 +96,7 @@ def evaluate_models(models: list[str], config: Any, weights_only: bool = True) -
             # A model whose files lack its MLM head (the embedded default's MiniLM) gets a new one, drawn as in
             # `fit` (seeded just before the model is built): its figures are then those fit logs at step 0.
             L.seed_everything(int(config.seed_everything), verbose=False)
-        model, tokenizer_name = load_model(name, weights_only)
+        model, tokenizer_name = load_model(name, weights_only=weights_only)
         data = {**config.data.as_dict(), "tokenizer": tokenizer_name}  # each model reads with its own tokenizer
         dm = MLMDataModule(**data)
         tokens = score(MLMModule.around(model, name), dm, settings)

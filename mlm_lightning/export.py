@@ -84,12 +84,56 @@ def from_checkpoint(
     return model, tok, name
 
 
+def load_model(name: str, head_warning: bool = True, weights_only: bool = True) -> tuple[Any, str]:
+    """``(masked LM in eval mode, its tokenizer's name or path)`` for a checkpoint, a model folder or a hub name.
+
+    ``head_warning``: warn when the model's files lack weights (its MLM head): off for users of the encoder only.
+    A checkpoint is read weights-only unless ``weights_only`` is ``False`` (``--weights_only false``, as for ``fit``).
+
+    Raises:
+        MLMError: The file or folder does not exist, is not a checkpoint or a model, or cannot be read.
+    """
+    from mlm_lightning.loading import load_masked_lm
+
+    path = Path(name).expanduser()
+    looks_local = name.startswith(("/", ".", "~")) or name.endswith(".ckpt")
+    if not name.startswith(PKG_SCHEME) and looks_local and not path.exists():
+        raise MLMError(f"model '{name}': no such file or folder")
+    if path.is_file():
+        ckpt = load_checkpoint(path, weights_only)
+        model, _, tokenizer_name = from_checkpoint(ckpt, path, weights_only=weights_only)
+        return model.eval(), tokenizer_name
+    return load_masked_lm(name, for_training=not head_warning).eval(), name
+
+
+PROBE_RECORD = "probe.json"  # written beside the checkpoints by fit's end-of-run probe (probe.enabled)
+
+
+def probe_record(ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The probe record ``fit`` wrote beside ``ckpt_path`` for that very file (name, size and time), or ``None``."""
+    import json
+
+    path = Path(ckpt_path)
+    try:
+        record = json.loads((path.parent / PROBE_RECORD).read_text(encoding="utf-8"))
+        stat = path.stat()
+    except (OSError, ValueError):
+        return None
+    same = isinstance(record, dict) and record.get("checkpoint") == [path.name, stat.st_size, stat.st_mtime_ns]
+    return record if same and isinstance(record.get("table"), str) else None
+
+
 def _is_hub_id(name: str | None) -> bool:
     return bool(name) and not name.startswith(PKG_SCHEME) and "://" not in name and not Path(name).exists()
 
 
-def model_card(ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str, title: str) -> str:
-    """A short model card: where the model came from, what it was trained on, how well it does."""
+def model_card(
+    ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str, title: str, probe_table: str | None = None
+) -> str:
+    """A short model card: where the model came from, what it was trained on, how well it does.
+
+    ``probe_table``: the downstream probe of this checkpoint at the end of ``fit`` (``probe.enabled``), if any.
+    """
     hp = ckpt["hyper_parameters"]
     data = ckpt.get("datamodule_hyper_parameters", {})
     metrics = ckpt.get("mlm_lightning", {}).get("val_metrics", {})
@@ -146,6 +190,7 @@ def model_card(ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str
             "exp(validation loss), the loss being the mean cross-entropy over all masked validation tokens.",
             "",
             *before_after,
+            *(["## Downstream probe", "", probe_table, ""] if probe_table else []),
             "## Use",
             "",
             "```python",
@@ -187,7 +232,8 @@ def export(
         with no_transformers_progress():
             model.save_pretrained(work, safe_serialization=True)
         tok.save_pretrained(work)
-        card = model_card(ckpt, model, tokenizer_name, target.name)
+        record = probe_record(ckpt_path)  # written by fit's end-of-run probe for this very checkpoint file
+        card = model_card(ckpt, model, tokenizer_name, target.name, record["table"] if record else None)
         (work / "README.md").write_text(card.replace("[MASK]", tok.mask_token), encoding="utf-8")
     print(f"exported {ckpt_path} (step {ckpt.get('global_step', '?')}) to {target}")
     return target
