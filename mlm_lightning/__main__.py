@@ -2,8 +2,8 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI (:mod:`mlm_lightning.cli`). The tools
 around a run are plain typed functions whose signatures and docstrings give their flags and ``--help``:
-``export``, ``extend-vocab``, ``fill-mask``, ``train-tokenizer``; ``inspect`` takes the same arguments as ``fit``,
-and ``evaluate`` those plus ``--models`` and ``--output``.
+``export``, ``extend-vocab``, ``fill-mask``, ``train-tokenizer``; ``inspect`` and ``shard`` take the same arguments
+as ``fit`` (``shard`` also ``--output``), and ``evaluate`` those plus ``--models`` and ``--output``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ training (a LightningCLI: --config YAML files and --section.key flags):
 
 tools around a run:
   inspect          the corpus report of a fit configuration, without training
+  shard            tokenize a fit configuration's text into verified shards (a folder or s3://...)
   evaluate         score models (base, exports, checkpoints) on its validation sets, side by side
   export           turn a checkpoint into a Hugging Face model folder
   fill-mask        the most likely tokens for each [MASK] of a sentence
@@ -82,6 +83,11 @@ def run_tool(name: str, args: list[str]) -> None:
 
         inspect_command(args)
         return
+    if name == "shard":
+        from mlm_lightning.shard_command import shard_command
+
+        shard_command(args)
+        return
     if name == "evaluate":
         from mlm_lightning.evaluate import evaluate_command
 
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with quiet_libraries():  # known library messages a user cannot act on, for this command only
-            if argv and (argv[0] in TOOLS or argv[0] in ("inspect", "evaluate")):
+            if argv and (argv[0] in TOOLS or argv[0] in ("inspect", "evaluate", "shard")):
                 run_tool(argv[0], argv[1:])
             else:
                 from mlm_lightning.cli import run_cli

@@ -258,7 +258,8 @@ class MLMDataModule(L.LightningDataModule):
             "non_text_rows": dropped.get("non_text_rows"),
         }
 
-    def _rows(self, split: str) -> TokenRows:
+    def split_rows(self, split: str) -> TokenRows:
+        """The rows of a split (``train``, ``val``, ``val/<name>``, ``test``) over its cache entry, which must exist."""
         corpus = self.corpora[split]
         # Not repaired here: under DDP every process sets up, and only the preparing one may rebuild.
         folder = self.cache.entry(corpus, repair=False) / _folder(split, corpus)
@@ -273,9 +274,9 @@ class MLMDataModule(L.LightningDataModule):
             if split == "train" and "train" not in self.corpora:
                 raise MLMError("no training data: set data.train_files")
             if split == "test" and not self.test_files:
-                self.datasets["test"] = self.datasets.get(vals[0]) or self._rows(vals[0])
+                self.datasets["test"] = self.datasets.get(vals[0]) or self.split_rows(vals[0])
             elif split not in self.datasets:
-                self.datasets[split] = self._rows(split)
+                self.datasets[split] = self.split_rows(split)
             if len(self.datasets[split]) == 0:
                 raise MLMError(f"the {split} split is empty")
 
