@@ -329,6 +329,7 @@ class MLMDataModule(L.LightningDataModule):
         """``(url, weight, manifest)`` of every ``data.streaming`` set, checked against this run's settings."""
         from mlm_lightning.data.cache import tokenizer_fingerprint
         from mlm_lightning.data.shards import read_manifest
+        from mlm_lightning.data.streaming import check_shards
 
         if getattr(self, "_manifests", None) is None:
             fingerprint = tokenizer_fingerprint(self.tokenizer)
@@ -347,6 +348,7 @@ class MLMDataModule(L.LightningDataModule):
                         f"wants {self.layout} rows of {self.max_seq_length}: set data.layout and "
                         f"data.max_seq_length to the shards', or shard the text again"
                     )
+                check_shards(s.url, manifest, self.stream_retries)
                 found.append((s.url, s.weight, manifest))
             self._manifests = found
         return self._manifests

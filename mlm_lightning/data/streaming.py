@@ -46,6 +46,24 @@ class ShardSet:
     weight: float = 1.0
 
 
+def check_shards(url: str, manifest: dict[str, Any], retries: int) -> None:
+    """Every shard the manifest lists is in the set's folder with its size (one listing); else one line naming it."""
+    fs, path = filesystem(url)
+    listing = store_call(url, "listing", lambda: fs.ls(path, detail=True), retries)
+    sizes = {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry.get("size") for entry in listing}
+    for shard in manifest["shards"]:
+        name = shard["name"]
+        if name not in sizes:
+            raise MLMError(
+                f"the shard {join(url, name)} is missing (listed in its manifest): write the shard set again"
+            )
+        if sizes[name] != shard["bytes"]:
+            raise MLMError(
+                f"the shard {join(url, name)} is corrupt ({sizes[name]:,} bytes, the manifest says "
+                f"{shard['bytes']:,}): write the shard set again"
+            )
+
+
 def fetch_shard(shard: dict[str, Any], retries: int, wait: float) -> bytes:
     """A shard's bytes, fetched whole (with ``retries``) and checked against the manifest's size and digest."""
     url = shard["url"]
@@ -96,7 +114,7 @@ def shard_rows(shards: list[dict[str, Any]], seed: int, epoch: int, retries: int
         table = pq.read_table(io.BytesIO(data))
         order = np.random.default_rng([seed, epoch, shard["set"], shard["number"]]).permutation(table.num_rows)
         for ids, index in iter_shard(table, order):
-            yield {"input_ids": ids, "index": index}
+            yield {"input_ids": ids, "index": index, "source": shard["set"]}
 
 
 def _rows_of(shards: list[dict[str, Any]], rank: int, world: int) -> int:
@@ -116,7 +134,8 @@ class StreamingRows(IterableDataset):
     """The training rows of one device, streamed from weighted shard sets (see the module docstring).
 
     Items are dicts ``{"input_ids", "index", "epoch"}`` like :class:`~mlm_lightning.data.rows.TokenRows`'s, so the
-    masking collator is the same. Iterated in the training process (the position it records lives there).
+    masking collator is the same, and ``source`` (the set's place in ``sets``). Iterated in the training process
+    (the position it records lives there).
 
     Args:
         sets: ``(url, weight, manifest)`` of each shard set (manifests checked by the caller).
@@ -245,7 +264,8 @@ class StreamingRows(IterableDataset):
                 self.snapshots[served] = stream.state_dict()
                 while len(self.snapshots) > SNAPSHOTS:
                     self.snapshots.popitem(last=False)
-            yield {"input_ids": example["input_ids"].astype(np.int64), "index": example["index"], "epoch": epoch}
+            ids = np.asarray(example["input_ids"], dtype=np.int64)  # interleaving hands lists
+            yield {"input_ids": ids, "index": example["index"], "epoch": epoch, "source": example["source"]}
             if served == self.rows_per_epoch:
                 return
         raise RuntimeError(f"the stream of rank {self.rank} ended after {served} of {self.rows_per_epoch} rows")
