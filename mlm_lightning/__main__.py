@@ -2,9 +2,9 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI (:mod:`mlm_lightning.cli`). The tools
 around a run are plain typed functions whose signatures and docstrings give their flags and ``--help``:
-``export``, ``extend-vocab``, ``fill-mask``, ``train-tokenizer``; ``inspect`` takes the same arguments as ``fit``,
-and ``evaluate`` those plus ``--models`` and ``--output``; ``probe`` takes ``--models``, ``--task`` and its own
-flags, and optionally ``fit`` arguments.
+``export``, ``extend-vocab``, ``fill-mask``, ``train-tokenizer``; ``inspect`` and ``shard`` take the same arguments
+as ``fit`` (``shard`` also ``--output``), and ``evaluate`` those plus ``--models`` and ``--output``; ``probe`` takes
+``--models``, ``--task`` and its own flags, and optionally ``fit`` arguments.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ training (a LightningCLI: --config YAML files and --section.key flags):
 
 tools around a run:
   inspect          the corpus report of a fit configuration, without training
+  shard            tokenize a fit configuration's text into verified shards (a folder or s3://...)
   evaluate         score models (base, exports, checkpoints) on its validation sets, side by side
   probe            train and test a classifier on a labelled task with each model: did adaptation help it?
   export           turn a checkpoint into a Hugging Face model folder
@@ -84,6 +85,11 @@ def run_tool(name: str, args: list[str]) -> None:
 
         inspect_command(args)
         return
+    if name == "shard":
+        from mlm_lightning.shard_command import shard_command
+
+        shard_command(args)
+        return
     if name == "evaluate":
         from mlm_lightning.evaluate import evaluate_command
 
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with quiet_libraries():  # known library messages a user cannot act on, for this command only
-            if argv and (argv[0] in TOOLS or argv[0] in ("inspect", "evaluate", "probe")):
+            if argv and (argv[0] in TOOLS or argv[0] in ("inspect", "evaluate", "probe", "shard")):
                 run_tool(argv[0], argv[1:])
             else:
                 from mlm_lightning.cli import run_cli

@@ -29,6 +29,9 @@ _WARNINGS: list[tuple[str, str, str]] = [
     # Every bf16-mixed run (base.yaml on a bf16 CPU): the summary's size at 32 bits is the right one, since mixed
     # precision keeps the weights in float32.
     (r"Precision .* is not supported by the model summary", r"lightning\.pytorch\.utilities\.model_summary", "bf16"),
+    # Streamed training rows (data.streaming) have a length by construction and are read in the training process,
+    # never by workers: the duplicate-data risk the warning is about does not arise.
+    (r"Your `IterableDataset` has `__len__` defined", r"lightning\.pytorch\.utilities\.data", "streaming"),
 ]
 
 # Lightning info lines (logger ``lightning.pytorch.utilities.rank_zero``) that say nothing on this machine.

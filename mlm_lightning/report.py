@@ -87,7 +87,28 @@ def corpus_report(dm: MLMDataModule) -> dict[str, SplitStats]:
     if not set(splits) <= dm.datasets.keys():
         dm.prepare_data()
         dm.setup("fit")
+    if getattr(dm, "streaming", None):  # streamed training rows: their sources' table, see streaming_sources
+        splits = splits[1:]
     return {split: split_stats(dm, split) for split in splits}
+
+
+def streaming_sources(dm: MLMDataModule) -> str:
+    """The streamed sources (``data.streaming``) as a Markdown table: each set's shards, rows, tokens and share."""
+    sets = dm.manifests()
+    total = sum(weight for _, weight, _ in sets)
+    rows = dm.datasets["train"]
+    lines = [
+        f"streamed training rows: {len(rows):,} per epoch on each device ({len(rows) // dm.batch_size:,} batches)",
+        "",
+        "| source | shards | documents | tokens | rows | weight: share of rows drawn |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for url, weight, manifest in sets:
+        lines.append(
+            f"| {url} | {len(manifest['shards']):,} | {manifest['documents']:,} | {manifest['tokens']:,} | "
+            f"{manifest['rows']:,} | {100 * weight / total:.1f}% |"
+        )
+    return "\n".join(lines)
 
 
 def format_report(stats: dict[str, SplitStats], dm: MLMDataModule) -> str:
@@ -116,6 +137,8 @@ def format_report(stats: dict[str, SplitStats], dm: MLMDataModule) -> str:
         ("tokens per epoch", lambda s: f"{s.row_tokens:,}"),
     ]
     lines += [f"| {name} | " + " | ".join(fmt(s) for s in stats.values()) + " |" for name, fmt in fields]
+    if getattr(dm, "streaming", None):
+        lines += ["", streaming_sources(dm)]
     return "\n".join(lines)
 
 
@@ -141,8 +164,8 @@ def report_warnings(
                 f"{s.null_rows:,} are null: they were dropped. Check data.text_column (now '{dm.text_column}'), "
                 f"or set data.non_text_rows=error to find them"
             )
-    train = stats["train"]
-    share = train.longest_document / max(1, train.tokens)
+    train = stats.get("train")  # absent when the training rows are streamed (checked when they were sharded)
+    share = train.longest_document / max(1, train.tokens) if train else 0.0
     if share > max_document_share:
         warnings.append(
             f"one document holds {100 * share:.0f}% of the training text: check data.text_layout "

@@ -80,3 +80,39 @@ class MetricRecorder(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.name in trainer.callback_metrics:
             self.values.append(float(trainer.callback_metrics[self.name]))
+
+
+class RowRecorder(Callback):
+    """Appends one line per training row to ``<path>.<rank>``: the epoch and a CRC of the row's unmasked ids.
+
+    The ids are put back from the batch (a masked position's label is its original id), so the CRC is that of the
+    row as stored in the shard (int64), padding removed.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_
+    ) -> None:
+        ids, labels = batch["input_ids"].clone(), batch["labels"]
+        ids[labels != -100] = labels[labels != -100]
+        mask = batch.get("attention_mask")
+        with open(f"{self.path}.{trainer.global_rank}", "a") as fh:
+            for row in range(len(ids)):
+                kept = ids[row] if mask is None else ids[row][mask[row].bool()]
+                fh.write(f"{trainer.current_epoch},{zlib.crc32(kept.numpy().tobytes())}\n")
+
+
+ACTIONS: dict[int, Any] = {}  # step -> what CallAtStep calls after it (in-process runs only)
+
+
+class CallAtStep(Callback):
+    """After each training step that ``ACTIONS`` has an entry for, calls it (e.g. stops a test's S3 server)."""
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_
+    ) -> None:
+        action = ACTIONS.pop(trainer.global_step, None)
+        if action is not None:
+            action()

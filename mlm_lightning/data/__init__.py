@@ -5,6 +5,8 @@
 * :mod:`.cache`: the tokenization cache, its key and its integrity checks;
 * :mod:`.rows`: rows of the ``packed`` and ``line_by_line`` layouts over a token stream;
 * :mod:`.sampling`: the shuffled, sharded, resumable order of rows;
+* :mod:`.shards`: shard sets in folders or object stores (``python -m mlm_lightning shard``), their manifests;
+* :mod:`.streaming`: training rows streamed from weighted shard sets (``data.streaming``), resumable;
 * :mod:`.datamodule`: ``MLMDataModule``, the settings and Lightning's hooks.
 
 Masking strategies live in :mod:`mlm_lightning.masking`.
@@ -17,6 +19,7 @@ from mlm_lightning.data.datamodule import MLMDataModule
 from mlm_lightning.data.reading import load_documents
 from mlm_lightning.data.rows import TokenRows
 from mlm_lightning.data.sampling import MLMSampler, ResumableDataLoader
+from mlm_lightning.data.streaming import ShardSet, StreamingRows
 
 # The name configs, saved configs and checkpoints' class paths use (and pickles resolve): the package's, not the file's.
 MLMDataModule.__module__ = __name__
@@ -27,6 +30,8 @@ __all__ = [
     "MLMDataModule",
     "MLMSampler",
     "ResumableDataLoader",
+    "ShardSet",
+    "StreamingRows",
     "TokenRows",
     "load_documents",
     "tokenizer_fingerprint",

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from mlm_lightning.data.cache import Corpus, CorpusCache
 from mlm_lightning.data.rows import TokenRows
 from mlm_lightning.data.sampling import MLMSampler, ResumableDataLoader
+from mlm_lightning.data.streaming import ShardSet, StreamingDataLoader, StreamingRows
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import special_token_ids
 from mlm_lightning.masking import MaskingStrategy, MLMCollator, TokenMasking
@@ -71,6 +72,24 @@ def _masking_config(masking: MaskingStrategy) -> dict[str, Any]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(vars(masking))}
 
 
+def _check_streaming(sets: list[ShardSet], train_files: Any, val_files: Any) -> None:
+    """Raises :class:`MLMError` unless ``data.streaming`` can replace the training files."""
+    if train_files:
+        raise MLMError("set data.train_files or data.streaming, not both (streaming replaces the training files)")
+    held_out = not val_files or (isinstance(val_files, dict) and not all(val_files.values()))
+    if held_out:
+        raise MLMError(
+            "data.streaming needs data.val_files (validation files; none may be null): a streamed corpus has no "
+            "held-out share"
+        )
+    urls = [s.url for s in sets]
+    if len(set(urls)) != len(urls):
+        raise MLMError(f"data.streaming names a shard set twice: {', '.join(urls)}")
+    for s in sets:
+        if not s.weight > 0 or not math.isfinite(s.weight):
+            raise MLMError(f"data.streaming: the weight of {s.url} must be a positive number, got {s.weight}")
+
+
 class MLMDataModule(L.LightningDataModule):
     """Reads, tokenizes (once, cached), packs and masks text for masked-language-model training.
 
@@ -110,6 +129,13 @@ class MLMDataModule(L.LightningDataModule):
             ``~/.cache/mlm_lightning``.
         prepare_data_per_node: Tokenize on the first process of every machine (``True``: machines do not share
             ``cache_dir``) or only on the first process of the whole job (``False``: a shared file system).
+        streaming: Train on shard sets written by ``python -m mlm_lightning shard`` (folders or object-store URLs)
+            instead of ``train_files``, streamed and mixed by weight. In YAML: ``streaming: [{url:
+            s3://bucket/domain, weight: 0.7}, {url: s3://bucket/general, weight: 0.3}]``. Validation still reads
+            ``val_files`` (required then). Streamed rows are read and masked in the training process
+            (``num_workers`` is not used for them) and the stream's position goes into checkpoints.
+        stream_retries: Tries after the first for every request to an object store (waiting 1, 2, 4... s),
+            before the run stops with one line naming the shard (its last checkpoint intact).
 
     From Python, on several devices, build the Trainer with ``use_distributed_sampler=False`` (the command line
     does): the data module's sampler shards the rows by itself, and Lightning's would shard them again.
@@ -136,6 +162,8 @@ class MLMDataModule(L.LightningDataModule):
         seed: NonNegativeInt = 1234,
         cache_dir: str | None = None,
         prepare_data_per_node: bool = True,
+        streaming: list[ShardSet] | None = None,
+        stream_retries: NonNegativeInt = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # into checkpoints and the dashboard's hparams (export's model card reads them)
@@ -150,6 +178,12 @@ class MLMDataModule(L.LightningDataModule):
                 f"data.val_fraction must be in (0, 1) when data.val_files is unset (or maps a name to null: that "
                 f"set is held out of the training files), got {val_fraction}"
             )
+        self.streaming = [s if isinstance(s, ShardSet) else ShardSet(**s) for s in streaming or []]
+        if self.streaming:
+            self.hparams["streaming"] = [vars(s).copy() for s in self.streaming]  # plain data for checkpoints
+            _check_streaming(self.streaming, train_files, val_files)
+        self.stream_retries = stream_retries
+        self.stream_wait = 1.0  # seconds before the first retry (tests shorten it)
         self.train_files = train_files
         self.val_files = dict(val_files) if isinstance(val_files, dict) else val_files
         self.val_fraction = val_fraction
@@ -261,7 +295,8 @@ class MLMDataModule(L.LightningDataModule):
             "non_text_rows": dropped.get("non_text_rows"),
         }
 
-    def _rows(self, split: str) -> TokenRows:
+    def split_rows(self, split: str) -> TokenRows:
+        """The rows of a split (``train``, ``val``, ``val/<name>``, ``test``) over its cache entry, which must exist."""
         corpus = self.corpora[split]
         # Not repaired here: under DDP every process sets up, and only the preparing one may rebuild.
         folder = self.cache.entry(corpus, repair=False) / _folder(split, corpus)
@@ -273,12 +308,19 @@ class MLMDataModule(L.LightningDataModule):
         vals = self.val_splits
         wanted = {"fit": ["train", *vals], "validate": vals, "test": ["test"], "predict": vals[:1]}
         for split in wanted.get(stage or "fit", ["train", *vals]):
+            if split == "train" and self.streaming:
+                self.datasets.setdefault("train", self.stream())
+                if len(self.datasets["train"]) == 0:
+                    raise MLMError(
+                        f"the streamed shard sets hold fewer than data.batch_size={self.batch_size} rows per device"
+                    )
+                continue
             if split == "train" and "train" not in self.corpora:
                 raise MLMError("no training data: set data.train_files")
             if split == "test" and not self.test_files:
-                self.datasets["test"] = self.datasets.get(vals[0]) or self._rows(vals[0])
+                self.datasets["test"] = self.datasets.get(vals[0]) or self.split_rows(vals[0])
             elif split not in self.datasets:
-                self.datasets[split] = self._rows(split)
+                self.datasets[split] = self.split_rows(split)
             if len(self.datasets[split]) == 0:
                 raise MLMError(f"the {split} split is empty")
 
@@ -305,6 +347,46 @@ class MLMDataModule(L.LightningDataModule):
             f"(a few sentences at least)"
         )
 
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def manifests(self) -> list[tuple[str, float, dict[str, Any]]]:
+        """``(url, weight, manifest)`` of every ``data.streaming`` set, checked against this run's settings."""
+        from mlm_lightning.data.cache import tokenizer_fingerprint
+        from mlm_lightning.data.shards import read_manifest
+        from mlm_lightning.data.streaming import check_shards
+
+        if getattr(self, "_manifests", None) is None:
+            fingerprint = tokenizer_fingerprint(self.tokenizer)
+            found = []
+            for s in self.streaming:
+                manifest = read_manifest(s.url, self.stream_retries)
+                if manifest["tokenizer"]["fingerprint"] != fingerprint:
+                    raise MLMError(
+                        f"{s.url} was tokenized with {manifest['tokenizer']['name']} (fingerprint "
+                        f"{manifest['tokenizer']['fingerprint']}), not this run's tokenizer {self.tokenizer_name} "
+                        f"({fingerprint}): set data.tokenizer to the shards', or shard the text with this one"
+                    )
+                if (manifest["layout"], manifest["max_seq_length"]) != (self.layout, self.max_seq_length):
+                    raise MLMError(
+                        f"{s.url} holds {manifest['layout']} rows of {manifest['max_seq_length']} tokens, this run "
+                        f"wants {self.layout} rows of {self.max_seq_length}: set data.layout and "
+                        f"data.max_seq_length to the shards', or shard the text again"
+                    )
+                check_shards(s.url, manifest, self.stream_retries)
+                found.append((s.url, s.weight, manifest))
+            self._manifests = found
+        return self._manifests
+
+    def stream(self) -> StreamingRows:
+        """This device's streamed training rows (``data.streaming``)."""
+        rank, world = self._rank_world()
+        rows = StreamingRows(
+            self.manifests(), self.seed, rank, world, self.batch_size, self.stream_retries, self.stream_wait
+        )
+        return rows
+
     # -- loaders ----------------------------------------------------------------------------------------
     def collator(self, train: bool) -> MLMCollator:
         """The masking collator of ``data.masking``; validation and test use a different, fixed seed stream."""
@@ -315,6 +397,15 @@ class MLMDataModule(L.LightningDataModule):
         train = split == "train"
         rows = self.datasets[split]
         trainer = self.trainer
+        if isinstance(rows, StreamingRows):
+            # Read in this process: the position a checkpoint keeps is the stream's here (num_workers: unused).
+            stream = StreamingDataLoader(
+                rows, batch_size=self.batch_size, collate_fn=self.collator(True), pin_memory=torch.cuda.is_available()
+            )
+            if trainer is not None:
+                stream.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+                stream.current_epoch = lambda: trainer.current_epoch
+            return stream
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if not train and len(rows) < world:  # a device with no batch would skip the metric sync the others wait in
             raise MLMError(
@@ -367,6 +458,8 @@ class MLMDataModule(L.LightningDataModule):
         """Training batches per epoch on one device, computed without building a dataloader."""
         if "train" not in self.datasets:
             self.setup("fit")
+        if self.streaming:
+            return len(self.datasets["train"]) // self.batch_size  # whole batches per device, by construction
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
         return math.ceil(math.ceil(len(self.datasets["train"]) / world) / self.batch_size)
