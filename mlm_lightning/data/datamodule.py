@@ -331,7 +331,7 @@ class MLMDataModule(L.LightningDataModule):
         a file holding only "a", "." or a byte-order mark and blank lines gives rows with nothing masked, and no
         loss at the first validation. Reads rows until the first masked token (the first chunk, for real text).
         """
-        rows, collator = self._rows(split), self.collator(train=False)
+        rows, collator = self.split_rows(split), self.collator(train=False)
         for start in range(0, len(rows), chunk):
             batch = collator([rows[i] for i in range(start, min(start + chunk, len(rows)))])
             if len(batch["masked_positions"]):
