@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 
 import mlm_lightning
 from mlm_lightning.__main__ import main
+from mlm_lightning.errors import MLMError
+from tests.conftest import make_corpus
 from tests.test_bad_input import set_arg
 
 ONE_LINE_CASES = {
@@ -54,3 +57,42 @@ def test_our_warnings_are_printed_like_our_other_messages() -> None:
     assert proc.returncode == 0, proc.stderr
     assert lines[0] == "warning: the tokenization cache entry /c/x is damaged (meta.json is missing): rebuilding it"
     assert "/site-packages/other/x.py:3" in lines[1] and "theirs" in lines[1]  # others' warnings as before
+
+
+@pytest.mark.parametrize("encoding_errors", ["strict", "replace"])
+def test_a_utf16_file_says_so_and_how_to_convert_it(
+    encoding_errors: str, tiny_args: list[str], tmp_path: Path, capsys
+) -> None:
+    # It suggested encoding_errors=replace, which reads ASCII in UTF-16 as letters and NUL bytes: garbage to train on.
+    path = tmp_path / "utf16.txt"
+    path.write_text("\n".join(make_corpus(30)), encoding="utf-16")  # with a byte-order mark, as Windows tools write
+    args = set_arg(set_arg(tiny_args, "--data.train_files", f"[{path}]"), "--data.encoding_errors", encoding_errors)
+    capsys.readouterr()
+    assert main(["fit", *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {path}: looks like UTF-16, not UTF-8 (it starts with a UTF-16 little-endian byte-order mark). "
+        f"Convert it to UTF-8, e.g. iconv -f UTF-16 -t UTF-8 {path} > {tmp_path / 'utf16.utf8.txt'}, and train on that"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("codec", "bom", "name"),
+    [
+        ("utf-16-be", codecs.BOM_UTF16_BE, "UTF-16 big-endian"),
+        ("utf-32-le", codecs.BOM_UTF32_LE, "UTF-32 little-endian"),
+        ("utf-32-be", codecs.BOM_UTF32_BE, "UTF-32 big-endian"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv"])
+def test_every_utf16_and_utf32_byte_order_mark_is_recognised(
+    codec: str, bom: bytes, name: str, suffix: str, tmp_path: Path
+) -> None:
+    from mlm_lightning.data.reading import file_digest
+
+    path = tmp_path / f"f{suffix}"
+    path.write_bytes(bom + "text\n".encode(codec))
+    with pytest.raises(MLMError, match=f"looks like {name.split()[0]}, not UTF-8 .*{name} byte-order mark"):
+        file_digest(path, "replace")
+    path.write_bytes(codecs.BOM_UTF8 + b"text\n")  # UTF-8's own mark is fine
+    assert file_digest(path, "strict")[1] == 0
