@@ -184,7 +184,7 @@ def main() -> None:
             fit += ["--trainer.val_check_interval", str(max(1, args.train_steps // 2))]
             fit += ["--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root)]
             train[layout] = run_measured(fit, workdir / f"train-{layout}.log")
-            ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+            ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
             train[layout]["steps"] = ckpt["global_step"]  # proof that the run trained as many steps as asked
             print(f"train {layout}:", json.dumps(train[layout]), flush=True)
     finally:

@@ -154,7 +154,7 @@ def evaluate(model: Any, eval_path: Path) -> float:
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for b in torch.load(eval_path):
+        for b in torch.load(eval_path, weights_only=True):  # its own batches of tensors, written by this script
             for ids, labels in zip(b["input_ids"].split(8), b["labels"].split(8)):  # small: bounded memory
                 logits = model(input_ids=ids).logits
                 mask = labels != -100

@@ -1,7 +1,7 @@
 """Library messages a normal run would print and that the user cannot act on, filtered at their source.
 
 Every filter here names one message and says why it is dropped. Everything else Lightning, ``datasets`` and
-``transformers`` say still gets through.
+``transformers`` say still gets through. Our own warnings are printed as our other messages (``warning: ...``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 # Corpora at least this large show ``datasets``' tokenization progress bar in a terminal (smaller ones take
 # seconds; their "tokenizing ..." log line is enough).
@@ -46,15 +48,71 @@ _INFO_LINES: list[str] = [
 ]
 
 
+# Lightning's seed_everything (logger ``lightning.fabric.utilities.seed``) says "Seed set to 42" before the
+# configuration is checked, so a one-line error came out as two lines. The seed is in the run's config.yaml
+# (``seed_everything``, also when it was drawn at random).
+_SEED_LINES: list[str] = ["Seed set to "]
+
+
 class _DropInfoLines(logging.Filter):
-    """Drops the log records in :data:`_INFO_LINES`."""
+    """Drops the log records that start with one of ``lines`` (after a ``[rank: N]`` prefix, if any)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(message.startswith(line) for line in _INFO_LINES)
+        if message.startswith("[rank: "):
+            message = message.partition("] ")[2]
+        return not any(message.startswith(line) for line in self.lines)
 
 
-_LOG_FILTER = _DropInfoLines()
+_LOG_FILTER = _DropInfoLines(_INFO_LINES)
+_SEED_FILTER = _DropInfoLines(_SEED_LINES)
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _is_ours(filename: str) -> bool:
+    """Whether a warning was raised in this package's code (``rank_zero_warn`` points at its caller)."""
+    try:
+        return Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
+    except (OSError, ValueError):
+        return False
+
+
+def _warning_formatter(previous: Any) -> Any:
+    """``warnings.formatwarning`` that prints our own warnings as our other messages, ``warning: ...`` on one line.
+
+    Without it they read ``.../mlm_lightning/data/cache.py:257: the tokenization cache entry ... is damaged`` (the
+    format Lightning gives every path with "lightning" in it). Everybody else's warnings keep ``previous``.
+    """
+
+    def format_warning(message: Any, category: type, filename: str, lineno: int, line: str | None = None) -> str:
+        if _is_ours(filename):
+            return f"warning: {' '.join(str(message).split())}\n"
+        return previous(message, category, filename, lineno, line)
+
+    format_warning.previous = previous  # type: ignore[attr-defined]
+    return format_warning
+
+
+def _warning_shower(previous: Any) -> Any:
+    """``warnings.showwarning`` that puts :func:`_warning_formatter` over whatever formatter is current, then shows
+    the warning as ``previous`` does.
+
+    Set at each warning, not once: Lightning installs its own formatter when it is first imported, which may be
+    after the command started. Showing through ``previous`` keeps ``catch_warnings(record=True)`` (pytest) working.
+    """
+
+    def show_warning(
+        message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
+        if not hasattr(warnings.formatwarning, "previous"):
+            warnings.formatwarning = _warning_formatter(warnings.formatwarning)
+        previous(message, category, filename, lineno, file, line)
+
+    return show_warning
 
 
 @contextlib.contextmanager
@@ -65,14 +123,19 @@ def quiet_libraries() -> Iterator[None]:
     ``datasets``' progress bars are handled where the data is read (:func:`no_datasets_progress`).
     """
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    seed_log = logging.getLogger("lightning.fabric.utilities.seed")
     with warnings.catch_warnings():
         for message, module, _why in _WARNINGS:
             warnings.filterwarnings("ignore", message=message, module=module)
         rank_zero_log.addFilter(_LOG_FILTER)
+        seed_log.addFilter(_SEED_FILTER)
+        warnings.showwarning = _warning_shower(warnings.showwarning)  # catch_warnings puts the previous one back
         try:
             yield
         finally:
+            warnings.formatwarning = getattr(warnings.formatwarning, "previous", warnings.formatwarning)
             rank_zero_log.removeFilter(_LOG_FILTER)
+            seed_log.removeFilter(_SEED_FILTER)
 
 
 @contextlib.contextmanager

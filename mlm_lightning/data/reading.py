@@ -25,6 +25,28 @@ _SAMPLE_BY = {"line": "line", "paragraph": "paragraph", "file": "document"}
 _ESCAPED = re.compile("[\udc80-\udcff]")  # what surrogateescape decodes a byte that is not UTF-8 to
 
 
+# Byte-order marks of the other Unicode encodings, longest first (UTF-32 LE's starts with UTF-16 LE's). ASCII text in
+# UTF-16 is mostly valid UTF-8 (each letter followed by a NUL byte): with encoding_errors=replace it would be read,
+# and trained on, as letters and NULs. So such a file is refused whatever the setting, with the way to convert it.
+_OTHER_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32", "little-endian"),
+    (codecs.BOM_UTF32_BE, "UTF-32", "big-endian"),
+    (codecs.BOM_UTF16_LE, "UTF-16", "little-endian"),
+    (codecs.BOM_UTF16_BE, "UTF-16", "big-endian"),
+)
+
+
+def _check_not_utf16(path: Path, start: bytes) -> None:
+    """Fails with the ``iconv`` command to run when ``start`` (a file's first bytes) is a UTF-16/32 byte-order mark."""
+    for bom, encoding, order in _OTHER_BOMS:
+        if start.startswith(bom):
+            converted = path.with_name(f"{path.stem}.utf8{path.suffix}")
+            raise MLMError(
+                f"{path}: looks like {encoding}, not UTF-8 (it starts with a {encoding} {order} byte-order mark). "
+                f"Convert it to UTF-8, e.g. iconv -f {encoding} -t UTF-8 {path} > {converted}, and train on that"
+            )
+
+
 def _digest(path: Path, utf8: Literal["strict", "replace"] | None) -> tuple[str, int]:
     """Content hash of a file, and how many of its bytes are not UTF-8.
 
@@ -38,6 +60,8 @@ def _digest(path: Path, utf8: Literal["strict", "replace"] | None) -> tuple[str,
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):
             digest.update(chunk)
+            if decoder is not None and offset == 0:
+                _check_not_utf16(path, chunk)
             if decoder is not None:
                 try:
                     invalid += len(_ESCAPED.findall(decoder.decode(chunk)))
