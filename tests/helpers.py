@@ -116,3 +116,56 @@ class CallAtStep(Callback):
         action = ACTIONS.pop(trainer.global_step, None)
         if action is not None:
             action()
+
+
+def pause_tokenization(markers: str) -> None:
+    """Makes every tokenizing process (the workers of ``data.num_proc``) touch ``<markers>/<pid>`` and wait there.
+
+    For tests that signal a run while it tokenizes: run ``python -c`` with this before ``main``.
+    """
+    import mlm_lightning.data.cache as cache
+
+    real = cache.tokenize_documents
+
+    def wait(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        Path(markers, str(os.getpid())).touch()
+        while True:  # until the test signals the parent, which stops this worker
+            time.sleep(0.05)
+
+    def tokenize_documents(docs: Any, tokenizer: Any, num_proc: int | None) -> Any:
+        docs.map(wait, batched=True, num_proc=num_proc)
+        return real(docs, tokenizer, num_proc)
+
+    cache.tokenize_documents = tokenize_documents
+
+
+def run_pausing_tokenization(args: list[str], markers: Path) -> subprocess.Popen:
+    """``python -m mlm_lightning fit ARGS`` in a subprocess whose tokenization waits (:func:`pause_tokenization`)."""
+    import sys
+
+    root = Path(__file__).parents[1]
+    code = (
+        "import sys; from tests.helpers import pause_tokenization; pause_tokenization(sys.argv[1]); "
+        "from mlm_lightning.__main__ import main; sys.exit(main(sys.argv[2:]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-c", code, str(markers), "fit", *args]
+    return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition: Any, proc: subprocess.Popen | None = None, timeout: float = 600) -> None:
+    """Polls ``condition()`` until true (a marker file appeared, a process ended); fails if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, f"exited first: {proc.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, "the condition never became true"
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, dead but not yet reaped, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -10,10 +10,12 @@ the stream files' digests once per process), so a damaged entry is rebuilt or na
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +28,7 @@ from mlm_lightning.atomic import check_can_write
 from mlm_lightning.data.reading import file_digest, load_documents
 from mlm_lightning.data.token_stream import document_lengths, tokenize_documents, write_token_stream
 from mlm_lightning.errors import MLMError
+from mlm_lightning.interrupts import stop_on_signals
 from mlm_lightning.quiet import tokenization_progress
 from mlm_lightning.sources import CACHE_SETTING, cache_write_error, resolve_files
 
@@ -35,8 +38,50 @@ CACHE_VERSION = 4
 log = logging.getLogger(__name__)
 
 
+try:  # POSIX only: elsewhere stale work folders are left alone
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+_WORK_NAME = re.compile(r"^\.[0-9a-f]{24}-")  # ``.<key>-<random>``: an entry being built (key: 12-byte hex)
 _STREAM_FILES = ("tokens.npy", "doc_offsets.npy")  # what each split folder of a cache entry holds
 _VERIFIED: set[tuple[Any, ...]] = set()  # entries whose digests this process has checked (with their files' stats)
+
+
+def _hold(folder: Path) -> int:
+    """An open descriptor of ``folder`` with an exclusive ``flock`` on it: the OS drops it when this process ends."""
+    fd = os.open(folder, os.O_RDONLY)
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # no lock support (some network file systems): not cleaned then
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def remove_stale_work(folder: Path) -> list[Path]:
+    """Removes the work folders (``.<key>-*``) of tokenizations whose process died (``SIGKILL``, power loss).
+
+    A live tokenization holds a lock on its work folder (:func:`_hold`); one that can be locked has no owner.
+    """
+    removed = []
+    if fcntl is None:
+        return removed
+    for path in folder.glob(".*-*"):
+        if not path.is_dir() or not _WORK_NAME.match(path.name):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its tokenization is still running
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _blake2b(path: Path) -> str:
@@ -277,73 +322,78 @@ class CorpusCache:
         log.info("tokenizing %d file(s), %.1f MB, into %s (once: later runs reuse it)", len(files), size_mb, final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_work(final.parent)
             work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         except OSError as err:  # no room even for a folder (inodes), or lost write access since the check
             raise (cache_write_error(err, final.parent, "the tokenized corpus") or err) from None
         built = False
-        try:
-            dropped: dict[str, int] = {}  # rows that are null or not text (non_text_rows)
-            docs = load_documents(
-                files,
-                self.text_layout,
-                self.text_column,
-                self.encoding_errors,
-                work / "hf",
-                self.num_proc,
-                self.non_text_rows,
-                dropped,
-            )
-            if len(docs) == 0:
-                raise MLMError(f"no text in {', '.join(map(str, files))} (empty or whitespace only)")
-            if split and len(docs) < 2:
-                raise MLMError(
-                    f"only {len(docs)} document in the training files: cannot hold out data.val_fraction for "
-                    f"validation. Set data.val_files, or data.text_layout to split the text into more documents."
-                )
-            tok = self.tokenizer
-            # Tokenize the whole corpus once (contiguous shards per worker), then split by document order.
-            with tokenization_progress(int(size_mb * 1e6)):  # a bar in a terminal, for a large corpus only
-                ids = tokenize_documents(docs, tok, self.num_proc)
-            lengths = document_lengths(ids)
-            if split:
-                # The same split as ``datasets``' train_test_split(test_size=n_val, seed=split_seed).
-                n_val = max(1, round(len(docs) * split["val_fraction"]))
-                perm = np.random.default_rng(split["split_seed"]).permutation(len(docs))
-                orders: dict[str, np.ndarray | None] = {"train": perm[n_val:], "val": perm[:n_val]}
-            else:
-                orders = {"all": None}
-            meta: dict[str, Any] = {
-                "version": CACHE_VERSION,
-                "files": [str(f) for f in files],
-                "splits": {},
-                "dropped_rows": dropped,
-            }
-            for name, order in orders.items():
-                meta["splits"][name] = write_token_stream(
-                    ids, order, work / name, tok.sep_token_id, tok.unk_token_id, len(tok), lengths
-                )
-            shutil.rmtree(work / "hf", ignore_errors=True)
-            meta["checksums"] = _checksums(work, names)  # read back right after writing: still in the page cache
-            meta = json.loads(json.dumps(meta))  # as it reads back (tuples become lists): what the digest covers
-            meta["meta_blake2b"] = _meta_digest(meta)
-            (work / "meta.json").write_text(json.dumps(meta, indent=1))
-            rels = sorted(meta["checksums"])
+        lock = _hold(work)  # while this process lives: a later run removes the folder only once it is dead
+        # SIGTERM / Ctrl-C: one line, the work folder removed (finally, below), the tokenizing workers stopped.
+        with stop_on_signals("tokenizing the corpus", ": nothing was cached (the next run tokenizes again)"):
             try:
-                os.replace(work, final)  # atomic: a crash never leaves a half-built corpus under its key
-                built = True
-                _VERIFIED.add(_stamp(final, rels))  # just digested: this process need not read it again
-                self._metas[key] = meta
-            except OSError:
-                if not (final / "meta.json").is_file():  # another process won the race: fine
-                    raise
-        except Exception as err:
-            # A full disk or a read-only cache: one line, and nothing cached (the work folder goes below).
-            explained = cache_write_error(err, final.parent, "the tokenized corpus")
-            if explained is not None:
-                raise explained from err
-            raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+                dropped: dict[str, int] = {}  # rows that are null or not text (non_text_rows)
+                docs = load_documents(
+                    files,
+                    self.text_layout,
+                    self.text_column,
+                    self.encoding_errors,
+                    work / "hf",
+                    self.num_proc,
+                    self.non_text_rows,
+                    dropped,
+                )
+                if len(docs) == 0:
+                    raise MLMError(f"no text in {', '.join(map(str, files))} (empty or whitespace only)")
+                if split and len(docs) < 2:
+                    raise MLMError(
+                        f"only {len(docs)} document in the training files: cannot hold out data.val_fraction for "
+                        f"validation. Set data.val_files, or data.text_layout to split the text into more documents."
+                    )
+                tok = self.tokenizer
+                # Tokenize the whole corpus once (contiguous shards per worker), then split by document order.
+                with tokenization_progress(int(size_mb * 1e6)):  # a bar in a terminal, for a large corpus only
+                    ids = tokenize_documents(docs, tok, self.num_proc)
+                lengths = document_lengths(ids)
+                if split:
+                    # The same split as ``datasets``' train_test_split(test_size=n_val, seed=split_seed).
+                    n_val = max(1, round(len(docs) * split["val_fraction"]))
+                    perm = np.random.default_rng(split["split_seed"]).permutation(len(docs))
+                    orders: dict[str, np.ndarray | None] = {"train": perm[n_val:], "val": perm[:n_val]}
+                else:
+                    orders = {"all": None}
+                meta: dict[str, Any] = {
+                    "version": CACHE_VERSION,
+                    "files": [str(f) for f in files],
+                    "splits": {},
+                    "dropped_rows": dropped,
+                }
+                for name, order in orders.items():
+                    meta["splits"][name] = write_token_stream(
+                        ids, order, work / name, tok.sep_token_id, tok.unk_token_id, len(tok), lengths
+                    )
+                shutil.rmtree(work / "hf", ignore_errors=True)
+                meta["checksums"] = _checksums(work, names)  # read back right after writing: still in the page cache
+                meta = json.loads(json.dumps(meta))  # as it reads back (tuples become lists): what the digest covers
+                meta["meta_blake2b"] = _meta_digest(meta)
+                (work / "meta.json").write_text(json.dumps(meta, indent=1))
+                rels = sorted(meta["checksums"])
+                try:
+                    os.replace(work, final)  # atomic: a crash never leaves a half-built corpus under its key
+                    built = True
+                    _VERIFIED.add(_stamp(final, rels))  # just digested: this process need not read it again
+                    self._metas[key] = meta
+                except OSError:
+                    if not (final / "meta.json").is_file():  # another process won the race: fine
+                        raise
+            except Exception as err:
+                # A full disk or a read-only cache: one line, and nothing cached (the work folder goes below).
+                explained = cache_write_error(err, final.parent, "the tokenized corpus")
+                if explained is not None:
+                    raise explained from err
+                raise
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+                os.close(lock)
         if not built:
             return self.entry(corpus, repair)  # the entry another process built: check it like any
         return final
