@@ -92,7 +92,7 @@ class FillMaskProbes(Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from mlm_lightning.fill_mask import fill_mask
+        from mlm_lightning.fill_mask import fill_mask, printable_token
 
         loggers = _tensorboards(trainer)
         if not self.sentences or trainer.sanity_checking or not loggers:
@@ -100,12 +100,19 @@ class FillMaskProbes(Callback):
         results = fill_mask(pl_module.model, trainer.datamodule.tokenizer, self.sentences, self.top_k)
         rows = ["| probe | predictions |", "| --- | --- |"]
         for sentence, per_mask in zip(self.sentences, results):
-            cells = [", ".join(f"{token} ({prob:.2g})" for token, prob in cands) for cands in per_mask]
+            cells = [
+                ", ".join(f"{_cell(printable_token(token))} ({prob:.2g})" for token, prob in cands)
+                for cands in per_mask
+            ]
             # Pipes and asterisks in the text would break the Markdown table.
-            safe = sentence.replace("|", "\\|").replace("*", "\\*")
-            rows.append(f"| {safe} | {' / '.join(cells)} |")
+            rows.append(f"| {_cell(sentence)} | {' / '.join(cells)} |")
         for logger in loggers:
             logger.experiment.add_text("val/fill_mask", "\n".join(rows), global_step=trainer.global_step)
+
+
+def _cell(text: str) -> str:
+    """``text`` inside a Markdown table cell: pipes and asterisks escaped."""
+    return text.replace("|", "\\|").replace("*", "\\*")
 
 
 class HParamsSummary(Callback):

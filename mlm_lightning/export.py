@@ -7,6 +7,7 @@ and ``pipeline("fill-mask", model=...)`` without network access.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,14 @@ def _is_hub_id(name: str | None) -> bool:
     return bool(name) and not name.startswith(PKG_SCHEME) and "://" not in name and not Path(name).exists()
 
 
-def model_card(ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str, title: str) -> str:
-    """A short model card: where the model came from, what it was trained on, how well it does."""
+def model_card(
+    ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str, title: str, location: str | None = None
+) -> str:
+    """A short model card: where the model came from, what it was trained on, how well it does.
+
+    ``location`` is what its usage example loads (the export's absolute path, so it works from any folder);
+    ``None``: ``title``.
+    """
     hp = ckpt["hyper_parameters"]
     data = ckpt.get("datamodule_hyper_parameters", {})
     metrics = ckpt.get("mlm_lightning", {}).get("val_metrics", {})
@@ -143,7 +150,7 @@ def model_card(ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str
             "```python",
             "from transformers import pipeline",
             "",
-            f'fill = pipeline("fill-mask", model="{title}")',
+            f'fill = pipeline("fill-mask", model={json.dumps(location or title, ensure_ascii=False)})',
             'print(fill("The [MASK] of the soul."))',
             "```",
             "",
@@ -175,7 +182,7 @@ def export(ckpt_path: str, output_dir: str, overwrite: bool = False, tokenizer: 
         with no_transformers_progress():
             model.save_pretrained(work, safe_serialization=True)
         tok.save_pretrained(work)
-        card = model_card(ckpt, model, tokenizer_name, target.name)
+        card = model_card(ckpt, model, tokenizer_name, target.name, str(target.absolute()))
         (work / "README.md").write_text(card.replace("[MASK]", tok.mask_token), encoding="utf-8")
     print(f"exported {ckpt_path} (step {ckpt.get('global_step', '?')}) to {target}")
     return target

@@ -148,3 +148,23 @@ def test_export_prints_one_line_and_no_progress_bar(trained_run: Path, tmp_path:
         f"exported {last} (step {torch.load(last, weights_only=False)['global_step']}) to {tmp_path / 'model'}"
     ]
     assert hf_logging.is_progress_bar_enabled()  # restored for the caller
+
+
+def test_export_files_are_shareable_and_its_card_loads_from_anywhere(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    # safetensors wrote model.safetensors 0600 while the other files were 0644: the team could not read it.
+    mask = os.umask(0o022)
+    try:
+        monkeypatch.chdir(tmp_path)
+        assert main(["export", "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"), "--output_dir", "m"]) == 0
+    finally:
+        os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+    # The usage line names the export by its absolute path (it was "m": only right from this folder).
+    assert f'pipeline("fill-mask", model="{tmp_path / "m"}")' in (tmp_path / "m" / "README.md").read_text()
