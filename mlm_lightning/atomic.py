@@ -69,6 +69,25 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it
+    os.umask(mask)
+    return mask
+
+
+def _usual_modes(folder: Path) -> None:
+    """Gives every file and folder under ``folder`` the mode of a new file (0644 / 0755 under umask 022).
+
+    Some writers create their files 0600 (safetensors' ``save_file``: ``model.safetensors`` of an export), which
+    stopped an export from being shared with a team while its other files were readable.
+    """
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in [folder, *folder.rglob("*")]:
         if path.is_file():
@@ -148,6 +167,7 @@ def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) ->
     existed = target.exists()
     try:
         yield work
+        _usual_modes(work)
         _fsync_tree(work)
         if target.exists():
             # Two renames rather than rmtree-then-rename: the old folder stays whole until the new one is ready.

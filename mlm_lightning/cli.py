@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from mlm_lightning.allocator import HeapGrowthLimit, limit_heap_growth
 from mlm_lightning.callbacks import (
     CorpusReport,
+    DashboardLayout,
     ExportOnFitEnd,
     FillMaskProbes,
     FinalValidation,
@@ -126,6 +127,32 @@ def _same(a: Any, b: Any) -> bool:
 class MLMCLI(LightningCLI):
     """LightningCLI with MLM wiring: data decides the vocabulary, checkpoints live in ``<root>/checkpoints``."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The subcommand asked for (`fit` of `fit --help`): only its parser is built (see _add_subcommands).
+        words = kwargs.get("args")
+        words = sys.argv[1:] if words is None else words
+        first = words[0] if isinstance(words, list) and words else None
+        self._requested = first if kwargs.get("run", True) and isinstance(first, str) else None
+        self._building_subcommands = False
+        super().__init__(*args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
+        full = LightningCLI.subcommands()
+        if self._building_subcommands and self._requested in full:
+            return {self._requested: full[self._requested]}
+        return full
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        # LightningCLI builds the parsers of all four subcommands (each introspects the model, the data, the
+        # Trainer and every callback section) before it reads which one is asked for: 3/4 of `fit --help`'s
+        # parser time went to validate, test and predict (benchmarks/README.md). A first word that is not a
+        # subcommand (a typo, `--help`) still gets all of them, so its error lists the choices.
+        self._building_subcommands = True
+        try:
+            super()._add_subcommands(parser, **kwargs)
+        finally:
+            self._building_subcommands = False
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(MLMCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -163,6 +190,17 @@ class MLMCLI(LightningCLI):
         parser.add_lightning_class_args(self.datamodule_class, "data", subclass_mode=self.subclass_mode_data)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # `--print_config` is taken out of jsonargparse's hands: it prints at parse time, before the values this
+        # class resolves (monitor, precision, tokenizer, checkpoint folder, logger). before_instantiate_classes
+        # prints them instead, as the run would use them.
+        self._print_config: str | None = None
+        if not isinstance(args, dict):
+            words = list(sys.argv[1:] if args is None else args)
+            kept = [w for w in words if w != "--print_config" and not w.startswith("--print_config=")]
+            if len(kept) < len(words):
+                flag = next(w for w in words if w == "--print_config" or w.startswith("--print_config="))
+                self._print_config = flag.partition("=")[2]
+                args = kept
         super().parse_arguments(parser, args)
         self._args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
 
@@ -173,8 +211,15 @@ class MLMCLI(LightningCLI):
             if not isinstance(value, bool) and not allowed(value):
                 raise MLMError(f"trainer.{key} must be {text}, got {value}")
         given_cpu_peak()  # $MLM_LIGHTNING_CPU_PEAK_FLOPS, checked before anything is written
+        self._resolve(config)
+        if getattr(self, "_print_config", None) is not None:
+            print(resolved_config_text(self._parser(self.subcommand), config, "skip_null" in self._print_config))
+            sys.exit(0)
         if config.memory.limit_heap:  # before the model and the data are loaded (HeapGrowthLimit sets it again)
             limit_heap_growth()
+
+    def _resolve(self, config: Namespace) -> None:
+        """Fills in the values a run derives from others (``--print_config`` shows them as resolved here)."""
         if config.trainer.get("precision") is None:  # unset: bf16 where the hardware computes it (precision.py)
             config.trainer.precision, why = default_precision(config.trainer.get("accelerator", "auto"))
             self._precision_note = f"trainer.precision: {config.trainer.precision} ({why}; set it to choose another)"
@@ -327,13 +372,78 @@ class MLMCLI(LightningCLI):
 
     def validate(self, model: MLMModule, **kwargs: Any) -> None:
         self._check_model(model, "validate")
+        verbose = kwargs.pop("verbose", True)
         with report_sigterm(self.trainer), explain_checkpoint_errors(kwargs.get("ckpt_path")):
-            self.trainer.validate(model, **kwargs)
+            # Not Lightning's results table: it repeats every set under each "DataLoader i" (the metrics are
+            # logged without a dataloader suffix) and shows the `step` metric of GlobalStepAxis as 0.0.
+            self.trainer.validate(model, verbose=False, **kwargs)
+        if verbose and self.trainer.is_global_zero:
+            print(results_table(self.trainer, model.val_prefixes, self._evaluated_step(kwargs.get("ckpt_path"))))
 
     def test(self, model: MLMModule, **kwargs: Any) -> None:
         self._check_model(model, "test")
+        verbose = kwargs.pop("verbose", True)
         with report_sigterm(self.trainer), explain_checkpoint_errors(kwargs.get("ckpt_path")):
-            self.trainer.test(model, **kwargs)
+            self.trainer.test(model, verbose=False, **kwargs)
+        if verbose and self.trainer.is_global_zero:
+            print(results_table(self.trainer, ["test"], self._evaluated_step(kwargs.get("ckpt_path"))))
+
+    def _evaluated_step(self, ckpt_path: str | None) -> str:
+        """The optimizer step of the checkpoint that was evaluated, in words for the table."""
+        saved = getattr(self, "_checkpoint_settings", None)
+        if saved is None:
+            return "the configured model (no --ckpt_path)" if not ckpt_path else "?"
+        try:  # mmap: only the small record is read
+            step = torch.load(saved[0], map_location="cpu", weights_only=True, mmap=True).get("global_step", "?")
+        except Exception:  # it was read a moment ago; the table matters more than the step in it
+            step = "?"
+        return f"{step} ({saved[0]})"
+
+
+# Model settings that only describe a new (from-scratch) model: a pretrained one has its own.
+NEW_MODEL_ONLY = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "dropout",
+    "embedding_size",
+    "config_overrides",
+)
+
+
+def resolved_config_text(parser: LightningArgumentParser, config: Namespace, skip_null: bool = False) -> str:
+    """The configuration as YAML, as the run resolves it; a pretrained model's unused settings marked."""
+    config = config.clone()
+    for key in ("config", "__path__", "print_config"):
+        config.pop(key, None)
+    text = parser.dump(config, skip_none=skip_null, skip_validation=True)
+    if not config.model.get("model_name_or_path"):
+        return text.rstrip("\n")
+    lines, section = [], None
+    for line in text.splitlines():
+        if line and not line.startswith(" "):
+            section = line.split(":", 1)[0]
+        key = line.strip().split(":", 1)[0]
+        if section == "model" and line.startswith("  ") and not line.startswith("   ") and key in NEW_MODEL_ONLY:
+            line += "  # not used: the pretrained model (model.model_name_or_path) has its own"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def results_table(trainer: Trainer, prefixes: list[str], step: str) -> str:
+    """``validate``/``test``'s table: one row per set (loss, perplexity, accuracy), as ``evaluate`` prints it."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    lines = [f"checkpoint step: {step}", "", "| set | loss | perplexity | accuracy |", "| --- | ---: | ---: | ---: |"]
+    for prefix in prefixes:
+        if f"{prefix}/loss" not in metrics:
+            continue
+        name = prefix.partition("/")[2] or ("validation" if prefix == "val" else prefix)
+        figures = [metrics.get(f"{prefix}/{key}", float("nan")) for key in ("loss", "perplexity", "accuracy")]
+        lines.append(f"| {name} | {figures[0]:.4f} | {figures[1]:.2f} | {figures[2]:.2%} |")
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager
@@ -444,11 +554,12 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLM
         args=args,
         run=run,
         auto_configure_optimizers=False,
-        # Always on, no settings: RandomStates (exact resume), one step axis, final metrics for every run.
+        # Always on, no settings: RandomStates (exact resume), one step axis, final metrics for every run, the
+        # Custom Scalars layout.
         trainer_defaults={
             "default_root_dir": "logs",
             "use_distributed_sampler": False,  # MLMSampler shards by itself (mlm_lightning.data.sampling)
-            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation()],
+            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation(), DashboardLayout()],
         },
         save_config_kwargs={"overwrite": True},
         parser_class=MLMArgumentParser,

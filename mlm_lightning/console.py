@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import re
 import sys
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -34,18 +36,46 @@ def validation_line(trainer: L.Trainer) -> str:
     return "  ".join(parts)
 
 
+def duration(seconds: float) -> str:
+    """``42s``, ``3m 05s``, ``1h 02m``: a time for a person to read."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def progress_line(
+    step: int, total: int | None, loss: float | None, tokens_per_sec: float | None, elapsed: float, left: float | None
+) -> str:
+    """``step 10/300  train/loss 6.1234  2,345 tokens/s  1m 40s elapsed, about 48m 20s left``."""
+    parts = [f"step {step}/{total}" if total else f"step {step}"]
+    if loss is not None and math.isfinite(loss):
+        parts.append(f"train/loss {loss:.4f}")
+    if tokens_per_sec is not None:
+        parts.append(f"{tokens_per_sec:,.0f} tokens/s")
+    parts.append(f"{duration(elapsed)} elapsed" + (f", about {duration(left)} left" if left is not None else ""))
+    return "  ".join(parts)
+
+
 class StepProgressBar(TQDMProgressBar):
     """Progress in optimizer steps over the whole run, and one line per validation.
 
     In a terminal: one bar ``step`` counting ``trainer.global_step`` up to ``max_steps`` (or the estimated
     number of optimizer steps of an epoch-based run), starting where a resumed run starts, with the latest
-    losses beside it. When standard output is not a terminal (CI, ``nohup``, SLURM logs) there is no bar at
-    all. In both, every validation prints :func:`validation_line`.
+    losses beside it. When standard output is not a terminal (CI, ``nohup``, SLURM logs) there is no bar but a
+    plain :func:`progress_line` every ``trainer.log_every_n_steps`` optimizer steps (step, training loss, tokens
+    per second since the previous line, time elapsed and left), so a log never goes silent between validations.
+    In both, every validation prints :func:`validation_line`.
     """
 
     def __init__(self, refresh_rate: int = 1) -> None:
         super().__init__(refresh_rate=refresh_rate)
         self._plain = False
+        self._start: tuple[float, int] | None = None  # (clock, global step) when training started
+        self._window: list[float] = [0.0, 0.0]  # [clock at its start, real tokens since then]
+        self._printed_step = -1
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -68,15 +98,44 @@ class StepProgressBar(TQDMProgressBar):
         self.train_progress_bar = bar = self.init_train_tqdm()
         bar.reset(total=self._total_steps(trainer))
         bar.initial = bar.n = trainer.global_step  # a resumed run starts where its checkpoint ended
+        now = time.perf_counter()
+        self._start, self._window, self._printed_step = (now, trainer.global_step), [now, 0.0], trainer.global_step
 
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
         pass  # one bar for the whole run, not one per epoch
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
+    ) -> None:
         bar, step = self.train_progress_bar, trainer.global_step
-        if bar.n != step and (step % self.refresh_rate == 0 or step == bar.total):
+        if self._plain:
+            self._plain_progress(trainer, batch)
+        elif bar.n != step and (step % self.refresh_rate == 0 or step == bar.total):
             bar.n = step
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # set_postfix redraws
+
+    def _plain_progress(self, trainer: L.Trainer, batch: Any) -> None:
+        """Counts the batch's tokens; every ``log_every_n_steps`` optimizer steps, prints a :func:`progress_line`."""
+        from mlm_lightning.flops import batch_token_counts
+
+        if not trainer.is_global_zero or self._start is None:
+            return
+        if isinstance(batch, Mapping) and "input_ids" in batch:
+            self._window[1] += batch_token_counts(batch)[0]
+        step, every = trainer.global_step, max(1, trainer.log_every_n_steps or 1)
+        if step == self._printed_step or step % every:
+            return
+        now = time.perf_counter()
+        (begin, first), total = self._start, self._total_steps(trainer)
+        rate = self._window[1] * trainer.world_size / (now - self._window[0]) if self._window[1] else None
+        left = (now - begin) / (step - first) * (total - step) if total and step > first else None
+        loss = trainer.callback_metrics.get("train/loss")
+        print(progress_line(step, total, None if loss is None else float(loss), rate, now - begin, left), flush=True)
+        self._window, self._printed_step = [now, 0.0], step
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_start(trainer, pl_module)
+        self._validation_began = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.train_progress_bar.disable:
@@ -84,6 +143,9 @@ class StepProgressBar(TQDMProgressBar):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
+        began = getattr(self, "_validation_began", None)
+        if began is not None:  # validation time is not training throughput
+            self._window[0] += time.perf_counter() - began
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         line = validation_line(trainer)

@@ -7,6 +7,7 @@ and ``pipeline("fill-mask", model=...)`` without network access.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -128,11 +129,18 @@ def _is_hub_id(name: str | None) -> bool:
 
 
 def model_card(
-    ckpt: dict[str, Any], model: torch.nn.Module, tokenizer_name: str, title: str, probe_table: str | None = None
+    ckpt: dict[str, Any],
+    model: torch.nn.Module,
+    tokenizer_name: str,
+    title: str,
+    probe_table: str | None = None,
+    location: str | None = None,
 ) -> str:
     """A short model card: where the model came from, what it was trained on, how well it does.
 
     ``probe_table``: the downstream probe of this checkpoint at the end of ``fit`` (``probe.enabled``), if any.
+    ``location`` is what its usage example loads (the export's absolute path, so it works from any folder);
+    ``None``: ``title``.
     """
     hp = ckpt["hyper_parameters"]
     data = ckpt.get("datamodule_hyper_parameters", {})
@@ -196,7 +204,7 @@ def model_card(
             "```python",
             "from transformers import pipeline",
             "",
-            f'fill = pipeline("fill-mask", model="{title}")',
+            f'fill = pipeline("fill-mask", model={json.dumps(location or title, ensure_ascii=False)})',
             'print(fill("The [MASK] of the soul."))',
             "```",
             "",
@@ -233,7 +241,8 @@ def export(
             model.save_pretrained(work, safe_serialization=True)
         tok.save_pretrained(work)
         record = probe_record(ckpt_path)  # written by fit's end-of-run probe for this very checkpoint file
-        card = model_card(ckpt, model, tokenizer_name, target.name, record["table"] if record else None)
+        table = record["table"] if record else None
+        card = model_card(ckpt, model, tokenizer_name, target.name, table, str(target.absolute()))
         (work / "README.md").write_text(card.replace("[MASK]", tok.mask_token), encoding="utf-8")
     print(f"exported {ckpt_path} (step {ckpt.get('global_step', '?')}) to {target}")
     return target

@@ -62,6 +62,15 @@ def fill_mask(model: Any, tokenizer: Any, sentences: list[str], top_k: int = 5) 
     return results
 
 
+def printable_token(token: str) -> str:
+    """A candidate as it can be shown in a line or a table cell: control characters escaped (``\\n``, ``\\t``).
+
+    A byte-level BPE vocabulary (RoBERTa) has tokens for a newline or a tab; printed as they are, they broke the
+    table. Letters of every script stay as they are.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in token) if token else "''"
+
+
 def format_predictions(sentences: list[str], results: list[Predictions]) -> str:
     """Plain text: each sentence, then one numbered line per candidate (grouped by mask if several)."""
     lines = []
@@ -70,8 +79,9 @@ def format_predictions(sentences: list[str], results: list[Predictions]) -> str:
         for m, cands in enumerate(per_mask, 1):
             if len(per_mask) > 1:
                 lines.append(f"  mask {m}/{len(per_mask)}:")
-            width = max(len(t) for t, _ in cands)
-            lines += [f"  {i:>2}. {token:<{width}}  {prob:.4f}" for i, (token, prob) in enumerate(cands, 1)]
+            shown = [(printable_token(token), prob) for token, prob in cands]
+            width = max(len(t) for t, _ in shown)
+            lines += [f"  {i:>2}. {token:<{width}}  {prob:.4f}" for i, (token, prob) in enumerate(shown, 1)]
     return "\n".join(lines)
 
 

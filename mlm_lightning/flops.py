@@ -237,13 +237,34 @@ def probe_cpu_peak(dtype: torch.dtype, seconds: float | None = None) -> float | 
         return rate
     others = (after - busy) - (time.process_time() - own)
     if others / (time.perf_counter() - wall) > PROBE_MAX_OTHER_CORES:
-        log.info(
+        # Said once per CPU and dtype (a busy machine stays busy: every run would repeat it), then in the debug log.
+        said = _said_busy(cpu_peak_key(dtype))
+        (log.debug if said else log.info)(
             "no train/mfu this run: other processes were using the CPU while its %s matmul peak was measured "
-            "(it is measured again next run)",
+            "(it is measured again at the start of each run%s)",
             dtype,
+            "" if said else "; said only this once",
         )
         return None
     return rate
+
+
+def _said_busy(key: str) -> bool:
+    """Whether a busy probe of ``key`` was already reported; marks it as reported (``peak_flops.busy``)."""
+    path = peak_cache_path().with_suffix(".busy")
+    try:
+        seen = path.read_text().splitlines()
+    except OSError:
+        seen = []
+    if key in seen:
+        return True
+    try:  # best effort: a read-only cache only means the line is said again
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(key + "\n")
+    except OSError:
+        pass
+    return False
 
 
 def cpu_peak_key(dtype: torch.dtype) -> str:
@@ -319,7 +340,8 @@ def cpu_peak_flops(dtype: torch.dtype, cache_dir: str | os.PathLike[str] | None 
     if key not in cached:
         from mlm_lightning.atomic import atomic_file
 
-        log.info("measuring this CPU's %s matmul peak for MFU (once; cached in %s)", dtype, path)
+        # The debug log only: a second of the start-up, nothing to act on.
+        log.debug("measuring this CPU's %s matmul peak for MFU (once; cached in %s)", dtype, path)
         rate = probe_cpu_peak(dtype)
         if rate is None:
             _memo[memo_key] = None

@@ -60,6 +60,17 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "Lightning silently copies a checkpoint's hyperparameters over the configured ones; ours refuses a "
         "conflicting setting and reads the file once, with one readable error for a bad file",
     ),
+    PrivateName(
+        "lightning.pytorch.cli.LightningCLI._add_subcommands",
+        "cli.MLMCLI._add_subcommands (override, calls it with MLMCLI.subcommands restricted)",
+        "LightningCLI builds every subcommand's parser before it knows which one is asked for: `fit --help` built "
+        "four; there is no public way to build only the one requested",
+    ),
+    PrivateName(
+        "lightning.pytorch.cli.LightningCLI._parser",
+        "cli.MLMCLI.before_instantiate_classes (--print_config of the resolved values)",
+        "the parser of the running subcommand, which dumps its configuration as --print_config would",
+    ),
     # ------------------------------------------------------------------------- ModelCheckpoint (last_checkpoint.py)
     PrivateName(
         "lightning.pytorch.callbacks.ModelCheckpoint._should_skip_saving_checkpoint",

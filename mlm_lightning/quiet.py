@@ -45,6 +45,9 @@ _INFO_LINES: list[str] = [
     # The precision is in config.yaml, and a chosen one is said with its reason (cli.py); `evaluate` built a
     # Trainer per model and printed this once for each.
     "Using bfloat16 Automatic Mixed Precision (AMP)",
+    # The end every run was configured for (our own lines say the step); "No training batches" still shows.
+    "`Trainer.fit` stopped: `max_steps=",
+    "`Trainer.fit` stopped: `max_epochs=",
 ]
 
 

@@ -12,6 +12,7 @@ the corpus before the folder appears. ``data.tokenizer`` accepts the folder and 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -252,6 +253,8 @@ def train_tokenizer(
                 yield docs[start : start + size]["text"]
 
         trained, trainer = _untrained(recipe, lowercase, min_frequency, vocab_size)
+        # tokenizers' progress bar: in a log (not a terminal) it is only three blank lines on standard output.
+        trainer.show_progress = sys.stdout.isatty()
         trained.train_from_iterator(batches(), trainer=trainer, length=len(docs))
         tok = _wrap(recipe, trained, lowercase, model_max_length)
         samples = docs[: min(len(docs), 200)]["text"]

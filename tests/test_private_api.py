@@ -93,6 +93,12 @@ CHECKS: dict[str, Callable[..., None]] = {
         _params(obj) == ["self", "config", "callbacks"] or pytest.fail(_params(obj))
     ),
     "lightning.pytorch.cli.LightningCLI._parse_ckpt_path": lambda obj: _params(obj) == ["self"] or pytest.fail(),
+    "lightning.pytorch.cli.LightningCLI._add_subcommands": lambda obj: (
+        _params(obj) == ["self", "parser", "kwargs"] or pytest.fail(_params(obj))
+    ),
+    "lightning.pytorch.cli.LightningCLI._parser": lambda obj: (
+        _params(obj) == ["self", "subcommand"] or pytest.fail(_params(obj))
+    ),
     "lightning.pytorch.callbacks.ModelCheckpoint._should_skip_saving_checkpoint": lambda obj: (
         _params(obj) == ["self", "trainer"] or pytest.fail(_params(obj))
     ),

@@ -116,3 +116,11 @@ def test_family_choices_are_the_table() -> None:
     from mlm_lightning.tokenizer import FAMILIES, Family
 
     assert set(get_args(Family)) == set(FAMILIES)
+
+
+def test_train_tokenizer_prints_its_two_lines_and_no_blank_ones(tmp_path: Path, corpus_file: Path, capfd) -> None:
+    # tokenizers' progress bar wrote three blank lines to standard output when it is not a terminal (a log).
+    args = ["--files", str(corpus_file), "--vocab_size", "300", "--output_dir", str(tmp_path / "t")]
+    assert main(["train-tokenizer", *args]) == 0
+    out = capfd.readouterr().out
+    assert out.startswith("trained a WordPiece tokenizer") and len(out.splitlines()) == 2, repr(out)
