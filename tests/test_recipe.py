@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
@@ -87,3 +88,53 @@ def test_weight_averaging_settings_are_checked(tiny_args: list[str], capsys: pyt
         main(["fit", *tiny_args, "--weight_averaging.decay", "1.5"])
     assert exit_info.value.code == 2
     assert "weight_averaging.decay must be a number" in capsys.readouterr().err
+
+
+# -- masking-rate schedule ----------------------------------------------------------------------------------------
+def test_the_sampler_numbers_training_batches_across_epochs_and_resumes() -> None:
+    from mlm_lightning.data import MLMSampler
+
+    sampler = MLMSampler(10, batch_size=4)  # batches of 4, 4, 2: three per epoch
+    assert [key[2] for key in sampler] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    sampler.set_epoch(1)
+    assert [key[2] for key in sampler] == [3, 3, 3, 3, 4, 4, 4, 4, 5, 5]
+    whole = list(sampler)
+    sampler.resume(1, consumed_batches=1)  # a resumed run skips the first batch and numbers the rest the same
+    assert list(sampler) == whole[4:]
+
+
+def test_the_masking_rate_moves_from_start_to_mlm_probability(tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from mlm_lightning.masking import TokenMasking
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    masking = TokenMasking(mlm_probability=0.15, start_probability=0.3, schedule_steps=10)
+    train, val = masking.collator(tok, seed=0, train=True), masking.collator(tok, seed=0, train=False)
+    assert [train.rate(b) for b in (0, 5, 10, 99)] == pytest.approx([0.3, 0.225, 0.15, 0.15])
+    assert val.rate(0) == 0.15  # validation masks at the final rate from the first step: comparable figures
+    assert TokenMasking().collator(tok, seed=0, train=True).rate(0) == 0.15  # no schedule
+    ids = np.array([tok.cls_token_id, *range(10, 190), tok.sep_token_id])  # 180 maskable tokens
+
+    def share(batch: int) -> float:
+        examples = [{"input_ids": ids, "index": i, "epoch": 0, "batch": batch} for i in range(40)]
+        return float((train(examples)["labels"] != -100).float().mean())
+
+    assert share(0) == pytest.approx(0.3 * 180 / 182, abs=0.02)
+    assert share(10) == pytest.approx(0.15 * 180 / 182, abs=0.02)
+    assert share(3) == share(3)  # a function of the batch number: the same masks again
+
+
+def test_a_schedule_needs_its_length() -> None:
+    from mlm_lightning.errors import MLMError
+    from mlm_lightning.masking import TokenMasking
+
+    with pytest.raises(MLMError, match="needs data.masking.schedule_steps"):
+        TokenMasking(start_probability=0.3)
+
+
+def test_a_masking_schedule_trains_from_the_command_line(tiny_args: list[str]) -> None:
+    from mlm_lightning.__main__ import main
+
+    args = ["--data.masking.start_probability", "0.3", "--data.masking.schedule_steps", "6", "--trainer.max_steps", "4"]
+    assert main(["fit", *tiny_args, *args]) == 0
