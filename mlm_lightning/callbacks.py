@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from mlm_lightning.errors import MLMError
-from mlm_lightning.settings import ClosedUnitInterval, PositiveInt
+from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, OpenUnitInterval, PositiveInt
 
 VAL_METRICS = ("val/loss", "val/perplexity", "val/accuracy")
 
@@ -419,3 +419,32 @@ class DashboardLayout(Callback):
         prefixes = list(getattr(pl_module, "val_prefixes", None) or ["val"])
         for logger in _tensorboards(trainer):
             logger.experiment.add_custom_scalars(dashboard_layout(prefixes))
+
+
+class WeightAveragingSetting(EMAWeightAveraging):
+    """An exponential moving average of the weights (Lightning's ``EMAWeightAveraging``), as a setting.
+
+    Lightning's callback, unchanged, behind an on/off switch (the command line leaves it out of the run when
+    ``enabled`` is false): after each optimizer step the average moves towards the weights by ``1 - decay``;
+    validation, the checkpoints (hence ``export``) and the model at the end of ``fit`` use the average. Not with
+    a sharded strategy (FSDP, DeepSpeed): Lightning's callback does not support one.
+
+    Args:
+        enabled: Keep an exponential moving average of the weights.
+        decay: The average's decay per update (0.999: about the last 1,000 updates weigh in).
+        update_every_n_steps: Update the average every this many optimizer steps.
+        update_starting_at_step: First step to average from; ``None``: from the start.
+    """
+
+    def __init__(
+        self,
+        enabled: bool = False,
+        decay: OpenUnitInterval = 0.999,
+        update_every_n_steps: PositiveInt = 1,
+        update_starting_at_step: NonNegativeInt | None = None,
+    ) -> None:
+        super().__init__(
+            decay=decay, update_every_n_steps=update_every_n_steps, update_starting_at_step=update_starting_at_step
+        )
+        self.enabled = enabled
+        self.decay = decay  # Lightning keeps it inside its averaging function only

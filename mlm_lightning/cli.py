@@ -31,6 +31,7 @@ from mlm_lightning.callbacks import (
     GlobalStepAxis,
     HParamsSummary,
     ValidateBeforeFit,
+    WeightAveragingSetting,
 )
 from mlm_lightning.checkpoint_io import (
     AtomicCheckpointIO,
@@ -55,9 +56,9 @@ from mlm_lightning.settings import plain_values
 # configured values (MLMModule.on_train_start puts them into the restored optimizer and scheduler). Every other
 # model setting describes the network and must match; unset ones are taken from the checkpoint.
 RESUME_MAY_CHANGE = frozenset({"learning_rate", "weight_decay", "betas", "eps", "scheduler", "full_logits", "compile"})
-# The warm-up belongs to the checkpoint's schedule, which a resume keeps: it may change only with the scheduler
-# (a new scheduler starts a new schedule, with the configured warm-up).
-WARMUP_SETTINGS = frozenset({"warmup_steps", "warmup_ratio"})
+# The warm-up (and wsd's decay share) belongs to the checkpoint's schedule, which a resume keeps: it may change
+# only with the scheduler (a new scheduler starts a new schedule, with the configured warm-up).
+WARMUP_SETTINGS = frozenset({"warmup_steps", "warmup_ratio", "decay_ratio"})
 # Filled in from the data module (link_arguments), so compared once the classes are built.
 LINKED_MODEL_SETTINGS = ("vocab_size", "tokenizer_name_or_path", "pad_token_id", "special_token_ids")
 
@@ -173,6 +174,7 @@ class MLMCLI(LightningCLI):
         parser.add_lightning_class_args(HParamsSummary, "hparams")
         parser.add_lightning_class_args(ExportOnFitEnd, "export")
         parser.add_lightning_class_args(FitProbe, "probe")  # after export: its table goes into the model card
+        parser.add_lightning_class_args(WeightAveragingSetting, "weight_averaging")
         parser.add_lightning_class_args(HeapGrowthLimit, "memory")
         # Lightning's Trainer flags last, so `fit --help` leads with this project's own settings (see below).
         parser.add_lightning_class_args(self.trainer_class, "trainer")
@@ -265,6 +267,8 @@ class MLMCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        # Lightning's weight averaging runs whenever it is a callback: the switch decides whether it is one.
+        callbacks = [c for c in callbacks if not (isinstance(c, WeightAveragingSetting) and not c.enabled)]
         callbacks = [*callbacks, *console_callbacks(config)]  # here, so enable_progress_bar false still works
         return super()._instantiate_trainer(config, callbacks)
 

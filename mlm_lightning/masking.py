@@ -31,7 +31,7 @@ import torch
 from typing_extensions import NotRequired
 
 from mlm_lightning.errors import MLMError
-from mlm_lightning.settings import ClosedUnitInterval, NonZeroProbability
+from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, NonZeroProbability
 from mlm_lightning.tokenizer import tokenizer_family
 
 IGNORE_INDEX = -100
@@ -101,6 +101,10 @@ class MLMCollator:
         pad_to_multiple_of: Round the padded length up to this multiple (1 = pad to the longest row).
         redraw_each_epoch: Draw new masks every epoch (training). ``False`` (validation, test) makes every mask
             a function of ``(seed, example)`` only: the epoch an example arrives with is ignored.
+        start_probability: A masking-rate schedule (training only): the rate of an example of training batch
+            ``b`` (its ``batch``, counted by :class:`~mlm_lightning.data.MLMSampler`) goes linearly from this to
+            ``mlm_probability`` over the first ``schedule_batches`` batches, then stays. ``None``: no schedule.
+        schedule_batches: Length of the schedule in batches.
     """
 
     pad_token_id: int
@@ -115,6 +119,15 @@ class MLMCollator:
     piece_classes: np.ndarray | None = None
     pad_to_multiple_of: int = 1
     redraw_each_epoch: bool = True
+    start_probability: float | None = None
+    schedule_batches: int = 0
+
+    def rate(self, batch: int | None) -> float:
+        """The share of tokens (or words) chosen in an example of training batch ``batch``: a function of it alone."""
+        if self.start_probability is None or batch is None or not self.redraw_each_epoch:
+            return self.mlm_probability
+        done = min(1.0, batch / max(1, self.schedule_batches))
+        return self.start_probability + (self.mlm_probability - self.start_probability) * done
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:
@@ -133,8 +146,10 @@ class MLMCollator:
         # Random replacements never produce special tokens: a random [SEP] or [PAD] would teach nonsense.
         self._replacement_ids = torch.from_numpy(np.flatnonzero(~special[: self.vocab_size]))
 
-    def mask_example(self, input_ids: np.ndarray, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Masks one example; returns ``(masked_input_ids, labels)``, labels -100 where not selected."""
+    def mask_example(
+        self, input_ids: np.ndarray, epoch: int, index: int, batch: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Masks one example (of training batch ``batch``); returns ``(masked_input_ids, labels)``, -100 elsewhere."""
         if not self.redraw_each_epoch:
             # Here, not in the sampler: Lightning calls set_epoch on evaluation samplers too, and a metric
             # compared across epochs (or reproduced by `validate` on a checkpoint) needs the same masks.
@@ -142,10 +157,11 @@ class MLMCollator:
         gen = torch.Generator().manual_seed(example_seed(self.seed, epoch, index))
         ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
         eligible = ~torch.from_numpy(self._special[ids.numpy()])
+        rate = self.rate(batch)
         if self.continuation_mask is None:
-            selected = (torch.rand(ids.shape, generator=gen) < self.mlm_probability) & eligible
+            selected = (torch.rand(ids.shape, generator=gen) < rate) & eligible
         else:
-            selected = self._select_whole_words(ids, eligible, gen)
+            selected = self._select_whole_words(ids, eligible, gen, rate)
         labels = torch.full_like(ids, IGNORE_INDEX)
         labels[selected] = ids[selected]
         # One uniform draw per token decides [MASK] / random / keep, so the shares are exact in expectation.
@@ -181,14 +197,16 @@ class MLMCollator:
         eligible = ~torch.from_numpy(self._special[ids.numpy()])
         return int((self._word_starts(ids, eligible) & torch.from_numpy(labels != IGNORE_INDEX)).sum())
 
-    def _select_whole_words(self, ids: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _select_whole_words(
+        self, ids: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator, rate: float
+    ) -> torch.Tensor:
         starts = self._word_starts(ids, eligible)
         word_id = torch.cumsum(starts.long(), 0) - 1
         word_id[~eligible] = -1
         n_words = int(starts.sum())
         if n_words == 0:
             return torch.zeros_like(eligible)
-        chosen = torch.rand(n_words, generator=gen) < self.mlm_probability
+        chosen = torch.rand(n_words, generator=gen) < rate
         selected = torch.zeros_like(eligible)
         in_word = word_id >= 0
         selected[in_word] = chosen[word_id[in_word]]
@@ -203,7 +221,13 @@ class MLMCollator:
         labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
         words = 0
         for row, ex in enumerate(examples):
-            ids, lab = self.mask_example(ex["input_ids"], int(ex.get("epoch", 0)), int(ex["index"]))
+            batch_number = ex.get("batch")
+            ids, lab = self.mask_example(
+                ex["input_ids"],
+                int(ex.get("epoch", 0)),
+                int(ex["index"]),
+                None if batch_number is None else int(batch_number),
+            )
             input_ids[row, : len(ids)] = ids
             labels[row, : len(lab)] = lab
             if self.continuation_mask is not None:
@@ -251,6 +275,12 @@ class TokenMasking(MaskingStrategy):
         random_replace_prob: Share of chosen tokens replaced by a random token (the rest stay as they are).
         whole_word_mask: Choose whole words rather than single tokens (every tokenizer kind: WordPiece,
             byte-level BPE, SentencePiece; see :func:`word_pieces`).
+        start_probability: A masking-rate schedule: training starts masking at this rate, which moves linearly to
+            ``mlm_probability`` over the first ``schedule_steps`` training batches (per device; optimizer steps
+            without gradient accumulation) and stays there (ModernBERT and mmBERT start high: 30 % -> 15 %).
+            The rate is a function of the batch number alone, so a resumed run masks as an uninterrupted one.
+            Validation always masks at ``mlm_probability``. ``None``: no schedule.
+        schedule_steps: Length of the schedule in training batches (required with ``start_probability``).
     """
 
     def __init__(
@@ -259,6 +289,8 @@ class TokenMasking(MaskingStrategy):
         mask_replace_prob: ClosedUnitInterval = 0.8,
         random_replace_prob: ClosedUnitInterval = 0.1,
         whole_word_mask: bool = False,
+        start_probability: NonZeroProbability | None = None,
+        schedule_steps: NonNegativeInt = 0,
     ) -> None:
         # The ranges are checked by their types while the command line parses; the sum only here.
         if mask_replace_prob + random_replace_prob > 1.0:
@@ -270,6 +302,15 @@ class TokenMasking(MaskingStrategy):
         self.mask_replace_prob = mask_replace_prob
         self.random_replace_prob = random_replace_prob
         self.whole_word_mask = whole_word_mask
+        if start_probability is not None and not schedule_steps:
+            raise MLMError(
+                "data.masking.start_probability needs data.masking.schedule_steps (the batches over which the rate "
+                "moves to data.masking.mlm_probability)"
+            )
+        if start_probability is not None and start_probability >= 1.0:
+            raise MLMError(f"data.masking.start_probability must be below 1, got {start_probability}")
+        self.start_probability = start_probability
+        self.schedule_steps = schedule_steps
 
     def collator(self, tokenizer: Any, seed: int, train: bool) -> MLMCollator:
         """The collator; evaluation uses a different, fixed seed stream (see :meth:`MaskingStrategy.collator`)."""
@@ -286,6 +327,8 @@ class TokenMasking(MaskingStrategy):
             continuation_mask=continuation,
             piece_classes=classes,
             redraw_each_epoch=train,
+            start_probability=self.start_probability,
+            schedule_batches=self.schedule_steps,
         )
 
 

@@ -167,7 +167,12 @@ class MLMModule(L.LightningModule):
         eps: AdamW epsilon.
         warmup_steps: Linear warm-up length in optimizer steps; if 0, ``warmup_ratio`` of all steps.
         warmup_ratio: Warm-up as a share of all optimizer steps (used when ``warmup_steps`` is 0).
-        scheduler: Decay after warm-up: ``linear`` or ``cosine`` to zero, or ``constant``.
+        scheduler: Decay after warm-up: ``linear`` or ``cosine`` to zero, ``constant``, or ``wsd``
+            (warmup-stable-decay: the peak rate until the last ``decay_ratio`` of the steps, then a 1-sqrt decay to
+            zero, as ModernBERT and mmBERT train; transformers' ``get_wsd_schedule``). The rate is a function of
+            the step alone.
+        decay_ratio: With ``scheduler: wsd``: the share of all optimizer steps in the final decay (at most what
+            the warm-up leaves).
         full_logits: Compute vocabulary logits at every position instead of only the masked ones (slower;
             families whose MLM head cannot be applied to a subset of positions do this anyway).
         compile: ``torch.compile`` what runs: the encoder (masked-only head; on a GPU the whole training loss,
@@ -207,7 +212,8 @@ class MLMModule(L.LightningModule):
         eps: NonNegativeFloat = 1e-8,
         warmup_steps: NonNegativeInt = 0,
         warmup_ratio: ClosedUnitInterval = 0.06,
-        scheduler: Literal["linear", "cosine", "constant"] = "linear",
+        scheduler: Literal["linear", "cosine", "constant", "wsd"] = "linear",
+        decay_ratio: ClosedUnitInterval = 0.2,
         full_logits: bool = False,
         compile: bool | None = False,
         pad_vocab_multiple: PositiveInt = 1,
@@ -618,6 +624,7 @@ class MLMModule(L.LightningModule):
             get_constant_schedule_with_warmup,
             get_cosine_schedule_with_warmup,
             get_linear_schedule_with_warmup,
+            get_wsd_schedule,
         )
 
         # transformers' warm-up-and-decay function, taken from a scheduler on a throwaway optimizer.
@@ -627,6 +634,8 @@ class MLMModule(L.LightningModule):
             base = get_linear_schedule_with_warmup(probe, warmup, total)
         elif plan["scheduler"] == "cosine":
             base = get_cosine_schedule_with_warmup(probe, warmup, total)
+        elif plan["scheduler"] == "wsd":
+            base = get_wsd_schedule(probe, warmup, plan["decay_steps"], num_training_steps=total, decay_type="1-sqrt")
         else:
             base = get_constant_schedule_with_warmup(probe, warmup)
         # A partial of a module-level function: LambdaLR's state dict then holds no code.
@@ -642,8 +651,11 @@ class MLMModule(L.LightningModule):
             warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
             if warmup >= total > 0:
                 self._warn_long_warmup(warmup, total)
-            return {"scheduler": hp.scheduler, "warmup_steps": warmup, "base_total": total, "stretches": [],
+            plan = {"scheduler": hp.scheduler, "warmup_steps": warmup, "base_total": total, "stretches": [],
                     "total_steps": total}  # fmt: skip
+            if hp.scheduler == "wsd":  # the decay fits in what the warm-up leaves (no negative stable phase)
+                plan["decay_steps"] = min(round(hp.get("decay_ratio", 0.2) * total), max(0, total - warmup))
+            return plan
         end = record["total_steps"]
         if total == end or hp.scheduler == "constant":
             return record

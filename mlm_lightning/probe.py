@@ -279,7 +279,7 @@ def logistic_regression(features: Any, labels: Any, num_classes: int, l2: float 
     xs = (x - mean) / std
     weight = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-12,
                             history_size=20, line_search_fn="strong_wolfe")  # fmt: skip
 
     def closure() -> Any:

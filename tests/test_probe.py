@@ -221,6 +221,7 @@ def test_settings_out_of_range_are_refused() -> None:
         read_task(GENRE_TASK, test_file="x.csv")
 
 
+@pytest.mark.slow
 def test_fit_probes_base_and_adapted_at_the_end(
     tiny_model: Path, corpus_file: Path, tokenizer_dir: Path, tmp_path: Path
 ) -> None:

@@ -82,12 +82,16 @@ class TokenRows(Dataset):
             return lengths
         return self._ends - self._starts + 2
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, Any]:
+        # (epoch, index) or (epoch, index, batch) from MLMSampler; the batch number feeds a masking schedule.
+        epoch, index, *batch = key if isinstance(key, tuple) else (0, key)
         if self.layout == "packed":
             body = self._read(index * self._block, (index + 1) * self._block)
             ids = np.concatenate([self.cls, body.astype(np.int64)])
         else:
             body = self._read(int(self._starts[index]), int(self._ends[index]))
             ids = np.concatenate([self.cls, body.astype(np.int64), self.sep])
-        return {"input_ids": ids, "index": int(index), "epoch": int(epoch)}
+        item = {"input_ids": ids, "index": int(index), "epoch": int(epoch)}
+        if batch:
+            item["batch"] = int(batch[0])
+        return item

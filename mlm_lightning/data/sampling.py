@@ -87,15 +87,22 @@ class MLMSampler(Sampler[tuple[int, int]]):
         """Makes the next pass over ``epoch`` skip the batches a checkpointed run had already trained on."""
         self._resume = (epoch, consumed_batches)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        """``(epoch, row, batch)``: ``batch`` counts this device's training batches before the row's (all epochs).
+
+        The batch number lets a masking schedule be a function of training progress, the same after a resume.
+        """
         epoch = self.epoch
         rows = self.shard(epoch)
+        first = epoch * -(-len(rows) // self.batch_size)
+        skip = 0
         if self._resume is not None:
             resume_epoch, consumed = self._resume
             self._resume = None
             if resume_epoch == epoch:
-                rows = rows[consumed * self.batch_size :]
-        return ((epoch, int(i)) for i in rows)  # lazily: a list would cost ~100 bytes per row
+                skip = consumed * self.batch_size
+        # lazily: a list would cost ~100 bytes per row
+        return ((epoch, int(i), first + (skip + k) // self.batch_size) for k, i in enumerate(rows[skip:]))
 
     def __len__(self) -> int:
         n, world = self.num_rows, self.num_replicas
