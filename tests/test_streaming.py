@@ -180,6 +180,28 @@ def test_streamed_epoch_serves_every_row_once_and_resumes_exactly(
     assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(head[:40] + rest, first))
 
 
+def test_each_device_resumes_from_its_own_position(tmp_path: Path, corpus_file: Path, tokenizer_dir: Path) -> None:
+    from mlm_lightning.data.streaming import StreamingDataLoader
+
+    write(str(tmp_path / "s"), corpus_file, tokenizer_dir, 24)
+    dm = module(tokenizer_dir, corpus_file, [{"url": str(tmp_path / "s")}])
+    streams, expected = [], []
+    for rank in (0, 1):
+        rows = StreamingRows(dm.manifests(), 3, rank, 2, 8)
+        it = iter(rows)
+        [next(it) for _ in range(3 * 8)]
+        streams.append(rows.position(3 * 8)["stream"])
+        expected.append([r["index"] for r in it])
+    state = {"epoch": 0, "rows": 24, "consumed_batches": 3, "streams": streams}
+    for rank in (0, 1):
+        loader = StreamingDataLoader(StreamingRows(dm.manifests(), 3, rank, 2, 8), batch_size=8)
+        loader.load_state_dict(state)
+        assert [r["index"] for r in loader.dataset] == expected[rank]
+    one = StreamingDataLoader(StreamingRows(dm.manifests(), 3, 0, 1, 8), batch_size=8)
+    with pytest.warns(UserWarning, match="of 2 devices, this run has 1"):
+        one.load_state_dict(state)  # another dealing: the epoch is read again from its start
+
+
 def _saved(state: dict) -> io.BytesIO:
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -385,6 +407,9 @@ def test_two_process_ddp_streams_each_shard_once_from_s3(
     ]
     assert len(served[0]) == len(served[1]) == 64
     assert sorted(served[0] + served[1]) == expected  # every row once in the epoch, over both devices
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    (position,) = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert position["rows"] == 64 and len(position["streams"]) == 2  # each device's own position, gathered
 
     cli = run_cli([*args, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"], run=False)
     ckpt_path = str(tmp_path / "run" / "checkpoints" / "last.ckpt")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
 from mlm_lightning.data.shards import blake2b, filesystem, iter_shard, join, store_call
@@ -288,11 +290,25 @@ class StreamingDataLoader(DataLoader):
         return super().__iter__()
 
     def state_dict(self) -> dict[str, Any]:
+        """The position of every device's stream: Lightning saves the checkpoint of rank 0, whose position alone
+        would not tell another device where its own shards stood (every rank builds its checkpoint together)."""
         consumed = int(self.progress() if self.progress else 0)
         position = self.dataset.position(consumed * self.dataset.batch_size)
-        if position is None:  # not a batch boundary this process saw: resuming replays the epoch from its start
+        if position is None:
             raise RuntimeError(f"no stream position recorded after {consumed} batches")
-        return {**position, "consumed_batches": consumed}
+        streams = [position["stream"]]
+        if self.dataset.world_size > 1 and dist.is_available() and dist.is_initialized():
+            streams = [None] * dist.get_world_size()
+            dist.all_gather_object(streams, position["stream"])
+        return {"epoch": position["epoch"], "rows": position["rows"], "consumed_batches": consumed, "streams": streams}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.dataset.resume(state)
+        rows = self.dataset
+        streams = state["streams"]
+        if len(streams) != rows.world_size:
+            rank_zero_warn(
+                f"the checkpoint's stream positions are of {len(streams)} devices, this run has {rows.world_size}: "
+                f"the shards are dealt differently, so epoch {state['epoch']} is read again from its start"
+            )
+            return
+        rows.resume({"epoch": state["epoch"], "rows": state["rows"], "stream": streams[rows.rank]})
