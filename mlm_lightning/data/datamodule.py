@@ -332,15 +332,18 @@ class MLMDataModule(L.LightningDataModule):
         loss at the first validation. Reads rows until the first masked token (the first chunk, for real text).
         """
         rows, collator = self.split_rows(split), self.collator(train=False)
-        for start in range(0, len(rows), chunk):
-            batch = collator([rows[i] for i in range(start, min(start + chunk, len(rows)))])
-            if len(batch["masked_positions"]):
-                return
+        try:
+            for start in range(0, len(rows), chunk):
+                batch = collator([rows[i] for i in range(start, min(start + chunk, len(rows)))])
+                if len(batch["masked_positions"]):
+                    return
+            special = set(self.tokenizer.all_special_ids)
+            tokens = sum(int(t) not in special for i in range(len(rows)) for t in rows[i]["input_ids"])
+        finally:
+            rows.close()  # read once here; setup opens the set again
         corpus = self.corpora[split]
         files = ", ".join(str(f) for f in corpus.files)
         where = f"the validation share held out of {files}" if corpus.split else files
-        special = set(self.tokenizer.all_special_ids)
-        tokens = sum(int(t) not in special for i in range(len(rows)) for t in rows[i]["input_ids"])
         raise MLMError(
             f"{where}: the {split} set cannot be scored: its {len(rows)} row(s) hold {tokens} token(s) that may be "
             f"masked and data.masking masks none of them, so it would have no loss. Give it more text "

@@ -54,6 +54,15 @@ class TokenRows(Dataset):
     def __len__(self) -> int:
         return self._n
 
+    def close(self) -> None:
+        """Closes the token file (rows can no longer be read): for a set read once, e.g. to check it."""
+        if self.__dict__.get("_file") is not None:
+            self._file.close()
+
+    def __del__(self) -> None:
+        # A dropped set closes its file (otherwise Python warns about it when the set is collected).
+        self.close()
+
     def __getstate__(self) -> dict[str, Any]:
         # Pickling (spawned dataloader workers, ddp_spawn) must not copy the whole memory-mapped corpus.
         return {**self.__dict__, "tokens": None, "_file": None}
