@@ -76,6 +76,7 @@ class StepProgressBar(TQDMProgressBar):
         self._start: tuple[float, int] | None = None  # (clock, global step) when training started
         self._window: list[float] = [0.0, 0.0]  # [clock at its start, real tokens since then]
         self._printed_step = -1
+        self._validation_began: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -143,9 +144,9 @@ class StepProgressBar(TQDMProgressBar):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        began = getattr(self, "_validation_began", None)
-        if began is not None:  # validation time is not training throughput
-            self._window[0] += time.perf_counter() - began
+        if self._validation_began is not None:  # validation time is not training throughput
+            self._window[0] += time.perf_counter() - self._validation_began
+            self._validation_began = None
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         line = validation_line(trainer)

@@ -160,3 +160,24 @@ def test_progress_line_reads_as_a_sentence() -> None:
         "step 10/300  train/loss 7.1234  2,345 tokens/s  1m 40s elapsed, about 48m 20s left"
     )
     assert progress_line(5, None, None, None, 3.0, None) == "step 5  3s elapsed"
+
+
+def test_plain_progress_prints_every_log_every_n_steps(capsys: pytest.CaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from mlm_lightning.console import StepProgressBar
+
+    bar = StepProgressBar()
+    bar._plain = True
+    trainer = SimpleNamespace(
+        is_global_zero=True, global_step=0, log_every_n_steps=2, world_size=1, max_steps=4,
+        callback_metrics={"train/loss": torch.tensor(6.5)},
+    )  # fmt: skip
+    bar._start, bar._window, bar._printed_step = (0.0, 0), [0.0, 0.0], 0
+    batch = {"input_ids": torch.ones(2, 8, dtype=torch.long), "num_tokens": 16, "num_token_pairs": 128}
+    for step in (1, 2, 2, 3, 4):  # step 2 twice: gradient accumulation, one optimizer step over two batches
+        trainer.global_step = step
+        bar._plain_progress(trainer, batch)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["step 2/4", "step 4/4"]
+    assert all(" tokens/s  " in line and "train/loss 6.5000" in line and " left" in line for line in lines)
