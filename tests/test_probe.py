@@ -245,7 +245,7 @@ def test_fit_probes_base_and_adapted_at_the_end(
     assert "probe/table/text_summary" in events.Tags()["tensors"]
     # The same probe from the command line gives the same figures.
     out = tmp_path / "again.json"
-    assert _probe([tiny_model, best], task, "--output", str(out)) == 0
+    assert _probe([tiny_model, best], task, "--output", str(out), "--trainer.precision", "32-true") == 0
     again = json.loads(out.read_text())
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in record["rows"]]
 
