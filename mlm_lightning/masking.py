@@ -222,6 +222,12 @@ class MLMCollator:
         words = 0
         for row, ex in enumerate(examples):
             batch_number = ex.get("batch")
+            if batch_number is None and self.start_probability is not None and self.redraw_each_epoch:
+                # Not silently the final rate: the schedule needs each row's batch (MLMSampler hands it).
+                raise MLMError(
+                    "data.masking.start_probability: this data pipeline gives no batch number with its rows "
+                    "(MLMSampler does), so the masking rate cannot follow the schedule"
+                )
             ids, lab = self.mask_example(
                 ex["input_ids"],
                 int(ex.get("epoch", 0)),

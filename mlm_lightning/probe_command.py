@@ -33,7 +33,7 @@ def probe_command(args: list[str]) -> int:
         prog="python -m mlm_lightning probe",
         description="Trains and tests a classifier on a labelled task with each model's encoder (the same splits, "
         "seeds and settings for all): accuracy and macro-F1, mean ± std, and each model's paired difference from "
-        "the first with a 95%% interval. Fit arguments (--config, --trainer.precision ...) give the precision, "
+        "the first with a 95% interval. Fit arguments (--config, --trainer.precision ...) give the precision, "
         "the accelerator and the probe section's settings.",
     )
     parser.add_argument("--models", nargs="+", required=True,
@@ -42,7 +42,7 @@ def probe_command(args: list[str]) -> int:
     parser.add_argument("--output", default=None, help="Also write the table to this .json or .csv file.")
     parser.add_argument("--tokenizer", default=None, help="Read every model with this tokenizer (it must be theirs).")
     for f in fields(ProbeSettings):
-        kwargs: dict[str, Any] = {"default": None, "help": doc.get(f.name, "").replace("%", "%%")}
+        kwargs: dict[str, Any] = {"default": None, "help": doc.get(f.name, "").replace("``", "").replace("%", "%%")}
         if f.name == "seeds":
             kwargs["nargs"] = "+"
         if f.name == "mode":

@@ -209,6 +209,8 @@ def test_masking_strategy_from_python_and_from_a_config(tmp_path: Path, tokenize
             "mask_replace_prob": 0.8,
             "random_replace_prob": 0.1,
             "whole_word_mask": False,
+            "start_probability": None,
+            "schedule_steps": 0,
         },
     }
     assert torch.load(_saved(given.hparams, tmp_path), weights_only=True)  # what Lightning writes into checkpoints

@@ -245,7 +245,7 @@ def test_fit_probes_base_and_adapted_at_the_end(
     assert "probe/table/text_summary" in events.Tags()["tensors"]
     # The same probe from the command line gives the same figures.
     out = tmp_path / "again.json"
-    assert _probe([tiny_model, best], task, "--output", str(out)) == 0
+    assert _probe([tiny_model, best], task, "--output", str(out), "--trainer.precision", "32-true") == 0
     again = json.loads(out.read_text())
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in record["rows"]]
 
@@ -258,3 +258,26 @@ def test_fit_refuses_a_bad_probe_task_before_training(
     err = capsys.readouterr().err
     assert "probe: task file" in err and "one class only" in err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_train_test_pair_of_parquet_files_with_groups(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(name: str, labels: list[str], groups: list[str]) -> Path:
+        path = tmp_path / name
+        pq.write_table(pa.table({"body": [f"text {i}" for i in range(len(labels))], "team": labels, "doc": groups}),
+                       path)  # fmt: skip
+        return path
+
+    train = write("train.parquet", ["a", "b", "a", "b"], ["1", "2", "3", "4"])
+    test = write("test.parquet", ["b", "a"], ["1", "2"])
+    task = read_task(str(train), str(test), text_column="body", label_column="team", group_column="doc")
+    assert task.classes == ["a", "b"] and task.test.tolist() == [False] * 4 + [True] * 2
+    splits = make_splits(task, [0, 1, 2])
+    assert all(s.train.tolist() == [0, 1, 2, 3] and s.test.tolist() == [4, 5] for s in splits)
+    with pytest.raises(MLMError, match="label 'c' is not in the training file"):
+        read_task(str(train), str(write("bad.parquet", ["c"], ["9"])), "body", "team")
+    mixed = write("mixed.parquet", ["a", "b", "a", "b"], ["1", "1", "2", "2"])
+    with pytest.raises(MLMError, match="group '.*1' has rows of two classes"):
+        make_splits(read_task(str(mixed), text_column="body", label_column="team", group_column="doc"), [0])

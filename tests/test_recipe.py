@@ -106,6 +106,7 @@ def test_the_sampler_numbers_training_batches_across_epochs_and_resumes() -> Non
 def test_the_masking_rate_moves_from_start_to_mlm_probability(tokenizer_dir: Path) -> None:
     from transformers import AutoTokenizer
 
+    from mlm_lightning.errors import MLMError
     from mlm_lightning.masking import TokenMasking
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -123,6 +124,8 @@ def test_the_masking_rate_moves_from_start_to_mlm_probability(tokenizer_dir: Pat
     assert share(0) == pytest.approx(0.3 * 180 / 182, abs=0.02)
     assert share(10) == pytest.approx(0.15 * 180 / 182, abs=0.02)
     assert share(3) == share(3)  # a function of the batch number: the same masks again
+    with pytest.raises(MLMError, match="gives no batch number"):  # never silently the final rate
+        train([{"input_ids": ids, "index": 0, "epoch": 0}])
 
 
 def test_a_schedule_needs_its_length() -> None:
