@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,13 @@ def test_compute_dtype_of_precision_settings() -> None:
     assert flops.compute_dtype("64-true") is torch.float64
 
 
+@pytest.fixture
+def no_given_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU peak measured, not given: tests of the probe and its cache (the suite gives one to every test)."""
+    monkeypatch.delenv(flops.CPU_PEAK_ENV, raising=False)
+
+
+@pytest.mark.usefixtures("no_given_peak")
 def test_cpu_peak_is_measured_once_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[torch.dtype] = []
     monkeypatch.setattr(flops, "probe_cpu_flops", lambda dtype: calls.append(dtype) or 1.5e11)
@@ -161,6 +169,7 @@ def test_cpu_peak_is_measured_once_and_cached(monkeypatch: pytest.MonkeyPatch) -
     assert json.loads(flops.peak_cache_path().read_text()) == cached
 
 
+@pytest.mark.usefixtures("no_given_peak")
 def test_cpu_peak_measured_on_a_busy_machine_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     # Measured while other jobs ran, the cached bf16 "peak" of this project's machine was 87 GFLOP/s against 420
     # idle: every later run logged an MFU almost 5 times too high.
@@ -179,6 +188,7 @@ def test_cpu_peak_measured_on_a_busy_machine_is_not_used(monkeypatch: pytest.Mon
     assert json.loads(flops.peak_cache_path().read_text()) == {flops.cpu_peak_key(torch.bfloat16): 4.2e11}
 
 
+@pytest.mark.usefixtures("no_given_peak")
 def test_peaks_cached_before_the_busy_check_are_measured_again(monkeypatch: pytest.MonkeyPatch) -> None:
     old_key = flops.cpu_peak_key(torch.float32).removeprefix("v2|")
     flops.peak_cache_path().parent.mkdir(parents=True, exist_ok=True)
@@ -304,6 +314,7 @@ class _CacheDirData(L.LightningDataModule):
         return torch.utils.data.DataLoader(_examples([12] * 8), batch_size=4, collate_fn=_collator())
 
 
+@pytest.mark.usefixtures("no_given_peak")
 def test_the_cpu_peak_is_cached_in_the_runs_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # data.cache_dir moves every cache of a run: the tokenized corpora and the CPU peak alike.
     monkeypatch.setattr(flops, "probe_cpu_flops", lambda dtype: 1.5e11)
@@ -329,6 +340,7 @@ def test_the_cpu_peak_is_cached_in_the_runs_cache_dir(monkeypatch: pytest.Monkey
     assert not flops.peak_cache_path().exists()  # not in $MLM_LIGHTNING_CACHE
 
 
+@pytest.mark.usefixtures("no_given_peak")
 def test_a_busy_probe_is_said_once_then_only_in_the_debug_log(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
@@ -354,3 +366,21 @@ def test_a_busy_probe_is_said_once_then_only_in_the_debug_log(monkeypatch: pytes
     debug = [r.getMessage() for r in records if r.levelno < logging.INFO]
     assert sum(m.startswith("measuring this CPU") for m in debug) == 3
     assert sum(m.startswith("no train/mfu") for m in debug) == 2
+
+
+def test_the_cpu_probe_stays_short_where_the_dtype_is_emulated(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bf16 on an AVX2-only CPU: one 2048 x 2048 product took 265 s, and a test run sat 13 minutes in the probe.
+    # A simulated clock: each product costs n^3 x 30 ns (2048: about 260 s; 256: 0.5 s; 128: 0.06 s).
+    now = [0.0]
+    sizes: list[int] = []
+
+    def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        sizes.append(a.shape[0])
+        now[0] += a.shape[0] ** 3 * 30e-9
+        return a
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", matmul)
+    monkeypatch.setattr(flops, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    rate = flops.probe_cpu_flops(torch.bfloat16)
+    assert max(sizes) == 128 and now[0] < 2  # grows only while the next size's product takes under half a second
+    assert rate == pytest.approx(2 / 30e-9)
