@@ -323,6 +323,7 @@ def test_streaming_settings_are_checked(settings: dict, message: str, tokenizer_
         MLMDataModule(**kwargs)
 
 
+@pytest.mark.slow  # a fit, then the store clients' own retries against a closed port
 def test_server_stopped_mid_epoch_retries_then_one_line_and_the_checkpoint_is_intact(
     tmp_path: Path, tiny_args: list[str], corpus_file: Path, tokenizer_dir: Path, monkeypatch, capsys
 ) -> None:

@@ -3,7 +3,9 @@
 Text is read with ``datasets`` (:mod:`.reading`), tokenized once into a cache folder whose name is a hash of the
 files' contents, the tokenizer and the text settings (:mod:`.cache`, :mod:`.token_stream`), served as rows of a
 layout (:mod:`.rows`) in an order that survives a resume (:mod:`.sampling`), and masked by the masking strategy
-``data.masking`` (:mod:`mlm_lightning.masking`).
+``data.masking`` (:mod:`mlm_lightning.masking`). With ``data.streaming``, the training rows come instead from shard
+sets in folders or object stores (:mod:`.shards`, written by ``python -m mlm_lightning shard``), streamed
+(:mod:`.streaming`).
 """
 
 from __future__ import annotations
