@@ -141,12 +141,12 @@ def test_no_progress_bar_and_no_model_summary_when_switched_off(tiny_args: list[
 
 
 def test_lightning_info_lines_without_news_are_dropped() -> None:
-    from mlm_lightning.quiet import _DropInfoLines
+    from mlm_lightning.quiet import _INFO_LINES, _DropInfoLines
 
     def record(message: str) -> logging.LogRecord:
         return logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, "", 0, message, None, None)
 
-    drop = _DropInfoLines()
+    drop = _DropInfoLines(_INFO_LINES)
     assert not drop.filter(record("Using bfloat16 Automatic Mixed Precision (AMP)"))  # once per model in evaluate
     assert not drop.filter(record("GPU available: False, used: False"))
     assert drop.filter(record("trainer.precision: bf16-mixed (this CPU computes bf16 natively (avx512_bf16); ...)"))
