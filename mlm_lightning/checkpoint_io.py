@@ -88,7 +88,7 @@ UNREADABLE = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfil
 # The only types besides tensors and plain Python values (dict, list, str, numbers, ...: torch's own allowlist) that
 # mlm-lightning's checkpoints may hold, so the only ones a weights-only read builds: hyperparameters given as paths
 # from Python. Constructing them runs no code of the file's choosing. Add a type here, and only here, when a
-# checkpoint of ours needs it (test_checkpointing.py reads a real one weights-only).
+# checkpoint of ours needs it (tests/test_checkpoint_trust.py reads real ones weights-only).
 SAFE_GLOBALS: tuple[type, ...] = (
     pathlib.PosixPath,
     pathlib.PurePosixPath,

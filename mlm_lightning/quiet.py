@@ -58,11 +58,12 @@ _SEED_LINES: list[str] = ["Seed set to "]
 
 
 class _DropInfoLines(logging.Filter):
-    """Drops the log records that start with one of ``lines`` (after a ``[rank: N]`` prefix, if any)."""
+    """Drops the log records that start with one of ``lines`` (:data:`_INFO_LINES` by default; after a
+    ``[rank: N]`` prefix, if any)."""
 
-    def __init__(self, lines: list[str]) -> None:
+    def __init__(self, lines: list[str] | None = None) -> None:
         super().__init__()
-        self.lines = lines
+        self.lines = _INFO_LINES if lines is None else lines
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
