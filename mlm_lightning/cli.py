@@ -356,7 +356,11 @@ def report_sigterm(trainer: Trainer) -> Iterator[None]:
     (status 130); a second one stops at once, keeping the previous ``last.ckpt`` whole.
     """
 
+    before = signal.getsignal(signal.SIGTERM)
+
     def stop_after_batch() -> None:
+        if signal.getsignal(signal.SIGTERM) is before:  # Lightning's handlers are not up: no loop to stop runs
+            raise _stopped(trainer, signal.SIGINT)
         trainer._signal_connector.received_sigterm = True  # what Lightning's loops check after each batch
 
     with ctrl_c_stops_gracefully(stop_after_batch) as ctrl_c:

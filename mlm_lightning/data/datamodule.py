@@ -299,8 +299,13 @@ class MLMDataModule(L.LightningDataModule):
         return {"identity": self._identity}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """On resume: refuses data that differ from the checkpoint's, or (allowed) warns and restarts the epoch."""
-        self.check_resumed_data(state_dict.get("identity"), "the checkpoint")
+        """On resume: refuses data that differ from the checkpoint's, or (allowed) warns and restarts the epoch.
+
+        Only ``fit`` continues a run: ``validate``/``test`` may score a checkpoint on any data.
+        """
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            self.check_resumed_data(state_dict.get("identity"), "the checkpoint")
 
     def check_resumed_data(self, saved: dict[str, Any] | None, checkpoint: str) -> None:
         """Compares the checkpoint's :meth:`data_identity` with this configuration's (once per data module).
