@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from mlm_lightning.callbacks import (
     WeightAveragingSetting,
 )
 from mlm_lightning.checkpoint_io import (
+    UNREADABLE,
     AtomicCheckpointIO,
     explain_checkpoint_errors,
     read_checkpoint,
@@ -43,6 +45,7 @@ from mlm_lightning.console import console_callbacks
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError, Terminated
 from mlm_lightning.flops import given_cpu_peak
+from mlm_lightning.interrupts import SIGNAL_NAMES, ctrl_c_stops_gracefully, terminated
 from mlm_lightning.last_checkpoint import MLMCheckpoint
 from mlm_lightning.module import MLMModule
 from mlm_lightning.nonfinite import NonFiniteLoss
@@ -366,6 +369,7 @@ class MLMCLI(LightningCLI):
     def fit(self, model: MLMModule, **kwargs: Any) -> None:
         self._check_model(model, "fit")
         ckpt_path = kwargs.get("ckpt_path")
+        check_resumed_data(self.datamodule, ckpt_path, self.trainer.checkpoint_callback)  # before anything is written
         # The checkpoint folder first (run_dir_guard): when another run's folder is taken, its message names the fix
         # (a folder of one's own), not one that only moves the export and then fails on the checkpoints.
         with report_sigterm(self.trainer), run_dir_guard(self.trainer, ckpt_path), explain_checkpoint_errors(ckpt_path):
@@ -450,28 +454,68 @@ def results_table(trainer: Trainer, prefixes: list[str], step: str) -> str:
     return "\n".join(lines)
 
 
+def check_resumed_data(datamodule: Any, ckpt_path: str | None, callback: Any) -> None:
+    """A resume on data other than the checkpoint's: the error (or warning) now, before any output is written.
+
+    The data module checks again when Lightning restores it (``load_state_dict``), for runs built from Python.
+    """
+    if not ckpt_path or not isinstance(datamodule, MLMDataModule):
+        return
+    if ckpt_path == "last":
+        ckpt_path = _last_checkpoint(callback.dirpath) if isinstance(callback, ModelCheckpoint) else None
+    if not ckpt_path or "://" in ckpt_path or not os.path.isfile(ckpt_path):
+        return
+    try:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except UNREADABLE:
+        return  # Lightning's restore reports it, with its own message
+    datamodule.check_resumed_data((saved.get(type(datamodule).__qualname__) or {}).get("identity"), ckpt_path)
+
+
 @contextlib.contextmanager
 def report_sigterm(trainer: Trainer) -> Iterator[None]:
     """Turns Lightning's ``SIGTERMException`` (a ``SystemExit`` with status 0) into :class:`Terminated` (status 143).
 
     Lightning notes a ``SIGTERM`` and stops after the current training batch (MLMCheckpoint saves ``last.ckpt``
-    there, on every rank together); this says so, and where to continue from, instead of looking like a success.
+    there, on every rank together, or, in a validation, the state from before it); this says so, and where to
+    continue from, instead of looking like a success. The first Ctrl-C (``SIGINT``) is treated the same way
+    (status 130); a second one stops at once, keeping the previous ``last.ckpt`` whole.
     """
-    try:
-        yield
-    except SIGTERMException as err:
-        where = f"{trainer.state.fn.value if trainer.state.fn else 'the run'} at step {trainer.global_step}"
-        callback = trainer.checkpoint_callback
-        last = getattr(callback, "last_model_path", "") if callback is not None else ""
-        if not last or not os.path.isfile(last):
-            raise Terminated(f"stopped by SIGTERM ({where}); no checkpoint was saved") from err
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stop_after_batch() -> None:
+        if signal.getsignal(signal.SIGTERM) is before:  # Lightning's handlers are not up: no loop to stop runs
+            raise _stopped(trainer, signal.SIGINT)
+        trainer._signal_connector.received_sigterm = True  # what Lightning's loops check after each batch
+
+    with ctrl_c_stops_gracefully(stop_after_batch) as ctrl_c:
         try:
-            step = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-        except Exception:  # the message matters more than the step number in it
-            step = "?"
-        raise Terminated(
-            f"stopped by SIGTERM ({where}); the last checkpoint is {last} (step {step}): continue with --ckpt_path last"
-        ) from err
+            yield
+        except SIGTERMException as err:
+            raise _stopped(trainer, signal.SIGINT if ctrl_c else signal.SIGTERM) from err
+        except SystemExit as err:  # Lightning's exit after a KeyboardInterrupt: the second Ctrl-C
+            if not ctrl_c:
+                raise
+            raise _stopped(trainer, signal.SIGINT, " (a second Ctrl-C, while stopping)") from err
+
+
+def _stopped(trainer: Trainer, signum: int, how: str = "") -> Terminated:
+    """The one-line message of a run stopped by ``signum``: where it was, and the checkpoint to continue from."""
+    name = SIGNAL_NAMES[signum] + how
+    where = f"{trainer.state.fn.value if trainer.state.fn else 'the run'} at step {trainer.global_step}"
+    callback = trainer.checkpoint_callback
+    last = getattr(callback, "last_model_path", "") if callback is not None else ""
+    if not last or not os.path.isfile(last):
+        return terminated(signum, f"stopped by {name} ({where}); no checkpoint was saved")
+    try:
+        step = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    except Exception:  # the message matters more than the step number in it
+        step = "?"
+    return terminated(
+        signum,
+        f"stopped by {name} ({where}); the last checkpoint is {last} (step {step}): continue with --ckpt_path last",
+    )
 
 
 class _PlainInstantiatorFn(_InstantiatorFn):

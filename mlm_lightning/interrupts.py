@@ -47,7 +47,7 @@ def _guard_child() -> None:
         with contextlib.suppress(Exception):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != _forking_parents[-1]:  # the parent died before prctl took effect
-            os._exit(1)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 if hasattr(os, "register_at_fork"):

@@ -9,12 +9,14 @@ checkpoint that is finite (:func:`last_finite_checkpoint`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mlm_lightning.atomic import atomic_file
 from mlm_lightning.checkpoint_io import UNREADABLE
@@ -132,6 +134,8 @@ class MLMCheckpoint(ModelCheckpoint):
         self.save_last_every_n_steps = save_last_every_n_steps
         self._last_step_written = -1
         self._checked_step = -1
+        self._before_validation: dict[str, Any] | None = None
+        self._stopping_in_validation = False
         # Lightning's own step- and time-triggered saves (its arguments, kept here to know when it saves).
         self._every_n_steps = kwargs.get("every_n_train_steps") or 0
         self._timed = kwargs.get("train_time_interval") is not None
@@ -151,12 +155,38 @@ class MLMCheckpoint(ModelCheckpoint):
         if write_last:
             self._write_last(trainer)
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_start(trainer, pl_module)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            # The loops' state as it was before this validation (counters only: small): a SIGTERM in the middle
+            # of it saves the training state with these, as if saved right before the validation began.
+            self._before_validation = copy.deepcopy(trainer.fit_loop.state_dict())
+
     # Every other save of ModelCheckpoint (the best checkpoint after a validation, at an epoch's or the run's end)
     # comes after one of these hooks: the weights are checked first.
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.refuse_nonfinite(trainer)
         super().on_validation_end(trainer, pl_module)
+        self._before_validation = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
+            return
+        # Stopped by SIGTERM (or a first Ctrl-C) where on_train_batch_end did not save: in a validation, or right
+        # after one. No trained step is lost: last.ckpt of this step (skipped if it holds it already).
+        self._stopping_in_validation = self._before_validation is not None
+        try:
+            self.refuse_nonfinite(trainer)
+            self._write_last(trainer)
+        finally:
+            self._stopping_in_validation = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._stopping_in_validation and self._before_validation is not None:
+            # Resumed, this continues with the next training step: the interrupted validation is not redone.
+            checkpoint.setdefault("loops", {})["fit_loop"] = self._before_validation
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.refuse_nonfinite(trainer)

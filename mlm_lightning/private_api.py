@@ -100,9 +100,9 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         "lightning.pytorch.trainer.connectors.signal_connector._SignalConnector.received_sigterm",
-        "last_checkpoint.MLMCheckpoint._sigterm (set through trainer._signal_connector)",
-        "under DDP, tells every rank that one received SIGTERM, so all stop after the same batch (the loops read "
-        "this flag; Trainer.received_sigterm is read-only)",
+        "last_checkpoint.MLMCheckpoint._sigterm and cli.report_sigterm (set through trainer._signal_connector)",
+        "under DDP, tells every rank that one received SIGTERM, so all stop after the same batch; a first Ctrl-C "
+        "sets it to stop like SIGTERM (the loops read this flag; Trainer.received_sigterm is read-only)",
     ),
     # -------------------------------------------------------------------------------------------------- others
     PrivateName(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mlm_lightning.atomic import check_can_write, remove_leftovers
@@ -34,6 +35,34 @@ def _resuming_from_folder(ckpt_path: str | os.PathLike[str] | None, folder: Path
     if str(ckpt_path) in RESUME_KEYWORDS:
         return True
     return Path(ckpt_path).resolve().parent == folder.resolve()
+
+
+def _step(path: Path) -> int | None:
+    try:  # mmap: only the small record is read
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # unreadable: resuming from it reports that, with its own message
+        return None
+
+
+def _refuse_rewinding(ckpt_path: Path, folder: Path) -> None:
+    """Refuses to resume from a checkpoint of this folder that is older than its ``last.ckpt``.
+
+    The resumed run would write its own ``last.ckpt`` over the newer one: the steps after ``ckpt_path`` lost
+    without a word. Refused, with the two ways to do it on purpose (a branch in another folder, or setting the
+    newer file aside), rather than branched silently into a folder the user did not name (docs/training.md).
+    """
+    last = folder / "last.ckpt"
+    if not last.is_file() or ckpt_path.resolve() == last.resolve():
+        return
+    older, newer = _step(ckpt_path), _step(last)
+    if older is None or newer is None or older >= newer:
+        return
+    raise MLMError(
+        f"{ckpt_path} (step {older}) is older than this run's {last} (step {newer}): resuming from it here would "
+        f"replace that last.ckpt and lose steps {older + 1}-{newer}. To branch from it, keep this folder and write "
+        f"the new run elsewhere: --trainer.default_root_dir NEW_FOLDER with --ckpt_path {ckpt_path}. To go back on "
+        f"purpose, move {last.name} out of {folder} first"
+    )
 
 
 @contextlib.contextmanager
@@ -64,6 +93,8 @@ def run_dir_guard(trainer: L.Trainer, ckpt_path: str | os.PathLike[str] | None) 
             f"{folder} already holds checkpoints of another run ({shown}). Start this run in its own folder "
             f"(--trainer.default_root_dir logs/NEW_NAME), or continue that run with --ckpt_path last, or delete them."
         )
+    if ckpt_path is not None and str(ckpt_path) not in RESUME_KEYWORDS and existing:
+        _refuse_rewinding(Path(ckpt_path), folder)
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY)

@@ -169,3 +169,31 @@ def alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+class PauseAt(Callback):
+    """Touches ``marker`` at a point of a run and waits there until signalled (loaded into ``fit`` subprocesses).
+
+    Args:
+        marker: The file to touch.
+        step: The optimizer step at which to pause.
+        where: ``validation`` (after the first validation batch at ``step``) or ``save`` (while the checkpoint of
+            ``step`` is being saved after a stop was asked for: the waiting ends with a second Ctrl-C).
+    """
+
+    def __init__(self, marker: str, step: int, where: str = "validation") -> None:
+        self.marker, self.step, self.where = marker, step, where
+
+    def _wait(self, until: Any) -> None:
+        Path(self.marker).touch()
+        deadline = time.monotonic() + 600
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.where == "validation" and trainer.global_step == self.step and not Path(self.marker).exists():
+            self._wait(lambda: trainer.received_sigterm)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.where == "save" and trainer.global_step == self.step and trainer.received_sigterm:
+            self._wait(lambda: False)  # until a KeyboardInterrupt (the second Ctrl-C) ends it

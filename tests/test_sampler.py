@@ -54,3 +54,14 @@ def test_resume_skips_consumed_batches_of_that_epoch_only() -> None:
     s.resume(epoch=0, consumed_batches=5)
     s.set_epoch(1)
     assert len(indices(s)) == 50
+
+
+def test_a_resume_on_other_data_starts_them_at_the_top_of_the_epoch() -> None:
+    from mlm_lightning.data.sampling import ResumableDataLoader
+
+    full = indices(MLMSampler(50, seed=3, batch_size=4))
+    for keep, expected in ((True, full[20:]), (False, full)):
+        loader = ResumableDataLoader(list(range(50)), batch_size=4, sampler=MLMSampler(50, seed=3, batch_size=4))
+        loader.keep_position = keep  # False: data.resume_with_changed_data found other data
+        loader.load_state_dict({"epoch": 0, "consumed_batches": 5})
+        assert indices(loader.sampler) == expected

@@ -224,6 +224,7 @@ class CorpusCache:
         self.num_proc = num_proc
         self.replaced_bytes: dict[str, int] = {}  # file -> bytes read as U+FFFD (encoding_errors=replace)
         self._metas: dict[str, dict[str, Any]] = {}  # key -> its checked meta.json
+        self.digests: dict[str, str] = {}  # file -> content digest, as hashed for the keys
 
     def key(self, name: str, files: list[Path], extra: dict[str, Any]) -> str:
         """The entry's name: a hash of the files' contents, the tokenizer, the text settings and ``extra``."""
@@ -231,6 +232,7 @@ class CorpusCache:
         for f in files:
             digest, invalid = file_digest(f, self.encoding_errors)
             digests.append([str(f), digest])
+            self.digests[str(f)] = digest
             if invalid:
                 self.replaced_bytes[str(f)] = invalid
                 rank_zero_warn(f"{f}: {invalid} bytes are not valid UTF-8 and are read as U+FFFD")

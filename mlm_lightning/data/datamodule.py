@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from mlm_lightning.data.cache import Corpus, CorpusCache
@@ -92,6 +93,28 @@ def _check_streaming(sets: list[ShardSet], train_files: Any, val_files: Any) -> 
             raise MLMError(f"data.streaming: the weight of {s.url} must be a positive number, got {s.weight}")
 
 
+def data_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two :meth:`MLMDataModule.data_identity` records, in words (empty: the same data)."""
+    changes = []
+    for key, old in saved.items():
+        new = current.get(key)
+        if key == "data.train_files":
+            old_files, new_files = dict(map(tuple, old)), dict(map(tuple, new or []))
+            kept, had = set(new_files.values()), set(old_files.values())
+            if sorted(old_files.values()) == sorted(new_files.values()):
+                continue  # the same content (files moved or renamed)
+            what = [f"{f} changed" for f in old_files if f in new_files and old_files[f] != new_files[f]]
+            what += [f"{f} left out" for f, d in old_files.items() if f not in new_files and d not in kept]
+            what += [f"{f} added" for f, d in new_files.items() if f not in old_files and d not in had]
+            changes.append(f"data.train_files: {', '.join(what) or 'their content changed'}")
+        elif key == "data.tokenizer":
+            if old[1] != (new or ["", ""])[1]:
+                changes.append(f"data.tokenizer: {old[0]} -> {new[0]} (another vocabulary or other rules)")
+        elif old != new:
+            changes.append(f"{key}: {old} -> {new}")
+    return changes
+
+
 class MLMDataModule(L.LightningDataModule):
     """Reads, tokenizes (once, cached), packs and masks text for masked-language-model training.
 
@@ -138,6 +161,10 @@ class MLMDataModule(L.LightningDataModule):
             (``num_workers`` is not used for them) and the stream's position goes into checkpoints.
         stream_retries: Tries after the first for every request to an object store (waiting 1, 2, 4... s),
             before the run stops with one line naming the shard (its last checkpoint intact).
+        resume_with_changed_data: Resume (``--ckpt_path``) although what defines the training data differs from
+            the checkpoint's (training files' content, tokenizer, text layout, layout, sequence length, masking):
+            one warning lists the changes, and the new data is read from the start of an epoch (the checkpoint's
+            position in the old data means nothing in it). Off: such a resume is an error naming the changes.
 
     From Python, on several devices, build the Trainer with ``use_distributed_sampler=False`` (the command line
     does): the data module's sampler shards the rows by itself, and Lightning's would shard them again.
@@ -166,6 +193,7 @@ class MLMDataModule(L.LightningDataModule):
         prepare_data_per_node: bool = True,
         streaming: list[ShardSet] | None = None,
         stream_retries: NonNegativeInt = 3,
+        resume_with_changed_data: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # into checkpoints and the dashboard's hparams (export's model card reads them)
@@ -207,6 +235,10 @@ class MLMDataModule(L.LightningDataModule):
         self.seed = seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.datasets: dict[str, TokenRows] = {}
+        self.resume_with_changed_data = resume_with_changed_data
+        self._identity: dict[str, Any] | None = None
+        self._resume_checked = False
+        self._restart_epoch = False  # resumed on other data: the old position in the epoch means nothing
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -272,6 +304,68 @@ class MLMDataModule(L.LightningDataModule):
         """File -> bytes read as U+FFFD (``encoding_errors=replace``), counted while hashing the files."""
         self.corpora  # noqa: B018 (hashing the files counts them)
         return self.cache.replaced_bytes
+
+    def data_identity(self) -> dict[str, Any]:
+        """What defines the data a run trains on, by setting: recorded in checkpoints, compared on resume.
+
+        The training files' content digests (not their paths: a moved file is the same data), the tokenizer's
+        fingerprint (its vocabulary and rules, not its name), the text layout, the row layout, the sequence length,
+        the masking strategy and, for a held-out validation share, what decides which documents are held out.
+        """
+        from mlm_lightning.data.cache import tokenizer_fingerprint
+
+        train = self.corpora.get("train")
+        identity: dict[str, Any] = {
+            "data.train_files": [[str(f), self.cache.digests.get(str(f), "")] for f in train.files] if train else [],
+            "data.tokenizer": [self.tokenizer_name or "", tokenizer_fingerprint(self.tokenizer)],
+            "data.text_layout": self.text_layout,
+            "data.layout": self.layout,
+            "data.max_seq_length": self.max_seq_length,
+            "data.masking": _masking_config(self.masking),
+        }
+        if train is not None and train.split:
+            identity["data.val_fraction"] = train.split.get("val_fraction")
+            identity["data.seed"] = train.split.get("split_seed")
+        return identity
+
+    def state_dict(self) -> dict[str, Any]:
+        """What Lightning saves of the data module in every checkpoint: :meth:`data_identity`, computed once."""
+        if self._identity is None:
+            self._identity = self.data_identity()
+        return {"identity": self._identity}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """On resume: refuses data that differ from the checkpoint's, or (allowed) warns and restarts the epoch.
+
+        Only ``fit`` continues a run: ``validate``/``test`` may score a checkpoint on any data.
+        """
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            self.check_resumed_data(state_dict.get("identity"), "the checkpoint")
+
+    def check_resumed_data(self, saved: dict[str, Any] | None, checkpoint: str) -> None:
+        """Compares the checkpoint's :meth:`data_identity` with this configuration's (once per data module).
+
+        Raises:
+            MLMError: Naming each change, unless ``resume_with_changed_data`` is set (then one warning, and the
+                training data is read from the start of an epoch).
+        """
+        if not saved or self._resume_checked:
+            return
+        self._resume_checked = True
+        changes = data_changes(saved, self.state_dict()["identity"])
+        if not changes:
+            return
+        if not self.resume_with_changed_data:
+            raise MLMError(
+                f"the data differ from those {checkpoint} was trained on: {'; '.join(changes)}. Resume with the "
+                f"same data, or set data.resume_with_changed_data=true to continue on these on purpose"
+            )
+        self._restart_epoch = True
+        rank_zero_warn(
+            f"resuming {checkpoint} on other data (data.resume_with_changed_data): {'; '.join(changes)}. The "
+            f"new training data are read from the start of an epoch"
+        )
 
     def prepare_data(self) -> None:
         """Tokenizes every needed corpus into the cache (runs on one process per machine)."""
@@ -443,6 +537,8 @@ class MLMDataModule(L.LightningDataModule):
         )
         if train and trainer is not None:
             loader.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if train and self._restart_epoch:
+            loader.keep_position = False
         return loader
 
     def train_dataloader(self) -> DataLoader:

@@ -120,9 +120,11 @@ class ResumableDataLoader(DataLoader):
     """
 
     progress: Callable[[], int] | None = None
+    keep_position = True  # False: a resume on other data (data.resume_with_changed_data) starts them at their top
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": int(self.sampler.epoch), "consumed_batches": int(self.progress() if self.progress else 0)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume(int(state["epoch"]), int(state["consumed_batches"]))
+        if self.keep_position:
+            self.sampler.resume(int(state["epoch"]), int(state["consumed_batches"]))
