@@ -84,5 +84,7 @@ def test_resume_schedule_given_when_resuming_is_the_one_used(
     assert main(["fit", *args]) == 0
     (mid,) = (tmp_path / "run" / "checkpoints").glob("*step4*.ckpt")  # a file: LightningCLI reads its hyperparameters
     resume = ["--trainer.max_steps", "12", "--ckpt_path", str(mid), "--model.resume_schedule", "stretch"]
-    assert main(["fit", *args, *resume]) == 0
+    # An older checkpoint than the run's last.ckpt: branched into a folder of its own (the same folder is refused).
+    branch = ["--trainer.default_root_dir", str(tmp_path / "branch")]
+    assert main(["fit", *args, *resume, *branch]) == 0
     assert "schedule of the checkpoint (step 4) ended at step 8; its remaining decay now ends at step 12" in caplog.text
