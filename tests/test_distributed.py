@@ -50,6 +50,7 @@ def logged(tmp_path: Path, key: str) -> list[float]:
         return [float(row[key]) for row in csv.DictReader(fh) if row.get(key)]
 
 
+@pytest.mark.slow  # several processes (37, 23, 18 s idle): CI runs it, make test does not
 def test_ddp_fit_matches_one_device(
     tiny_args: list[str], tmp_path: Path, corpus_file: Path, tokenizer_dir: Path
 ) -> None:
@@ -105,6 +106,7 @@ def test_ddp_fit_matches_one_device(
     assert logged(tmp_path, "val/accuracy")[-1] == pytest.approx(single["val/accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow  # several processes (37, 23, 18 s idle): CI runs it, make test does not
 def test_torchrun_launch(tiny_args: list[str], tmp_path: Path) -> None:
     """torchrun starts the processes and Lightning joins them (TorchElasticEnvironment), as on several machines."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -114,6 +116,7 @@ def test_torchrun_launch(tiny_args: list[str], tmp_path: Path) -> None:
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
 
 
+@pytest.mark.slow  # several processes (37, 23, 18 s idle): CI runs it, make test does not
 def test_slurm_two_nodes_tokenize_once(tiny_args: list[str], tmp_path: Path) -> None:
     """What srun does on two machines with a shared file system: one process each, SLURM variables set.
     With data.prepare_data_per_node=false only global rank 0 tokenizes."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mlm_lightning.flops import CPU_PEAK_ENV
 from tests.conftest import FIXED_CPU_PEAK
 
@@ -26,6 +28,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow  # a benchmark in a subprocess (28 s idle): CI runs it, make test does not
 def test_gpu_benchmark_smoke_runs_without_datasets_or_jsonargparse(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     env = {**os.environ, "PYTHONPATH": ""}  # the script finds the package itself, as on the GPU machine
