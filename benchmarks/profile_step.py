@@ -34,7 +34,7 @@ def main() -> None:
 
     from common import QUIET_TRAINER, plays
 
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     two = plays(2)
     prof = profile(activities=[ProfilerActivity.CPU])

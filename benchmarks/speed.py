@@ -11,7 +11,7 @@ because a small shared machine is noisy. Figures per run:
 
 * real (non-pad) training tokens per second, timed from the end of step ``--skip`` to the last step
   (start-up, tokenization and the first steps excluded);
-* model FLOP/s over the same steps and MFU: ``mlm_lightning.flops`` counts the work each side does (the
+* model FLOP/s over the same steps and MFU: ``mlm_lightning.training.flops`` counts the work each side does (the
   project's head at the masked positions, the recipe's at every position) against this CPU's matmul peak at the
   side's precision (a short matmul probe at the start of the invocation; no MFU if other processes used the CPU
   meanwhile);
@@ -36,7 +36,7 @@ The project's side runs as ``fit`` does from the command line (its callbacks inc
 by ``--precision``; ``--project-args`` adds settings to it (e.g. ``--project-args "--memory.limit_heap false"``).
 
 ``--precision`` and ``--peer-precision`` take one or more precisions each; by default both are fp32 and, where
-this hardware computes bf16 natively (``mlm_lightning.precision``), bf16-mixed too. Each repeat runs every side
+this hardware computes bf16 natively (``mlm_lightning.training.precision``), bf16-mixed too. Each repeat runs every side
 once, alternating (project fp32, project bf16, peer fp32, peer bf16, ...), and every project precision is compared
 with the recipe **in the same precision** (the fair ratio) and with the recipe's own default, fp32 (what a user
 of ``run_mlm.py`` gets without flags). On a CPU the recipe's bf16 is ``TrainingArguments(bf16=True,
@@ -99,7 +99,7 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 
 def default_precisions() -> list[str]:
     """fp32, and bf16-mixed where this hardware computes bf16 natively (the rule of ``trainer.precision: null``)."""
-    from mlm_lightning.precision import default_precision
+    from mlm_lightning.training.precision import default_precision
 
     return ["32-true"] + (["bf16-mixed"] if default_precision("auto")[0] == "bf16-mixed" else [])
 
@@ -195,7 +195,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
     import lightning as L
     from common import QUIET_TRAINER
 
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     timer = StepTimer(args.skip)
     wl = workload(args)
@@ -282,8 +282,8 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
         set_seed,
     )
 
-    from mlm_lightning.flops import EncoderShape, training_flops
-    from mlm_lightning.sources import resolve_pkg
+    from mlm_lightning.io.sources import resolve_pkg
+    from mlm_lightning.training.flops import EncoderShape, training_flops
 
     timer = StepTimer(args.skip)
     wl = workload(args)
@@ -456,7 +456,7 @@ def main() -> None:
         parser.error(f"--skip ({args.skip}) must be below --steps ({args.steps}): no step would be timed")
     wl = workload(args)
 
-    from mlm_lightning.flops import compute_dtype, probe_cpu_peak
+    from mlm_lightning.training.flops import compute_dtype, probe_cpu_peak
 
     # MFU's denominator: this CPU's matmul peak at each side's precision, measured now; none (no MFU) if other
     # processes used the CPU meanwhile, since a busy machine's figure is a share of it, not its peak.

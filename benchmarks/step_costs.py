@@ -60,8 +60,8 @@ def main() -> None:
     import lightning as L
     from common import QUIET_TRAINER, plays
 
-    from mlm_lightning.allocator import HeapGrowthLimit
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.callbacks.memory import HeapGrowthLimit
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     two = plays(2)
     times: list[float] = []

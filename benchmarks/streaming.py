@@ -48,7 +48,7 @@ def generate(folder: Path, size_mb: int, rows_per_shard: int, seed: int = 0) -> 
 
     from mlm_lightning.data.cache import tokenizer_fingerprint
     from mlm_lightning.data.shards import MANIFEST, SHARD_FORMAT, SHARD_VERSION, blake2b, shard_name
-    from mlm_lightning.loading import load_tokenizer
+    from mlm_lightning.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(TOKENIZER)
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,11 +140,11 @@ def read(url: str, batches: int) -> dict:
 
 def step_consumption(repeats: int) -> float:
     """Tokens/s that ``base.yaml``'s model trains on here: timed optimizer steps on a batch of 16 x 128."""
-    from mlm_lightning.cli import parse_config
-    from mlm_lightning.module import MLMModule
+    from mlm_lightning.cli.lightning_cli import parse_config
+    from mlm_lightning.model.module import MLMModule
 
     config = parse_config(["--config", str(ROOT / "configs" / "base.yaml")])
-    from mlm_lightning.loading import load_tokenizer
+    from mlm_lightning.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(TOKENIZER)
     net = MLMModule(**{**config.model.as_dict(), "vocab_size": len(tok), "pad_token_id": tok.pad_token_id}).model

@@ -6,12 +6,13 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from mlm_lightning import moved
 from mlm_lightning.errors import MLMError
 
 if TYPE_CHECKING:
     from mlm_lightning.data import MLMDataModule
-    from mlm_lightning.masking import MLMCollator
-    from mlm_lightning.module import MLMModule
+    from mlm_lightning.data.masking import MLMCollator
+    from mlm_lightning.model.module import MLMModule
 
 __all__ = ["MLMCollator", "MLMDataModule", "MLMError", "MLMModule"]
 __version__ = "0.1.0"
@@ -19,9 +20,9 @@ __version__ = "0.1.0"
 # The public classes load on first use: `python -m mlm_lightning --help` and `fill-mask` need neither Lightning
 # nor `datasets`, and importing them costs seconds.
 _LAZY = {
-    "MLMCollator": "mlm_lightning.masking",
+    "MLMCollator": "mlm_lightning.data.masking",
     "MLMDataModule": "mlm_lightning.data",
-    "MLMModule": "mlm_lightning.module",
+    "MLMModule": "mlm_lightning.model.module",
 }
 
 
@@ -38,6 +39,8 @@ def __dir__() -> list[str]:
 
 
 # Like Lightning's own logger: progress messages (e.g. "tokenizing ...") show unless the application set up logging.
+moved.install()  # old module paths (class paths in checkpoints and saved configs) still import
+
 _logger = logging.getLogger(__name__)
 _logger.setLevel(logging.INFO)
 if not logging.getLogger().hasHandlers():

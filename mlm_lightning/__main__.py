@@ -1,7 +1,7 @@
 """Entry point: ``python -m mlm_lightning <subcommand> ...``.
 
-``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI (:mod:`mlm_lightning.cli`). The tools
-around a run are plain typed functions whose signatures and docstrings give their flags and ``--help``:
+``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI (:mod:`mlm_lightning.cli.lightning_cli`).
+The tools around a run are plain typed functions whose signatures and docstrings give their flags and ``--help``:
 ``export``, ``extend-vocab``, ``fill-mask``, ``train-tokenizer``; ``inspect`` and ``shard`` take the same arguments
 as ``fit`` (``shard`` also ``--output``), and ``evaluate`` those plus ``--models`` and ``--output``; ``probe`` takes
 ``--models``, ``--task`` and its own flags, and optionally ``fit`` arguments.
@@ -19,10 +19,10 @@ from mlm_lightning.errors import MLMError
 
 # subcommand -> (module, function, argument that takes several values without brackets, whether positional)
 TOOLS: dict[str, tuple[str, str, str | None, bool]] = {
-    "export": ("mlm_lightning.export", "export", None, False),
-    "fill-mask": ("mlm_lightning.fill_mask", "fill_mask_command", "sentences", True),
-    "extend-vocab": ("mlm_lightning.extend_vocab", "extend_vocab", "files", False),
-    "train-tokenizer": ("mlm_lightning.tokenizer", "train_tokenizer", "files", False),
+    "export": ("mlm_lightning.tools.export", "export", None, False),
+    "fill-mask": ("mlm_lightning.tools.fill_mask", "fill_mask_command", "sentences", True),
+    "extend-vocab": ("mlm_lightning.tools.extend_vocab", "extend_vocab", "files", False),
+    "train-tokenizer": ("mlm_lightning.tools.train_tokenizer", "train_tokenizer", "files", False),
 }
 
 # `python -m mlm_lightning --help`, written out so it needs no Lightning import (seconds); each subcommand's own
@@ -81,22 +81,22 @@ def _tool_parser(name: str, func: Callable[..., Any], nargs_arg: str | None, pos
 def run_tool(name: str, args: list[str]) -> None:
     """Parses ``args`` for the tool ``name`` and calls it."""
     if name == "inspect":
-        from mlm_lightning.inspect_command import inspect_command
+        from mlm_lightning.cli.inspect import inspect_command
 
         inspect_command(args)
         return
     if name == "shard":
-        from mlm_lightning.shard_command import shard_command
+        from mlm_lightning.cli.shard import shard_command
 
         shard_command(args)
         return
     if name == "evaluate":
-        from mlm_lightning.evaluate import evaluate_command
+        from mlm_lightning.cli.evaluate import evaluate_command
 
         evaluate_command(args)
         return
     if name == "probe":
-        from mlm_lightning.probe_command import probe_command
+        from mlm_lightning.cli.probe import probe_command
 
         probe_command(args)
         return
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             if argv and (argv[0] in TOOLS or argv[0] in ("inspect", "evaluate", "probe", "shard")):
                 run_tool(argv[0], argv[1:])
             else:
-                from mlm_lightning.cli import run_cli
+                from mlm_lightning.cli.lightning_cli import run_cli
 
                 run_cli(None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     except Exception as err:

@@ -18,3 +18,9 @@ class Terminated(MLMError):
     """
 
     exit_code = 143
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of a library's error: transformers' offline message runs over several lines and a URL."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]

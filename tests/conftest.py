@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlm_lightning.flops import CPU_PEAK_ENV
+from mlm_lightning.training.flops import CPU_PEAK_ENV
 
 # The CPU matmul peak (FLOP/s) every test runs with: fixed, because the probe refuses to measure while other
 # processes use the CPU (a test must not depend on the machine being idle), and on a CPU without native bf16 (AVX2

@@ -12,8 +12,8 @@ import torch
 
 from mlm_lightning.__main__ import main
 from mlm_lightning.callbacks import ValidateBeforeFit
-from mlm_lightning.console import validation_line
-from mlm_lightning.report import before_after_table
+from mlm_lightning.callbacks.console import validation_line
+from mlm_lightning.tools.report import before_after_table
 from tests.conftest import named_sets as _named_sets
 
 
@@ -87,7 +87,7 @@ def test_validation_before_fit_is_on_for_a_pretrained_model_only() -> None:
 
 def test_the_monitor_never_picks_the_base_model(tiny_args: list[str], tmp_path: Path) -> None:
     # mode max: the untrained weights have the highest loss, so a step-0 checkpoint would be "best".
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     args = [*tiny_args, "--validate_before_fit.enabled", "true", "--checkpoint.mode", "max"]
     cli = run_cli(["fit", *args])
@@ -97,7 +97,7 @@ def test_the_monitor_never_picks_the_base_model(tiny_args: list[str], tmp_path: 
 
 
 def test_validating_first_changes_nothing_in_training(tiny_args: list[str], tmp_path: Path) -> None:
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     def run(name: str, enabled: str) -> tuple[list[float], float, list[float]]:
         recorder = {"class_path": "tests.helpers.MetricRecorder", "init_args": {"name": "val/loss"}}
@@ -142,7 +142,7 @@ def test_named_set_settings_are_checked(tiny_args: list[str], general_file: Path
 
 
 def test_monitor_can_watch_another_set(tiny_args: list[str], general_file: Path, tmp_path: Path) -> None:
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     args = [*tiny_args, *_named_sets(general_file), "--checkpoint.monitor", "val/general/perplexity"]
     cli = run_cli(["fit", *args, "--trainer.max_steps", "6"])

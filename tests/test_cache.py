@@ -19,7 +19,7 @@ from mlm_lightning.__main__ import main
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.data import cache as cache_mod
 from mlm_lightning.errors import MLMError
-from mlm_lightning.sources import download
+from mlm_lightning.io.sources import download
 from tests.conftest import make_corpus
 
 

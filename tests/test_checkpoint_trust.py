@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mlm_lightning.__main__ import main
-from mlm_lightning.checkpoint_io import CHECKPOINT_FORMAT, SAFE_GLOBALS, read_checkpoint
 from mlm_lightning.errors import MLMError
+from mlm_lightning.io.checkpoint_io import CHECKPOINT_FORMAT, SAFE_GLOBALS, read_checkpoint
 
 
 class _Payload:
@@ -88,7 +88,7 @@ def test_a_model_folder_with_its_own_code_is_refused_without_running_it(tmp_path
 
     from transformers import BertConfig
 
-    from mlm_lightning.loading import load_masked_lm
+    from mlm_lightning.model.loading import load_masked_lm
 
     folder, marker = tmp_path / "model", tmp_path / "MARKER"
     BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(folder)
@@ -145,17 +145,17 @@ def test_an_older_checkpoint_is_migrated_with_one_info_line(
     del ckpt["mlm_lightning"]["format"]  # as every checkpoint before the format was recorded (format 1)
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
-    with caplog.at_level("INFO", logger="mlm_lightning.checkpoint_io"):
+    with caplog.at_level("INFO", logger="mlm_lightning.io.checkpoint_io"):
         assert main(["export", "--ckpt_path", str(old), "--output_dir", str(tmp_path / "model")]) == 0
         assert read_checkpoint(old)["mlm_lightning"]["format"] == CHECKPOINT_FORMAT  # read again: said once
-    lines = [r.getMessage() for r in caplog.records if r.name == "mlm_lightning.checkpoint_io"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mlm_lightning.io.checkpoint_io"]
     assert lines == [f"{old}: checkpoint format 1 (an older mlm-lightning), read as format {CHECKPOINT_FORMAT}"]
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
 
 @pytest.mark.slow
 def test_a_run_resumes_from_an_older_checkpoint(trained_run: Path, tiny_args: list[str], tmp_path: Path) -> None:
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     del ckpt["mlm_lightning"]["format"]

@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from mlm_lightning.__main__ import main
-from mlm_lightning.atomic import atomic_file, atomic_output_dir, remove_leftovers
-from mlm_lightning.checkpoint_io import AtomicCheckpointIO, read_checkpoint
+from mlm_lightning.callbacks.checkpoint import MLMCheckpoint
 from mlm_lightning.errors import MLMError
-from mlm_lightning.last_checkpoint import MLMCheckpoint
+from mlm_lightning.io.atomic import atomic_file, atomic_output_dir, remove_leftovers
+from mlm_lightning.io.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from tests.helpers import sigkill_when
 
 ROOT = Path(__file__).parents[1]
 
 KILLED_WRITER = """
 import sys, time, pathlib, torch
-from mlm_lightning.checkpoint_io import AtomicCheckpointIO
+from mlm_lightning.io.checkpoint_io import AtomicCheckpointIO
 
 class Stall:  # pickled in the middle of torch.save: the writer is killed while the new file is incomplete
     def __reduce__(self):

@@ -9,9 +9,9 @@ import lightning as L
 import pytest
 import yaml
 
-from mlm_lightning import compilation
 from mlm_lightning.errors import MLMError
-from mlm_lightning.module import MLMModule
+from mlm_lightning.model import compilation
+from mlm_lightning.model.module import MLMModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)

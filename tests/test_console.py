@@ -90,7 +90,7 @@ def test_resumed_run_counts_steps_validates_at_its_end_and_replaces_its_own_expo
 ) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     root = tmp_path / "run"
     args = [*tiny_args, "--trainer.val_check_interval", "4", "--export.enabled", "true"]
@@ -133,7 +133,7 @@ def test_a_new_run_does_not_replace_an_earlier_export(tiny_args: list[str], tmp_
 def test_no_progress_bar_and_no_model_summary_when_switched_off(tiny_args: list[str]) -> None:
     from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     args = [*tiny_args, "--trainer.enable_model_summary", "false"]  # run=False: no subcommand
     callbacks = run_cli(args, run=False).trainer.callbacks
@@ -153,7 +153,7 @@ def test_lightning_info_lines_without_news_are_dropped() -> None:
 
 
 def test_progress_line_reads_as_a_sentence() -> None:
-    from mlm_lightning.console import duration, progress_line
+    from mlm_lightning.callbacks.console import duration, progress_line
 
     assert [duration(s) for s in (0.4, 42, 185, 3725)] == ["0s", "42s", "3m 05s", "1h 02m"]
     assert progress_line(10, 300, 7.12344, 2345.4, 100.0, 2900.0) == (
@@ -165,7 +165,7 @@ def test_progress_line_reads_as_a_sentence() -> None:
 def test_plain_progress_prints_every_log_every_n_steps(capsys: pytest.CaptureFixture) -> None:
     from types import SimpleNamespace
 
-    from mlm_lightning.console import StepProgressBar
+    from mlm_lightning.callbacks.console import StepProgressBar
 
     bar = StepProgressBar()
     bar._plain = True

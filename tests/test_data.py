@@ -198,12 +198,12 @@ def test_non_utf8_can_be_replaced(tmp_path: Path, tokenizer_dir: Path) -> None:
 
 def test_masking_strategy_from_python_and_from_a_config(tmp_path: Path, tokenizer_dir: Path) -> None:
     """``data.masking`` is an object from Python and a mapping in configs; checkpoints record plain data either way."""
-    from mlm_lightning.masking import TokenMasking
+    from mlm_lightning.data.masking import TokenMasking
 
     kw = {"train_files": ["x.txt"], "tokenizer": str(tokenizer_dir), "cache_dir": str(tmp_path)}
     given = MLMDataModule(masking=TokenMasking(mlm_probability=0.3), **kw)
     assert given.hparams["masking"] == {
-        "class_path": "mlm_lightning.masking.TokenMasking",
+        "class_path": "mlm_lightning.data.masking.TokenMasking",
         "init_args": {
             "mlm_probability": 0.3,
             "mask_replace_prob": 0.8,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlm_lightning.cli import run_cli
+from mlm_lightning.cli.lightning_cli import run_cli
 from mlm_lightning.data import MLMDataModule
 from tests.conftest import make_corpus
 

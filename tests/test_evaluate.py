@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from mlm_lightning.__main__ import main
-from mlm_lightning.cli import parse_config
+from mlm_lightning.cli.lightning_cli import parse_config
 from mlm_lightning.data import MLMDataModule
-from mlm_lightning.evaluate import word_masking
-from mlm_lightning.masking import IGNORE_INDEX
+from mlm_lightning.data.masking import IGNORE_INDEX
+from mlm_lightning.tools.evaluate import word_masking
 from tests.conftest import named_sets as _named_sets
 from tests.conftest import tiny_cli_args
 
@@ -160,7 +160,7 @@ def test_a_model_without_its_head_scores_as_fit_saw_it_at_step_0(
     # An encoder saved without its MLM head (like the embedded default's MiniLM): the head is drawn new on load.
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

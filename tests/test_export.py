@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mlm_lightning.__main__ import main
-from mlm_lightning.atomic import atomic_output_dir
-from mlm_lightning.module import MLMModule
+from mlm_lightning.io.atomic import atomic_output_dir
+from mlm_lightning.model.module import MLMModule
 
 SENTENCES = ["the king [MASK] the sword.", "thou art [MASK] and gentle."]
 
@@ -118,7 +118,7 @@ def test_export_drops_the_rows_of_a_padded_vocabulary(tiny_args: list[str], tmp_
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc")
 def test_export_maps_the_checkpoint_instead_of_reading_it(trained_run: Path) -> None:
-    from mlm_lightning.export import load_checkpoint
+    from mlm_lightning.tools.export import load_checkpoint
 
     # At the end of fit the export runs inside the trainer: reading the optimizer's state (two thirds of the
     # file) into memory put +430 MB on base.yaml's peak. Mapped tensors are read only where used (the weights).
@@ -182,7 +182,7 @@ def test_a_full_disk_in_the_weights_writer_is_one_line(trained_run: Path, tmp_pa
     ],
 )
 def test_the_os_error_of_a_library_exception_is_read_from_its_text(text: str, number: int | None) -> None:
-    from mlm_lightning.atomic import os_errno
+    from mlm_lightning.io.atomic import os_errno
 
     assert os_errno(RuntimeError(text)) == number
 

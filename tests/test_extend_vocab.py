@@ -247,7 +247,7 @@ def test_other_tokenizer_families_are_a_clear_error(tmp_path: Path, corpus: Path
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from mlm_lightning.extend_vocab import tokenizer_family
+    from mlm_lightning.tools.extend_vocab import tokenizer_family
 
     out, roberta = tmp_path / "out", _byte_level_bpe_model(tmp_path / "roberta")
     capsys.readouterr()

@@ -16,7 +16,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 
 from mlm_lightning import families
 from mlm_lightning.errors import MLMError
-from mlm_lightning.module import HEAD_ROWS_MULTIPLE, Architecture, MLMModule, build_model
+from mlm_lightning.model.module import HEAD_ROWS_MULTIPLE, Architecture, MLMModule, build_model
 from tests.conftest import make_corpus
 
 VOCAB = 100
@@ -105,7 +105,7 @@ def test_masked_head_gives_the_models_own_loss_and_gradients(
 ) -> None:
     torch.manual_seed(0)
     tiny = tiny_model(family, **overrides)
-    monkeypatch.setattr("mlm_lightning.module.build_model", lambda *args: tiny)
+    monkeypatch.setattr("mlm_lightning.model.module.build_model", lambda *args: tiny)
     # eval: no dropout (Reformer's backward needs train mode: its dropouts are 0 in EXTRAS).
     module = MLMModule(vocab_size=VOCAB).train(family == "reformer")
     model, batch = module.model, tiny_batch(family)
@@ -395,7 +395,7 @@ def test_new_model_takes_the_tokenizers_special_ids(
 def test_cli_links_the_special_ids_and_roberta_positions_start_after_its_pad(
     tiny_args: list[str], roberta_tokenizer_dir: Path
 ) -> None:
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     args = fit_args(tiny_args, "--model.model_type", "roberta", "--data.tokenizer", str(roberta_tokenizer_dir))
     cli = run_cli(args, run=False)
@@ -495,7 +495,7 @@ FSDP_LAYERS = {
 def test_fsdp_wraps_each_familys_own_layers(family: str) -> None:
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from mlm_lightning.sharding import fill_auto_wrap_policy, layer_classes
+    from mlm_lightning.model.sharding import fill_auto_wrap_policy, layer_classes
 
     model = tiny_model(family)
     assert {c.__name__ for c in layer_classes(model)} == FSDP_LAYERS[family]
@@ -514,7 +514,7 @@ def test_fsdp_policy_given_in_the_config_is_kept() -> None:
     from lightning.pytorch.strategies import FSDPStrategy
     from transformers.models.bert.modeling_bert import BertLayer
 
-    from mlm_lightning.sharding import fill_auto_wrap_policy
+    from mlm_lightning.model.sharding import fill_auto_wrap_policy
 
     strategy = FSDPStrategy(auto_wrap_policy={BertLayer})
     policy = strategy.kwargs["auto_wrap_policy"]

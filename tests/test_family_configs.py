@@ -28,7 +28,7 @@ def test_every_family_has_a_config() -> None:
 def test_deberta_v3_config_builds_deberta_v3s_architecture() -> None:
     import yaml
 
-    from mlm_lightning.module import MLMModule
+    from mlm_lightning.model.module import MLMModule
 
     model = yaml.safe_load((ROOT / "configs" / "families" / "deberta-v3.yaml").read_text())["model"]
     sizes = {k: v for k, v in model.items() if k not in ("learning_rate", "warmup_steps", "scheduler")}

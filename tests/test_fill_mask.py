@@ -84,7 +84,7 @@ def test_fill_mask_errors_are_one_line(trained_run: Path, capsys, args: list[str
 
 
 def test_control_tokens_are_escaped_in_the_table() -> None:
-    from mlm_lightning.fill_mask import format_predictions
+    from mlm_lightning.tools.fill_mask import format_predictions
 
     # RoBERTa's byte-level vocabulary has a newline token ("Ċ", shown as "\n"): printed raw, it broke the table.
     text = format_predictions(["a <mask> b"], [[[("\n", 0.5), ("the", 0.25), ("\t", 0.125), ("é", 0.1)]]])

@@ -17,10 +17,10 @@ from lightning.pytorch.loggers import Logger
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from mlm_lightning import flops
+from mlm_lightning.data.masking import MLMCollator
 from mlm_lightning.errors import MLMError
-from mlm_lightning.masking import MLMCollator
-from mlm_lightning.module import MLMModule
+from mlm_lightning.model.module import MLMModule
+from mlm_lightning.training import flops
 
 VOCAB = 1000
 SPECIALS = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask
@@ -76,7 +76,7 @@ def test_analytic_flops_match_torch_flop_counter(model_type: str, full_logits: b
     else:
         # Model FLOPs count the masked rows; the CPU head also runs on the padding up to a multiple of
         # HEAD_ROWS_MULTIPLE, which the counter sees and MFU does not credit.
-        from mlm_lightning.module import HEAD_ROWS_MULTIPLE
+        from mlm_lightning.model.module import HEAD_ROWS_MULTIPLE
 
         padded = -(-masked // HEAD_ROWS_MULTIPLE) * HEAD_ROWS_MULTIPLE
         assert analytic == flops.training_flops(shape, 6 * 48, 6 * 48 * 48, masked)
@@ -249,7 +249,7 @@ class _Recorder(L.Callback):
 
 def test_logged_tokens_per_sec_and_mfu(monkeypatch: pytest.MonkeyPatch) -> None:
     peak = 2.0e9
-    monkeypatch.setattr("mlm_lightning.module.peak_flops", lambda device, dtype, cache_dir=None: peak)
+    monkeypatch.setattr("mlm_lightning.model.module.peak_flops", lambda device, dtype, cache_dir=None: peak)
     torch.manual_seed(0)
     module = MLMModule(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
@@ -285,7 +285,7 @@ def test_logged_tokens_per_sec_and_mfu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_cpu_probe_leaves_the_global_random_state_alone() -> None:
     # The first run on a machine probes, later ones read the cache: with the same seed both must train alike.
-    from mlm_lightning.flops import probe_cpu_flops
+    from mlm_lightning.training.flops import probe_cpu_flops
 
     before = torch.get_rng_state()
     probe_cpu_flops(torch.float32, size=64, seconds=0.0)
@@ -347,7 +347,7 @@ def test_a_busy_probe_is_said_once_then_only_in_the_debug_log(monkeypatch: pytes
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("mlm_lightning.flops")
+    logger = logging.getLogger("mlm_lightning.training.flops")
     level = logger.level
     logger.setLevel(logging.DEBUG)  # setLevel, not the attribute: it clears the logger's isEnabledFor cache
     logger.addHandler(handler)

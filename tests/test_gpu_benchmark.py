@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlm_lightning.flops import CPU_PEAK_ENV
+from mlm_lightning.training.flops import CPU_PEAK_ENV
 from tests.conftest import FIXED_CPU_PEAK
 
 ROOT = Path(__file__).resolve().parents[1]

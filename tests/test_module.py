@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from mlm_lightning.data import MLMDataModule
+from mlm_lightning.data.masking import IGNORE_INDEX
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import POSITIONS_AFTER_PADDING, max_sequence_length
-from mlm_lightning.masking import IGNORE_INDEX
-from mlm_lightning.module import MLMModule
+from mlm_lightning.model.module import MLMModule
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
@@ -49,7 +49,7 @@ def test_masked_logits_equal_full_logits(dm: MLMDataModule) -> None:
 def test_cpu_head_runs_on_a_few_row_counts_with_the_same_logits_and_gradients() -> None:
     # oneDNN caches a kernel per matrix shape (up to 1,024): a head run on every new masked count grew base.yaml's
     # bf16 trainer by about 3 MB a step. Padded to multiples of HEAD_ROWS_MULTIPLE, it sees a few shapes.
-    from mlm_lightning.module import HEAD_ROWS_MULTIPLE
+    from mlm_lightning.model.module import HEAD_ROWS_MULTIPLE
 
     vocab = 100
     torch.manual_seed(0)
@@ -308,7 +308,7 @@ def test_resuming_with_more_steps_never_jumps_the_learning_rate(
 
 
 def _mlm_batch(module: MLMModule, rows: int, length: int, seed: int, padded: bool = False) -> dict:
-    from mlm_lightning.masking import MLMCollator
+    from mlm_lightning.data.masking import MLMCollator
 
     collate = MLMCollator(
         pad_token_id=0, mask_token_id=4, vocab_size=module.hparams.vocab_size, special_token_ids=[0, 1, 2, 3, 4]
@@ -320,7 +320,7 @@ def _mlm_batch(module: MLMModule, rows: int, length: int, seed: int, padded: boo
 
 
 def test_masked_mean_loss_is_the_mean_cross_entropy_and_zero_without_masked_tokens() -> None:
-    from mlm_lightning.module import masked_mean_loss
+    from mlm_lightning.model.module import masked_mean_loss
 
     torch.manual_seed(0)
     module = MLMModule(vocab_size=100, dropout=0.0, **TINY)
@@ -357,7 +357,7 @@ def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch:
     Traced here on the CPU with dynamo and a backend that records the graphs and runs them as traced, with the
     path switched on as on a GPU.
     """
-    from mlm_lightning.module import masked_mean_loss
+    from mlm_lightning.model.module import masked_mean_loss
 
     graphs = record_compiled_graphs(monkeypatch)
     torch._dynamo.reset()
@@ -400,7 +400,7 @@ def test_adamw_is_fused_unless_a_gradient_scaler_is_in_use_with_clipping(
 
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    from mlm_lightning import module as module_lib
+    from mlm_lightning.model import module as module_lib
 
     def trainer(**kw: Any) -> L.Trainer:
         return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, **kw)
@@ -443,7 +443,7 @@ def test_compiled_line_by_line_widths_compile_a_few_times_not_per_batch(monkeypa
     """With compile on, batches of 12 different widths run through at most COMPILE_WIDTHS + 1 graphs."""
     from types import SimpleNamespace
 
-    from mlm_lightning.module import COMPILE_WIDTHS
+    from mlm_lightning.model.module import COMPILE_WIDTHS
 
     graphs = record_compiled_graphs(monkeypatch)
     torch._dynamo.reset()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mlm_lightning.__main__ import main
-from mlm_lightning.cli import run_cli
-from mlm_lightning.module import MLMModule
+from mlm_lightning.cli.lightning_cli import run_cli
+from mlm_lightning.model.module import MLMModule
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def readme_own_text_command() -> list[str]:
 
 
 def test_the_readme_command_reads_its_own_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlm_lightning.cli import parse_config
+    from mlm_lightning.cli.lightning_cli import parse_config
 
     monkeypatch.chdir(ROOT)
     command = readme_own_text_command()
@@ -81,7 +81,7 @@ def test_own_text_after_make_train_in_the_same_clone(
 
 
 def test_a_warm_up_longer_than_the_run_is_said(tokenizer_dir: Path) -> None:
-    from mlm_lightning.module import MLMModule
+    from mlm_lightning.model.module import MLMModule
 
     module = MLMModule(
         vocab_size=200, model_type="bert", hidden_size=16, num_hidden_layers=1, num_attention_heads=1,

@@ -14,7 +14,7 @@ import torch
 
 from mlm_lightning.__main__ import main
 from mlm_lightning.errors import MLMError
-from mlm_lightning.probe import (
+from mlm_lightning.tools.probe import (
     ProbeSettings,
     logistic_regression,
     paired_interval,
@@ -22,7 +22,7 @@ from mlm_lightning.probe import (
     summarize,
     t_quantile,
 )
-from mlm_lightning.probe_tasks import FIRST_FOLIO_GENRES, GENRE_TASK, genre_task, make_splits, read_task
+from mlm_lightning.tools.probe_tasks import FIRST_FOLIO_GENRES, GENRE_TASK, genre_task, make_splits, read_task
 from tests.conftest import WORDS, tiny_cli_args
 
 

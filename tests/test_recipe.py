@@ -11,9 +11,9 @@ import pytest
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
 from mlm_lightning.callbacks import WeightAveragingSetting
-from mlm_lightning.cli import run_cli
+from mlm_lightning.cli.lightning_cli import run_cli
 from mlm_lightning.data import MLMDataModule
-from mlm_lightning.module import MLMModule
+from mlm_lightning.model.module import MLMModule
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
@@ -106,8 +106,8 @@ def test_the_sampler_numbers_training_batches_across_epochs_and_resumes() -> Non
 def test_the_masking_rate_moves_from_start_to_mlm_probability(tokenizer_dir: Path) -> None:
     from transformers import AutoTokenizer
 
+    from mlm_lightning.data.masking import TokenMasking
     from mlm_lightning.errors import MLMError
-    from mlm_lightning.masking import TokenMasking
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     masking = TokenMasking(mlm_probability=0.15, start_probability=0.3, schedule_steps=10)
@@ -129,8 +129,8 @@ def test_the_masking_rate_moves_from_start_to_mlm_probability(tokenizer_dir: Pat
 
 
 def test_a_schedule_needs_its_length() -> None:
+    from mlm_lightning.data.masking import TokenMasking
     from mlm_lightning.errors import MLMError
-    from mlm_lightning.masking import TokenMasking
 
     with pytest.raises(MLMError, match="needs data.masking.schedule_steps"):
         TokenMasking(start_probability=0.3)

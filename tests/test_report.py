@@ -7,7 +7,7 @@ import pytest
 
 from mlm_lightning.__main__ import main
 from mlm_lightning.data import MLMDataModule
-from mlm_lightning.report import corpus_report, format_report, report_warnings
+from mlm_lightning.tools.report import corpus_report, format_report, report_warnings
 from tests.conftest import make_corpus
 
 

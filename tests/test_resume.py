@@ -79,7 +79,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_args: list
 
 
 def test_same_seed_and_config_give_the_same_final_validation_loss(tiny_args: list[str], tmp_path: Path) -> None:
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
 
     args = [*tiny_args, "--trainer.max_steps", "6", "--trainer.val_check_interval", "6"]
 

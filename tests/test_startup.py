@@ -29,15 +29,17 @@ def _loaded_after(code: str) -> set[str]:
 
 def test_importing_the_package_loads_no_framework() -> None:
     assert _loaded_after("import mlm_lightning") == set()
-    assert _loaded_after("import mlm_lightning.masking") == {"torch"}  # what dataloader workers need
+    assert _loaded_after("import mlm_lightning.data.masking") == {"torch"}  # what dataloader workers need
 
 
 def test_public_names_still_import_from_the_package() -> None:
     import mlm_lightning
     from mlm_lightning import MLMCollator, MLMDataModule, MLMModule
 
-    assert MLMDataModule.__module__ == "mlm_lightning.data" and MLMModule.__module__ == "mlm_lightning.module"
-    assert MLMCollator.__module__ == "mlm_lightning.masking" and set(mlm_lightning.__all__) <= set(dir(mlm_lightning))
+    assert MLMDataModule.__module__ == "mlm_lightning.data" and MLMModule.__module__ == "mlm_lightning.model.module"
+    assert MLMCollator.__module__ == "mlm_lightning.data.masking" and set(mlm_lightning.__all__) <= set(
+        dir(mlm_lightning)
+    )
     with pytest.raises(AttributeError):
         mlm_lightning.NoSuchThing  # noqa: B018
 

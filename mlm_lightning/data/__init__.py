@@ -9,7 +9,7 @@
 * :mod:`.streaming`: training rows streamed from weighted shard sets (``data.streaming``), resumable;
 * :mod:`.datamodule`: ``MLMDataModule``, the settings and Lightning's hooks.
 
-Masking strategies live in :mod:`mlm_lightning.masking`.
+Masking strategies live in :mod:`mlm_lightning.data.masking`.
 """
 
 from __future__ import annotations

@@ -24,13 +24,13 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
-from mlm_lightning.atomic import check_can_write
 from mlm_lightning.data.reading import file_digest, load_documents
 from mlm_lightning.data.token_stream import document_lengths, tokenize_documents, write_token_stream
 from mlm_lightning.errors import MLMError
 from mlm_lightning.interrupts import stop_on_signals
+from mlm_lightning.io.atomic import check_can_write
+from mlm_lightning.io.sources import CACHE_SETTING, cache_write_error, resolve_files
 from mlm_lightning.quiet import tokenization_progress
-from mlm_lightning.sources import CACHE_SETTING, cache_write_error, resolve_files
 
 # 2: sizes and digests in meta.json; 3: special-token strings are text, long documents in pieces; 4: meta.json's own
 # digest (an edit that leaves valid JSON, a document count changed, was read as true).

@@ -3,7 +3,7 @@
 Text is read with ``datasets`` (:mod:`.reading`), tokenized once into a cache folder whose name is a hash of the
 files' contents, the tokenizer and the text settings (:mod:`.cache`, :mod:`.token_stream`), served as rows of a
 layout (:mod:`.rows`) in an order that survives a resume (:mod:`.sampling`), and masked by the masking strategy
-``data.masking`` (:mod:`mlm_lightning.masking`). With ``data.streaming``, the training rows come instead from shard
+``data.masking`` (:mod:`mlm_lightning.data.masking`). With ``data.streaming``, the training rows come instead from shard
 sets in folders or object stores (:mod:`.shards`, written by ``python -m mlm_lightning shard``), streamed
 (:mod:`.streaming`).
 """
@@ -23,14 +23,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from mlm_lightning.data.cache import Corpus, CorpusCache
+from mlm_lightning.data.masking import MaskingStrategy, MLMCollator, TokenMasking
 from mlm_lightning.data.rows import TokenRows
 from mlm_lightning.data.sampling import MLMSampler, ResumableDataLoader
 from mlm_lightning.data.streaming import ShardSet, StreamingDataLoader, StreamingRows
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import special_token_ids
-from mlm_lightning.masking import MaskingStrategy, MLMCollator, TokenMasking
+from mlm_lightning.io.sources import default_cache_dir
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, PositiveInt, SequenceLength
-from mlm_lightning.sources import default_cache_dir
 
 
 def _strategy(masking: MaskingStrategy | Mapping[str, Any]) -> MaskingStrategy:
@@ -243,7 +243,7 @@ class MLMDataModule(L.LightningDataModule):
     @cached_property
     def tokenizer(self) -> Any:
         """The fast tokenizer (loaded on first use)."""
-        from mlm_lightning.loading import load_tokenizer
+        from mlm_lightning.data.tokenizer import load_tokenizer
 
         if not self.tokenizer_name:
             raise MLMError("no tokenizer: set data.tokenizer, or model.model_name_or_path to a pretrained model")

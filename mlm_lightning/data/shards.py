@@ -130,7 +130,7 @@ def read_json(url: str, retries: int = 3) -> dict[str, Any] | None:
 def _put(url: str, data: bytes, retries: int = 3) -> None:
     """Writes ``data`` to ``url`` whole or not at all: an object store's PUT is atomic; a local file is renamed."""
     if _protocol(url) == "file":
-        from mlm_lightning.atomic import atomic_file
+        from mlm_lightning.io.atomic import atomic_file
 
         with atomic_file(url.removeprefix("file://")) as tmp:
             tmp.write_bytes(data)
@@ -227,7 +227,7 @@ def write_shard_set(dm: Any, output: str, rows_per_shard: int, workers: int = 1)
     from mlm_lightning.data.token_stream import token_dtype
 
     if _protocol(output) == "file":
-        from mlm_lightning.atomic import check_can_write
+        from mlm_lightning.io.atomic import check_can_write
 
         check_can_write(output.removeprefix("file://"), "--output")
     tok = dm.tokenizer
