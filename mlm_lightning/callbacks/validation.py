@@ -45,7 +45,7 @@ class ValidateBeforeFit(Callback):
         # The random states are put back after it: a dataloader iterator draws its seed from torch's global
         # generator, and training (dropout) must draw the same numbers as in a run that does not validate first.
         states = collect_random_states()
-        # What Lightning's training loop does around a validation within an epoch (public loop attributes).
+        # What Lightning's training loop does around a validation within an epoch (loop internals: private_api.py).
         trainer.validating = True
         trainer.fit_loop.epoch_loop.val_loop.run()
         trainer.training = True

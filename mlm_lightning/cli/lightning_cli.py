@@ -11,7 +11,7 @@ from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _InstantiatorFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -100,36 +100,32 @@ class MLMCLI(LightningCLI):
     """LightningCLI with MLM wiring: data decides the vocabulary, checkpoints live in ``<root>/checkpoints``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # The subcommand asked for (`fit` of `fit --help`): only its parser is built (see _add_subcommands).
+        # The subcommand asked for (`fit` of `fit --help`): only its parser is built (see subcommands).
         words = kwargs.get("args")
         words = sys.argv[1:] if words is None else words
         first = words[0] if isinstance(words, list) and words else None
-        self._requested = first if kwargs.get("run", True) and isinstance(first, str) else None
-        self._building_subcommands = False
+        every = LightningCLI.subcommands()
+        self._requested = first if kwargs.get("run", True) and first in every else None
+        if self._requested:  # the other subcommands' parser settings would go to the main parser
+            options = kwargs.get("parser_kwargs") or {}
+            kwargs["parser_kwargs"] = {k: v for k, v in options.items() if k not in every or k == self._requested}
         self._print_config: str | None = None  # --print_config's value, taken out of jsonargparse's hands
         self._args: list[str] | None = None  # the command line's words (None: a dict configuration)
         self._precision_note = ""  # why trainer.precision is what it is, when the run chose it
         self._checkpoint_settings: CheckpointSettings | None = None  # the --ckpt_path file's model settings
+        self._run_parser: LightningArgumentParser | None = None  # the running subcommand's (see subcommands)
         super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
-        full = LightningCLI.subcommands()
-        if self._building_subcommands and self._requested in full:
-            return {self._requested: full[self._requested]}
-        return full
-
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         # LightningCLI builds the parsers of all four subcommands (each introspects the model, the data, the
         # Trainer and every callback section) before it reads which one is asked for: 3/4 of `fit --help`'s
         # parser time went to validate, test and predict (benchmarks/README.md). A first word that is not a
         # subcommand (a typo, `--help`) still gets all of them, so its error lists the choices.
-        self._building_subcommands = True
-        try:
-            super()._add_subcommands(parser, **kwargs)
-        finally:
-            self._building_subcommands = False
+        every = LightningCLI.subcommands()
+        return {self._requested: every[self._requested]} if self._requested else every
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self._run_parser = parser  # the requested subcommand's, the only one built (or the main one: run=False)
         parser.add_lightning_class_args(MLMCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -188,8 +184,18 @@ class MLMCLI(LightningCLI):
                 raise MLMError(f"trainer.{key} must be {text}, got {value}")
         given_cpu_peak()  # $MLM_LIGHTNING_CPU_PEAK_FLOPS, checked before anything is written
         self._resolve(config)
+        # Lightning's instantiators (they record the model's and the data's settings for load_from_checkpoint),
+        # replaced by the same fed plain numbers, and one for every other class: the range-checked types of
+        # mlm_lightning.settings parse into int/float subclasses, which would reach checkpoints (the model's config)
+        # and break weights_only loads. (Plain values in the configuration are not enough: instantiation re-types.)
+        for key, cls, subclasses in (
+            ("model", self.model_class, self.subclass_mode_model),
+            ("data", self.datamodule_class, self.subclass_mode_data),
+        ):
+            self.parser.add_instantiator(_PlainInstantiatorFn(cli=self, key=key), cls, subclasses)
+        self.parser.add_instantiator(_plain_instantiator, object)
         if self._print_config is not None:
-            print(resolved_config_text(self._parser(self.subcommand), config, "skip_null" in self._print_config))
+            print(resolved_config_text(self._run_parser or self.parser, config, "skip_null" in self._print_config))
             sys.exit(0)
         if config.memory.limit_heap:  # before the model and the data are loaded (HeapGrowthLimit sets it again)
             limit_heap_growth()
@@ -213,17 +219,6 @@ class MLMCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir=root, default_hp_metric=False),
             )
-
-    def _add_instantiators(self) -> None:
-        # Lightning's instantiators (they record the model's and the data's settings for load_from_checkpoint) and
-        # one for every other class, all fed plain numbers: the range-checked types of mlm_lightning.settings parse
-        # into int/float subclasses, which would reach checkpoints (the model's config) and break weights_only loads.
-        for key, cls, subclasses in (
-            ("model", self._model_class, self.subclass_mode_model),
-            ("data", self._datamodule_class, self.subclass_mode_data),
-        ):
-            self.parser.add_instantiator(_PlainInstantiatorFn(cli=self, key=key), _get_module_type(cls), subclasses)
-        self.parser.add_instantiator(_plain_instantiator, object)
 
     def instantiate_classes(self) -> None:
         if self._precision_note:  # said when a run is built, not when a tool only reads the config
