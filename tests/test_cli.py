@@ -118,3 +118,18 @@ def test_fit_help_builds_only_the_fit_parser(monkeypatch: pytest.MonkeyPatch, ca
     with pytest.raises(SystemExit):
         main(["fitt", "--help"])
     assert built == ["fit", "validate", "test", "predict"] and "fitt" in capsys.readouterr().err
+
+
+def test_range_checked_settings_reach_the_classes_as_plain_numbers(tiny_args: list[str]) -> None:
+    """The range types of mlm_lightning.settings (int/float subclasses) stop at the parser: checkpoints hold plain
+    numbers, which weights_only loads accept (MLMCLI's instantiators)."""
+    cli = run_cli([*tiny_args, "--data.masking.mlm_probability", "0.2"], run=False)
+    objects = {"model config": cli.model.model.config.to_dict(), "hparams": dict(cli.model.hparams)}
+    objects |= {"data": vars(cli.datamodule), "masking": vars(cli.datamodule.masking)}
+    typed = [
+        f"{where}.{key}: {type(value).__name__}"
+        for where, values in objects.items()
+        for key, value in values.items()
+        if isinstance(value, (int, float)) and type(value) not in (int, float, bool)
+    ]
+    assert not typed and cli.datamodule.masking.mlm_probability == 0.2
