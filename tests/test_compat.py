@@ -31,10 +31,15 @@ CLASSES = FIXTURES / "classes.yaml"  # every callback / checkpoint-plugin class 
 # Class paths as the flat layout wrote them (a class moved since must still be found under them).
 OLD_MASKING = "mlm_lightning.masking.TokenMasking"
 OLD_CONFIG_CLASSES = [OLD_MASKING, "mlm_lightning.callbacks.DashboardLayout"]
-# The Python import paths docs/models.md and docs/training.md gave for using a checkpoint without the CLI.
+# The Python import paths the package exported and docs/models.md and docs/training.md gave (use without the CLI).
 OLD_IMPORTS = [
     "mlm_lightning.module.MLMModule",
     "mlm_lightning.data.datamodule.MLMDataModule",
+    "mlm_lightning.data.MLMDataModule",  # its class path (MLMDataModule.__module__ is set to the package)
+    "mlm_lightning.MLMModule",  # the package's public names (__all__)
+    "mlm_lightning.MLMDataModule",
+    "mlm_lightning.MLMCollator",
+    "mlm_lightning.masking.MLMCollator",
     OLD_MASKING,
     "mlm_lightning.masking.MaskingStrategy",
     "mlm_lightning.random_states.RandomStates",
