@@ -46,6 +46,8 @@ OLD_IMPORTS = [
     "mlm_lightning.last_checkpoint.MLMCheckpoint",
     "mlm_lightning.checkpoint_io.AtomicCheckpointIO",
     "mlm_lightning.nonfinite.NonFiniteLoss",
+    "mlm_lightning.export.load_model",  # docs/adaptation.md
+    "mlm_lightning.atomic.atomic_file",  # docs/training.md
 ]
 SENTENCE = "the [MASK] of the king."
 
