@@ -1,9 +1,9 @@
 """Checkpoints and configs written before the package layout changed (issue 21) still load.
 
 The fixtures in ``tests/fixtures/before_layout/`` were written by commit 3a3639c, when the package was flat
-(``mlm_lightning.masking.TokenMasking``, ``mlm_lightning.callbacks.DashboardLayout``, ...): a ``last.ckpt`` of a
-2-step tiny fit, its configuration as ``--print_config`` saved it, and every callback class path of that commit
-(README.md there says how). Each test uses them the way a user would after an upgrade. The old class paths are
+(``mlm_lightning.masking.TokenMasking``, ``mlm_lightning.callbacks.DashboardLayout``, ...): the ``last.ckpt`` of a
+tiny fit stopped at step 2 of 4, its configuration as ``--print_config`` saved it, every callback class path
+of that commit (README.md there says how). Each test uses them the way a user would after an upgrade. Old paths are
 the point: the first test checks that the files still hold them, so a regenerated fixture cannot pass unnoticed.
 """
 
