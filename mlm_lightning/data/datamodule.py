@@ -30,6 +30,7 @@ from mlm_lightning.data.streaming import ShardSet, StreamingDataLoader, Streamin
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import special_token_ids
 from mlm_lightning.io.sources import default_cache_dir
+from mlm_lightning.moved import current_path
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, PositiveInt, SequenceLength
 
 
@@ -110,9 +111,16 @@ def data_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
         elif key == "data.tokenizer":
             if old[1] != (new or ["", ""])[1]:
                 changes.append(f"data.tokenizer: {old[0]} -> {new[0]} (another vocabulary or other rules)")
-        elif old != new:
+        elif _current(old) != _current(new):
             changes.append(f"{key}: {old} -> {new}")
     return changes
+
+
+def _current(value: Any) -> Any:
+    """``value`` with the class paths of moved modules (checkpoints written before the layout by job) made current."""
+    if isinstance(value, dict) and isinstance(value.get("class_path"), str):
+        return {**value, "class_path": current_path(value["class_path"])}
+    return value
 
 
 class MLMDataModule(L.LightningDataModule):
