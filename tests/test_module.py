@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mlm_lightning.data import MLMDataModule
-from mlm_lightning.data.masking import IGNORE_INDEX
+from mlm_lightning.data.collator import IGNORE_INDEX
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import POSITIONS_AFTER_PADDING, max_sequence_length
 from mlm_lightning.model.module import MLMModule
@@ -308,7 +308,7 @@ def test_resuming_with_more_steps_never_jumps_the_learning_rate(
 
 
 def _mlm_batch(module: MLMModule, rows: int, length: int, seed: int, padded: bool = False) -> dict:
-    from mlm_lightning.data.masking import MLMCollator
+    from mlm_lightning.data.collator import MLMCollator
 
     collate = MLMCollator(
         pad_token_id=0, mask_token_id=4, vocab_size=module.hparams.vocab_size, special_token_ids=[0, 1, 2, 3, 4]

@@ -23,7 +23,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from mlm_lightning.data.cache import Corpus, CorpusCache
-from mlm_lightning.data.masking import MaskingStrategy, MLMCollator, TokenMasking
+from mlm_lightning.data.collator import MLMCollator
+from mlm_lightning.data.masking import MaskingStrategy, TokenMasking
 from mlm_lightning.data.rows import TokenRows
 from mlm_lightning.data.sampling import MLMSampler, ResumableDataLoader
 from mlm_lightning.data.streaming import ShardSet, StreamingDataLoader, StreamingRows
@@ -564,3 +565,7 @@ class MLMDataModule(L.LightningDataModule):
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
         return math.ceil(math.ceil(len(self.datasets["train"]) / world) / self.batch_size)
+
+
+# The name configs, saved configs and checkpoints' class paths use (and pickles resolve): the package's, not the file's.
+MLMDataModule.__module__ = "mlm_lightning.data"
