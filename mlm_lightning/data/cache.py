@@ -69,6 +69,12 @@ class Corpus(NamedTuple):
         """The split folders the entry holds."""
         return ["train", "val"] if self.split else ["all"]
 
+    def folder(self, split: str) -> str:
+        """The folder that holds ``split``: ``train``/``val`` of a held-out split, else ``all``."""
+        if not self.split:
+            return "all"
+        return "train" if split == "train" else "val"
+
 
 class CorpusCache:
     """Builds, checks and finds tokenized corpora in ``folder/corpora``.
