@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
@@ -12,8 +12,14 @@ import torch
 from mlm_lightning.errors import MLMError
 from mlm_lightning.tools.probe_tasks import ProbeTask, Split
 
-if TYPE_CHECKING:
-    from mlm_lightning.tools.probe import ProbeSettings
+
+class FineTuneSettings(Protocol):
+    """What fine-tuning reads of the probe's settings (:class:`mlm_lightning.tools.probe.ProbeSettings`)."""
+
+    max_length: int
+    batch_size: int
+    epochs: int
+    learning_rate: float
 
 
 def _classifier(model: Any, num_classes: int) -> Any:
@@ -44,7 +50,7 @@ def fine_tune_predictions(
     tok: Any,
     task: ProbeTask,
     split: Split,
-    settings: ProbeSettings,
+    settings: FineTuneSettings,
     trainer_settings: dict[str, Any],
 ) -> np.ndarray:
     """Fine-tunes a classifier on ``split.train`` (seeded by ``split.seed``) and predicts ``split.test``."""
