@@ -197,3 +197,11 @@ class PauseAt(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, *args: Any) -> None:
         if self.where == "save" and trainer.global_step == self.step and trainer.received_sigterm:
             self._wait(lambda: False)  # until a KeyboardInterrupt (the second Ctrl-C) ends it
+
+
+def assert_one_line(lines: list[str], *facts: str, prefix: str = "error: ") -> None:
+    """A user-facing message: exactly one line, starting with ``prefix``, that states each of ``facts`` (a setting,
+    a number, a path, the command that fixes it), whatever the wording around them."""
+    assert len(lines) == 1 and lines[0].startswith(prefix), lines
+    missing = [fact for fact in facts if fact not in lines[0]]
+    assert not missing, f"{lines[0]!r} does not state {missing}"

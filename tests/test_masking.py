@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_lightning.data.masking import IGNORE_INDEX, MLMCollator
+from mlm_lightning.data.collator import IGNORE_INDEX, MLMCollator
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 VOCAB = 1000
@@ -228,7 +228,8 @@ def test_byte_level_word_starts_match_word_ids_on_a_play_except_at_apostrophes(t
     # one word (the pattern: "know", "'s", "t"). Everything else agrees on a whole play.
     from transformers import AutoTokenizer
 
-    from mlm_lightning.data.masking import NO_CLASS, word_pieces
+    from mlm_lightning.data.collator import NO_CLASS
+    from mlm_lightning.data.masking import word_pieces
     from mlm_lightning.io.sources import resolve_files
     from mlm_lightning.tools.train_tokenizer import train_tokenizer
 

@@ -134,7 +134,9 @@ def build_model(
 class MLMModule(L.LightningModule):
     """Masked-language-model training with AdamW, warm-up and decay, and token-weighted metrics.
 
-    Every argument is a plain value, so ``MLMModule.load_from_checkpoint(path)`` rebuilds the model alone.
+    Every argument is a plain value, so ``MLMModule.load_from_checkpoint(path)`` rebuilds the module from the
+    checkpoint alone for a model built from scratch; one that started from ``model_name_or_path`` loads that model
+    again first (it must still be reachable), then takes the checkpoint's weights.
 
     Args:
         model_name_or_path: Pretrained masked LM: a hub name (needs network), a local folder, or
@@ -177,8 +179,8 @@ class MLMModule(L.LightningModule):
             families whose MLM head cannot be applied to a subset of positions do this anyway).
         compile: ``torch.compile`` what runs: the encoder (masked-only head; on a GPU the whole training loss,
             static shapes but the masked count) or the whole model (full logits); the first steps pay the
-            compilation. ``None``: on for a CPU with a C++ compiler (``$CXX`` or ``g++``; a ``base.yaml`` step 25 %
-            shorter in bf16), off on a GPU (its ~40 s pay only in long runs); said in one line. ``true`` on a CPU
+            compilation. ``None``: on for a CPU with a C++ compiler (``$CXX`` or ``g++``; shorter steps, see
+            benchmarks/README.md), off on a GPU (it pays only in long runs); said in one line. ``true`` on a CPU
             without a C++ compiler stops the run before it starts. On a CPU evaluation runs uncompiled (no faster
             compiled; each batch shape would compile).
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU

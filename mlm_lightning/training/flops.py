@@ -206,8 +206,8 @@ def probe_cpu_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 0.5) 
     """Measured matmul FLOP/s of this CPU at ``dtype``: the fastest of repeated products of up to ``size`` x ``size``.
 
     The product grows from 128 to ``size`` while the next size's would take under ``seconds``: a CPU that emulates
-    the dtype (bf16 on an AVX2-only CPU took 265 s for one 2048 x 2048 product, 0.5 s at 512, measured) is probed
-    in a few seconds at a smaller size instead of for minutes.
+    the dtype (bf16 on an AVX2-only CPU: minutes for one 2048 x 2048 product; benchmarks/README.md) is probed in a
+    few seconds at a smaller size.
     """
     # Its own generator: the global one seeds dropout, and a run that probes must train like one that reads the cache.
     gen = torch.Generator().manual_seed(0)
