@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.data.masking import IGNORE_INDEX
 from mlm_lightning.errors import MLMError
-from mlm_lightning.families import POSITIONS_AFTER_PADDING, max_sequence_length
+from mlm_lightning.families import FAMILIES, max_sequence_length
 from mlm_lightning.model.module import MLMModule
 
 TINY = dict(
@@ -204,6 +204,9 @@ def test_a_non_finite_evaluation_loss_is_reported_not_averaged_away(dm: MLMDataM
         f"so {prefix}/loss and {prefix}/perplexity are {loss}: the model has (partly) diverged. "
         f"Lower model.learning_rate or resume from an earlier checkpoint."
     ]
+
+
+POSITIONS_AFTER_PADDING = [f.name for f in FAMILIES.values() if f.positions_after_padding is not None]
 
 
 @pytest.mark.parametrize("model_type", [*POSITIONS_AFTER_PADDING, "bert"])
