@@ -332,8 +332,8 @@ def encoder_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
 def max_sequence_length(config: Mapping[str, Any]) -> int:
     """Longest row, in tokens, that a model's position embeddings take (0 when unknown).
 
-    ``max_position_embeddings``, less the positions that families reserve (``Family.positions_after_padding``)
-    (RoBERTa, XLM-R: 514 - pad_token_id 1 - 1 = 512).
+    ``max_position_embeddings``, less the positions reserved where position ids start after the padding index
+    (``Family.positions_after_padding``; RoBERTa, XLM-R: 514 - pad_token_id 1 - 1 = 512).
 
     Args:
         config: A model configuration as a mapping (``PretrainedConfig.to_dict()``, or the ``model`` section of
