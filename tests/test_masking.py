@@ -152,12 +152,12 @@ def family_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     """One tokenizer per train-tokenizer family, trained on the generated corpus plus ``WORD_TEXT``."""
     from conftest import make_corpus
 
-    from mlm_lightning.tools.train_tokenizer import FAMILIES, train_tokenizer
+    from mlm_lightning.tools.train_tokenizer import RECIPES, train_tokenizer
 
     folder = tmp_path_factory.mktemp("wwm")
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(make_corpus(300) + WORD_TEXT * 5) + "\n", encoding="utf-8")
-    return {f: train_tokenizer([str(corpus)], str(folder / f), family=f, vocab_size=500) for f in FAMILIES}
+    return {f: train_tokenizer([str(corpus)], str(folder / f), family=f, vocab_size=500) for f in RECIPES}
 
 
 def _truth_starts(tok, text: str) -> tuple[list[int], list[bool]]:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.data.collator import IGNORE_INDEX
 from mlm_lightning.errors import MLMError
-from mlm_lightning.families import POSITIONS_AFTER_PADDING, max_sequence_length
+from mlm_lightning.families import FAMILIES, max_sequence_length
 from mlm_lightning.model.module import MLMModule
 from tests.helpers import assert_one_line
 
@@ -201,6 +201,9 @@ def test_a_non_finite_evaluation_loss_is_reported_not_averaged_away(dm: MLMDataM
     assert math.isnan(loss) if math.isnan(bad) else loss == math.inf
     notes = [str(w.message) for w in caught if "non-finite loss" in str(w.message)]
     assert_one_line(notes, f"3 of {sum(seen):,} masked tokens", f"{prefix}/loss", f"are {loss}", prefix=f"{split}: ")
+
+
+POSITIONS_AFTER_PADDING = [f.name for f in FAMILIES.values() if f.positions_after_padding is not None]
 
 
 @pytest.mark.parametrize("model_type", [*POSITIONS_AFTER_PADDING, "bert"])

@@ -33,7 +33,7 @@ from mlm_lightning.data.masking import MaskingStrategy, TokenMasking
 from mlm_lightning.data.rows import TokenRows
 from mlm_lightning.data.streaming import ShardSet, StreamingRows, checked_manifests
 from mlm_lightning.errors import MLMError
-from mlm_lightning.families import special_token_ids
+from mlm_lightning.family_config import special_token_ids
 from mlm_lightning.io.sources import default_cache_dir
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, PositiveInt, SequenceLength
 

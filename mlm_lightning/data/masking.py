@@ -20,6 +20,7 @@ import numpy as np
 from mlm_lightning.data.collator import IGNORE_INDEX, NO_CLASS, MLMBatch, MLMCollator, example_seed
 from mlm_lightning.data.tokenizer import tokenizer_family
 from mlm_lightning.errors import MLMError
+from mlm_lightning.families import WORD_MARKERS
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, NonZeroProbability
 
 __all__ = [
@@ -120,15 +121,9 @@ class TokenMasking(MaskingStrategy):
 
 
 # -- where words start --------------------------------------------------------------------------------------------
-# How each tokenizer kind (:func:`mlm_lightning.data.tokenizer.tokenizer_family`) marks words in its pieces: the
-# marker, and whether it starts a word (True: the space a piece begins with) or continues one (False: "##").
-# Byte-level BPE's pre-tokenizer (GPT-2's pattern) also splits letters, digits and other characters apart
-# ("king" "," and "don" "'t" are two words each), so its pieces' character classes count too.
-WORD_MARKERS: dict[str, tuple[str, bool]] = {
-    "WordPiece": ("##", False),  # the model's continuing_subword_prefix where it has one
-    "byte-level BPE": ("\u0120", True),  # "Ġ", the byte-level image of a space
-    "SentencePiece": ("\u2581", True),  # "▁", or the replacement its Metaspace pre-tokenizer names
-}
+# Each tokenizer kind's word marker: mlm_lightning.families.WORD_MARKERS. Byte-level BPE's pre-tokenizer (GPT-2's
+# pattern) also splits letters, digits and other characters apart ("king" "," and "don" "'t" are two words each), so
+# its pieces' character classes count too.
 
 
 def _byte_decoder() -> dict[str, int]:

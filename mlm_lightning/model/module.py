@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import grad_norm, rank_zero_info, rank_zero_war
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
-from mlm_lightning import families
+from mlm_lightning import families, family_config
 from mlm_lightning.data.masking import IGNORE_INDEX, MLMBatch
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import max_sequence_length
@@ -57,7 +57,7 @@ def _lr_multiplier(
 class Architecture:
     """The shape of a model built from scratch, in the family-neutral names of ``MLMModule``'s settings.
 
-    ``families.config_kwargs`` puts each under the family's own config name. ``vocab_size`` is also the
+    ``family_config.config_kwargs`` puts each under the family's own config name. ``vocab_size`` is also the
     tokenizer's size that a pretrained model's embeddings must cover.
     """
 
@@ -71,7 +71,7 @@ class Architecture:
     dropout: float
     pad_token_id: int
     embedding_size: int | None = None
-    special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (families.TOKEN_ROLES)
+    special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (family_config.TOKEN_ROLES)
     config_overrides: dict[str, Any] | None = None  # further fields of a new model's config, by their own names
 
 
@@ -103,7 +103,7 @@ def build_model(
     if model_name_or_path:
         overrides = None
         if attention_dropout is not None:
-            overrides = families.attention_dropout_kwargs(load_model_config(model_name_or_path), attention_dropout)
+            overrides = family_config.attention_dropout_kwargs(load_model_config(model_name_or_path), attention_dropout)
         model = load_masked_lm(model_name_or_path, for_training=True, config_overrides=overrides)
         if vocab_size > model.config.vocab_size:
             raise MLMError(
@@ -117,12 +117,12 @@ def build_model(
     apart = ("embedding_size", "special_token_ids", "config_overrides")
     settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name not in apart}
     model_type = settings.pop("model_type")
-    kwargs = families.config_kwargs(
+    kwargs = family_config.config_kwargs(
         model_type, settings, architecture.embedding_size, architecture.special_token_ids, architecture.config_overrides
     )
     if attention_dropout is not None:
         declared = AutoConfig.for_model(model_type, **kwargs).to_dict()
-        kwargs.update(families.attention_dropout_kwargs(declared, attention_dropout))
+        kwargs.update(family_config.attention_dropout_kwargs(declared, attention_dropout))
     try:
         return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
     # The family's own validation, e.g. heads not dividing the width, or a config_overrides value of the wrong type.

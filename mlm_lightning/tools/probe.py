@@ -109,7 +109,7 @@ def load_encoder(name: str, tokenizer: str | None = None) -> tuple[Any, Any]:
     Raises:
         MLMError: The model cannot be loaded or has no encoder, or the tokenizer is not the model's.
     """
-    from mlm_lightning import families
+    from mlm_lightning import family_config
     from mlm_lightning.data.tokenizer import bundled_tokenizer, load_tokenizer
     from mlm_lightning.model.tokenizer_match import DECISIVE, vocabulary_difference
     from mlm_lightning.tools.export import load_model
@@ -124,9 +124,9 @@ def load_encoder(name: str, tokenizer: str | None = None) -> tuple[Any, Any]:
         if own is None and own_name != name:  # a checkpoint: the tokenizer it records
             own = load_tokenizer(own_name)
         difference = vocabulary_difference(own, tok) if own is not None else None
-        ids = families.special_token_ids(tok)
+        ids = family_config.special_token_ids(tok)
         for field_name in DECISIVE if difference is None else ():
-            recorded, given = getattr(model.config, field_name, None), families.token_id_for(field_name, ids)
+            recorded, given = getattr(model.config, field_name, None), family_config.token_id_for(field_name, ids)
             if isinstance(recorded, int) and given is not None and recorded != given:
                 difference = f"has {field_name} {recorded}, --tokenizer {given}"
         if difference:
