@@ -33,7 +33,7 @@ def readme_own_text_command() -> list[str]:
 
 
 def test_the_readme_command_reads_its_own_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlm_lightning.cli.lightning_cli import parse_config
+    from mlm_lightning.cli.config import parse_config
 
     monkeypatch.chdir(ROOT)
     command = readme_own_text_command()

@@ -79,7 +79,7 @@ def test_base_config_leaves_precision_to_the_hardware() -> None:
 def test_the_choice_is_said_once_when_a_run_is_built_not_when_a_tool_reads_the_config(
     tiny_args: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from mlm_lightning.cli.lightning_cli import parse_config
+    from mlm_lightning.cli.config import parse_config
 
     monkeypatch.setattr(sys, "argv", ["pytest"])
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])

@@ -55,7 +55,7 @@ def probe_command(args: list[str]) -> int:
     output = check_output(known.output)
     config = None
     if rest:
-        from mlm_lightning.cli.lightning_cli import parse_config
+        from mlm_lightning.cli.config import parse_config
 
         config = parse_config(rest)
     base = ProbeSettings()
