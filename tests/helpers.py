@@ -205,3 +205,25 @@ def assert_one_line(lines: list[str], *facts: str, prefix: str = "error: ") -> N
     assert len(lines) == 1 and lines[0].startswith(prefix), lines
     missing = [fact for fact in facts if fact not in lines[0]]
     assert not missing, f"{lines[0]!r} does not state {missing}"
+
+
+class RateRecorder(Callback):
+    """Appends ``step,rate of each group`` before every training batch (the rates its update uses) to ``path``.
+
+    Args:
+        path: The CSV file.
+        stop_after: Stop the run after this optimizer step (0 = never), as an interrupted run would.
+    """
+
+    def __init__(self, path: str, stop_after: int = 0) -> None:
+        self.path = path
+        self.stop_after = stop_after
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        rates = ",".join(repr(group["lr"]) for group in trainer.optimizers[0].param_groups)
+        with open(self.path, "a") as fh:
+            fh.write(f"{trainer.global_step},{rates}\n")
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        if self.stop_after and trainer.global_step == self.stop_after:
+            trainer.should_stop = True

@@ -14,6 +14,7 @@ from mlm_lightning.data.collator import IGNORE_INDEX
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import FAMILIES, max_sequence_length
 from mlm_lightning.model.module import MLMModule
+from mlm_lightning.training.schedule import total_optimizer_steps
 from tests.helpers import assert_one_line
 
 TINY = dict(
@@ -258,7 +259,7 @@ def test_schedule_ends_when_max_epochs_ends_training_before_max_steps(dm: MLMDat
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
     )  # fmt: skip
     trainer.fit(module, datamodule=dm)
-    assert trainer.global_step == 6 and module.total_optimizer_steps() == 6  # 2 epochs of 3, not max_steps
+    assert trainer.global_step == 6 and total_optimizer_steps(trainer) == 6  # 2 epochs of 3, not max_steps
     assert [rates.rates[s] for s in range(6)] == pytest.approx([1e-3 * (6 - s) / 6 for s in range(6)])
     assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0  # decayed to its end
 
@@ -396,12 +397,12 @@ def test_adamw_is_fused_unless_a_gradient_scaler_is_in_use_with_clipping(
 
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    from mlm_lightning.model import module as module_lib
+    from mlm_lightning.training.optim import adamw_implementation
 
     def trainer(**kw: Any) -> L.Trainer:
         return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, **kw)
 
-    choose = module_lib.adamw_implementation
+    choose = adamw_implementation
     assert choose("cuda", trainer(precision="bf16-mixed")) == {"fused": True}
     assert choose("cuda", trainer(precision="32-true", gradient_clip_val=1.0)) == {"fused": True}
     assert choose("cpu", trainer(precision="bf16-mixed")) == {"fused": True}
