@@ -152,12 +152,6 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     ),
     # -------------------------------------------------------------------------------------------------- others
     PrivateName(
-        "torch.optim.lr_scheduler.LRScheduler._last_lr",
-        "model.module.MLMModule.apply_optimizer_settings (on_train_start: resume with a changed learning rate)",
-        "what get_last_lr() returns and LearningRateMonitor logs; set with the new peak so the first logged "
-        "rate after a resume is the one used",
-    ),
-    PrivateName(
         "jsonargparse.typing.restricted_number_type._expression",
         "cli.messages._out_of_range",
         "the rule of a range type (`v>0`), to say `KEY must be an integer > 0` instead of jsonargparse's message",

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from mlm_lightning.private_api import PRIVATE_NAMES
 
@@ -43,12 +42,6 @@ def _params(func: Callable) -> list[str]:
 def _in_init(cls: type, attribute: str) -> bool:
     """Whether ``cls.__init__`` sets ``self.<attribute>`` (instance attributes are not on the class)."""
     return re.search(rf"self\.{re.escape(attribute)}\s*(:[^=\n]*)?=", inspect.getsource(cls.__init__)) is not None
-
-
-def _check_last_lr() -> None:
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
-    assert schedule._last_lr == [0.5] and schedule.get_last_lr() is schedule._last_lr  # what get_last_lr returns
 
 
 def _check_restricted_number() -> None:
@@ -145,7 +138,6 @@ def test_private_name_still_exists(name: str, tokenizer_dir: Path) -> None:
             _check_received_sigterm
         ),
         "lightning.pytorch.LightningModule._trainer": _check_module_trainer,
-        "torch.optim.lr_scheduler.LRScheduler._last_lr": _check_last_lr,
         "jsonargparse.typing.restricted_number_type._expression": _check_restricted_number,
         "jsonargparse.typing.restricted_number_type._type": _check_restricted_number,
         "transformers.PreTrainedTokenizerFast._tokenizer": lambda: _check_fast_tokenizer(tokenizer_dir),

@@ -7,14 +7,8 @@ from dataclasses import fields
 from typing import Any, NoReturn
 
 from mlm_lightning.errors import MLMError
-from mlm_lightning.tools.probe import (
-    ProbeSettings,
-    format_table,
-    load_encoder,
-    run_probe,
-    trainer_settings_of,
-    write_output,
-)
+from mlm_lightning.tools.probe import ProbeSettings, load_encoder, run_probe, trainer_settings_of
+from mlm_lightning.tools.probe_table import format_table, write_output
 
 
 class _Parser(argparse.ArgumentParser):

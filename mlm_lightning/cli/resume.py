@@ -25,7 +25,7 @@ from mlm_lightning.io.run_folder import RESUME_KEYWORDS
 from mlm_lightning.settings import plain_values
 
 # Model settings that may differ from the checkpoint's when resuming (optimisation and speed): the run uses the
-# configured values (MLMModule.on_train_start puts them into the restored optimizer and scheduler). Every other
+# configured values (a restored optimizer keeps them: training/optim.py, training/schedule.py). Every other
 # model setting describes the network and must match; unset ones are taken from the checkpoint.
 RESUME_MAY_CHANGE = frozenset({"learning_rate", "weight_decay", "betas", "eps", "scheduler", "full_logits", "compile"})
 # The warm-up (and wsd's decay share) belongs to the checkpoint's schedule, which a resume keeps: it may change

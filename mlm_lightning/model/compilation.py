@@ -2,12 +2,10 @@
 
 On a CPU, torch's compiler (inductor) writes C++ and builds it with a C++ compiler (``$CXX``, else ``g++``); without
 one the first compiled step fails deep inside torch. So ``true`` on a CPU is checked before anything runs, and
-``null`` compiles on a CPU exactly where a compiler is there. Measured on ``configs/base.yaml`` on this project's
-2-core CPU (benchmarks/README.md): a training step 25-30 % shorter in bf16 and 11 % in fp32; a first 300-step run,
-g++ building every kernel, 9 min 32 s instead of 9 min 41 s (later runs take the kernels from torch's cache).
-``base.yaml`` still sets ``false``: the compiler's child processes took that run's memory over its 1.5 GB. On a
-GPU ``null`` stays off: a step there takes milliseconds, so the compilation (about 40 s for BERT-base) is won back
-only by long runs, which set ``true``.
+``null`` compiles on a CPU exactly where a compiler is there: shorter training steps there (figures:
+benchmarks/README.md), though ``base.yaml`` sets ``false`` because the compiler's child processes take memory over
+its budget. On a GPU ``null`` stays off: a step there takes milliseconds, so the compilation is won back only by
+long runs, which set ``true``.
 """
 
 from __future__ import annotations

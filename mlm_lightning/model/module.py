@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import grad_norm, rank_zero_info, rank_zero_war
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
-from mlm_lightning import families
+from mlm_lightning import families, family_config
 from mlm_lightning.data.masking import IGNORE_INDEX, MLMBatch
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import max_sequence_length
@@ -36,28 +36,15 @@ from mlm_lightning.training.flops import (
     peak_flops,
     training_flops,
 )
-
-
-def _lr_multiplier(
-    step: float, base: Callable[[float], float], stretches: tuple[tuple[int, int, int], ...], end: int
-) -> float:
-    """A schedule's multiplier at ``step``: ``base`` held at its value at ``end``, through resumes' stretches.
-
-    A stretch ``(anchor, old_end, new_end)`` maps steps after ``anchor`` linearly so that ``new_end`` lands on
-    ``old_end``: the schedule is unchanged up to ``anchor`` (no jump) and its remaining decay ends at ``new_end``.
-    """
-    s = float(min(step, end))
-    for anchor, old_end, new_end in reversed(stretches):
-        if s > anchor:
-            s = anchor + (s - anchor) * (old_end - anchor) / (new_end - anchor)
-    return base(s)
+from mlm_lightning.training.optim import adamw_implementation, build_adamw
+from mlm_lightning.training.schedule import Plan, PlannedLR, ScheduleSettings, plan_schedule, total_optimizer_steps
 
 
 @dataclass(frozen=True)
 class Architecture:
     """The shape of a model built from scratch, in the family-neutral names of ``MLMModule``'s settings.
 
-    ``families.config_kwargs`` puts each under the family's own config name. ``vocab_size`` is also the
+    ``family_config.config_kwargs`` puts each under the family's own config name. ``vocab_size`` is also the
     tokenizer's size that a pretrained model's embeddings must cover.
     """
 
@@ -71,7 +58,7 @@ class Architecture:
     dropout: float
     pad_token_id: int
     embedding_size: int | None = None
-    special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (families.TOKEN_ROLES)
+    special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (family_config.TOKEN_ROLES)
     config_overrides: dict[str, Any] | None = None  # further fields of a new model's config, by their own names
 
 
@@ -103,7 +90,7 @@ def build_model(
     if model_name_or_path:
         overrides = None
         if attention_dropout is not None:
-            overrides = families.attention_dropout_kwargs(load_model_config(model_name_or_path), attention_dropout)
+            overrides = family_config.attention_dropout_kwargs(load_model_config(model_name_or_path), attention_dropout)
         model = load_masked_lm(model_name_or_path, for_training=True, config_overrides=overrides)
         if vocab_size > model.config.vocab_size:
             raise MLMError(
@@ -117,12 +104,12 @@ def build_model(
     apart = ("embedding_size", "special_token_ids", "config_overrides")
     settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name not in apart}
     model_type = settings.pop("model_type")
-    kwargs = families.config_kwargs(
+    kwargs = family_config.config_kwargs(
         model_type, settings, architecture.embedding_size, architecture.special_token_ids, architecture.config_overrides
     )
     if attention_dropout is not None:
         declared = AutoConfig.for_model(model_type, **kwargs).to_dict()
-        kwargs.update(families.attention_dropout_kwargs(declared, attention_dropout))
+        kwargs.update(family_config.attention_dropout_kwargs(declared, attention_dropout))
     try:
         return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
     # The family's own validation, e.g. heads not dividing the width, or a config_overrides value of the wrong type.
@@ -134,7 +121,9 @@ def build_model(
 class MLMModule(L.LightningModule):
     """Masked-language-model training with AdamW, warm-up and decay, and token-weighted metrics.
 
-    Every argument is a plain value, so ``MLMModule.load_from_checkpoint(path)`` rebuilds the model alone.
+    Every argument is a plain value, so ``MLMModule.load_from_checkpoint(path)`` rebuilds the module from the
+    checkpoint alone for a model built from scratch; one that started from ``model_name_or_path`` loads that model
+    again first (it must still be reachable), then takes the checkpoint's weights.
 
     Args:
         model_name_or_path: Pretrained masked LM: a hub name (needs network), a local folder, or
@@ -177,8 +166,8 @@ class MLMModule(L.LightningModule):
             families whose MLM head cannot be applied to a subset of positions do this anyway).
         compile: ``torch.compile`` what runs: the encoder (masked-only head; on a GPU the whole training loss,
             static shapes but the masked count) or the whole model (full logits); the first steps pay the
-            compilation. ``None``: on for a CPU with a C++ compiler (``$CXX`` or ``g++``; a ``base.yaml`` step 25 %
-            shorter in bf16), off on a GPU (its ~40 s pay only in long runs); said in one line. ``true`` on a CPU
+            compilation. ``None``: on for a CPU with a C++ compiler (``$CXX`` or ``g++``; shorter steps, see
+            benchmarks/README.md), off on a GPU (it pays only in long runs); said in one line. ``true`` on a CPU
             without a C++ compiler stops the run before it starts. On a CPU evaluation runs uncompiled (no faster
             compiled; each batch shape would compile).
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
@@ -258,7 +247,7 @@ class MLMModule(L.LightningModule):
         self._flops_seen = 0
         self._last_time: float | None = None
         self._peak_flops: float | None = None
-        self._schedule: dict[str, Any] | None = None  # the learning-rate schedule in use (saved in checkpoints)
+        self._schedule: Plan | None = None  # the learning-rate schedule in use (recorded in checkpoints)
         self._resumed: tuple[dict[str, Any] | None, int] | None = None  # (its record, step) in the resumed checkpoint
 
     # -- model ------------------------------------------------------------------------------------------
@@ -493,7 +482,6 @@ class MLMModule(L.LightningModule):
         return training_flops(shape, tokens, pairs, head_positions)
 
     def on_train_start(self) -> None:
-        self.apply_optimizer_settings()  # after a resume: the configured settings, not the checkpoint's
         # Known once the device and precision are: the GPU table, or this CPU's measured (cached) matmul peak.
         if self.trainer.is_global_zero:
             self._peak_flops = peak_flops(self.device, compute_dtype(self.trainer.precision), self._cache_dir())
@@ -583,165 +571,33 @@ class MLMModule(L.LightningModule):
             val_metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/")},
         )
         if self._schedule is not None:
-            checkpoint["mlm_lightning"]["schedule"] = self._schedule
+            checkpoint["mlm_lightning"]["schedule"] = self._schedule.record()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = checkpoint.get("mlm_lightning", {}).get("schedule")
         self._resumed = (record, int(checkpoint.get("global_step", 0)))
-        # FSDP and DeepSpeed restore after configure_optimizers: give their scheduler the resumed schedule now.
+        # FSDP and DeepSpeed restore after configure_optimizers: their scheduler takes the resumed plan before its
+        # state is restored (PlannedLR then writes that plan's rate at the checkpoint's step).
         if self._trainer is not None and self.trainer.lr_scheduler_configs:
             self._schedule = self._plan_schedule()
             for config in self.trainer.lr_scheduler_configs:
-                config.scheduler.lr_lambdas = [self._lr_lambda(self._schedule)] * len(config.scheduler.lr_lambdas)
+                if isinstance(config.scheduler, PlannedLR):
+                    config.scheduler.plan = self._schedule
 
     # -- optimisation -----------------------------------------------------------------------------------
-    def total_optimizer_steps(self) -> int:
-        """Optimizer steps of the whole run, without building the training dataloader.
-
-        ``trainer.estimated_stepping_batches`` would build it before a checkpoint is restored, which
-        loses a stateful dataloader's position (Lightning issue 20550), so it is computed from the data.
-        Lightning stops at ``max_steps`` or at the end of ``max_epochs``, whichever comes first: so does the
-        schedule.
-        """
-        trainer = self.trainer
-        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "num_train_batches"):
-            return max(1, int(trainer.estimated_stepping_batches))  # the same minimum, from the dataloader
-        if trainer.max_epochs in (None, -1):
-            return max_steps or max(1, int(trainer.estimated_stepping_batches))
-        per_epoch = dm.num_train_batches()  # per device: each device steps once per batch of its own shard
-        if isinstance(trainer.limit_train_batches, int):
-            per_epoch = min(per_epoch, trainer.limit_train_batches)
-        elif trainer.limit_train_batches is not None and trainer.limit_train_batches < 1.0:
-            per_epoch = int(per_epoch * trainer.limit_train_batches)
-        by_epochs = max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches) * trainer.max_epochs)
-        return min(max_steps, by_epochs) if max_steps else by_epochs
-
-    @staticmethod
-    def _lr_lambda(plan: dict[str, Any]) -> Callable[[int], float]:
-        """The multiplier of the peak learning rate at each step, for a schedule plan."""
-        from transformers import (
-            get_constant_schedule_with_warmup,
-            get_cosine_schedule_with_warmup,
-            get_linear_schedule_with_warmup,
-            get_wsd_schedule,
-        )
-
-        # transformers' warm-up-and-decay function, taken from a scheduler on a throwaway optimizer.
-        probe = torch.optim.SGD([torch.zeros(1)], lr=1.0)
-        warmup, total = plan["warmup_steps"], plan["base_total"]
-        if plan["scheduler"] == "linear":
-            base = get_linear_schedule_with_warmup(probe, warmup, total)
-        elif plan["scheduler"] == "cosine":
-            base = get_cosine_schedule_with_warmup(probe, warmup, total)
-        elif plan["scheduler"] == "wsd":
-            base = get_wsd_schedule(probe, warmup, plan["decay_steps"], num_training_steps=total, decay_type="1-sqrt")
-        else:
-            base = get_constant_schedule_with_warmup(probe, warmup)
-        # A partial of a module-level function: LambdaLR's state dict then holds no code.
-        stretches = tuple(tuple(s) for s in plan["stretches"])
-        return functools.partial(_lr_multiplier, base=base.lr_lambdas[0], stretches=stretches, end=plan["total_steps"])
-
-    def _plan_schedule(self) -> dict[str, Any]:
-        """The schedule of this run: a new one, or a resumed checkpoint's, kept or stretched to this run's end."""
-        hp = self.hparams
-        total = self.total_optimizer_steps()
-        record, step = self._resumed or (None, 0)
-        if record is None or record["scheduler"] != hp.scheduler:  # a new run (or a checkpoint without a record)
-            warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
-            if warmup >= total > 0:
-                self._warn_long_warmup(warmup, total)
-            plan = {"scheduler": hp.scheduler, "warmup_steps": warmup, "base_total": total, "stretches": [],
-                    "total_steps": total}  # fmt: skip
-            if hp.scheduler == "wsd":  # the decay fits in what the warm-up leaves (no negative stable phase)
-                plan["decay_steps"] = min(round(hp.get("decay_ratio", 0.2) * total), max(0, total - warmup))
-            return plan
-        end = record["total_steps"]
-        if total == end or hp.scheduler == "constant":
-            return record
-        lam = self._lr_lambda(record)
-        if total > end and step >= end and hp.scheduler != "constant" and lam(step) == 0.0:
-            rank_zero_warn(
-                f"the checkpoint's learning-rate schedule already ended at step {end} with a learning rate of 0: "
-                f"steps {step + 1} to {total} would not change the weights, whatever model.resume_schedule says. To "
-                f"train on, start a new run from an export of this one (model.model_name_or_path), or resume with "
-                f"another model.scheduler (a new schedule)."
-            )
-            return record
-        anchor = max(step, record["warmup_steps"])  # the warm-up is never stretched
-        if self.resume_schedule == "stretch" and total > anchor:
-            rank_zero_info(
-                f"model.resume_schedule=stretch: the learning-rate schedule of the checkpoint (step {step}) ended at "
-                f"step {end}; its remaining decay now ends at step {total}, from the current rate without a jump"
-            )
-            return {**record, "stretches": [*record["stretches"], [anchor, end, total]], "total_steps": total}
-        if total > end:
-            rank_zero_warn(
-                f"this run ends at step {total} but the checkpoint's learning-rate schedule ends at step {end} "
-                f"(model.resume_schedule={self.resume_schedule}): steps {end + 1} to {total} run at its final learning "
-                f"rate {hp.learning_rate * lam(end):.3g}. Set model.resume_schedule=stretch to stretch the "
-                f"remaining decay to step {total}."
-            )
-        else:
-            why = "" if self.resume_schedule == "keep" else f" (nothing to stretch: the run is at step {step})"
-            rank_zero_warn(
-                f"this run ends at step {total}, before the end of the checkpoint's learning-rate schedule at step "
-                f"{end} (model.resume_schedule={self.resume_schedule}){why}: it stops at a learning rate of "
-                f"{hp.learning_rate * lam(total):.3g}, not the schedule's final one."
-                + (f" Set model.resume_schedule=stretch to end the decay at step {total}." if not why else "")
-            )
-        return record
-
-    def _warn_long_warmup(self, warmup: int, total: int) -> None:
-        """Says that a warm-up of ``warmup`` steps does not end within a run of ``total`` steps (nothing else does)."""
-        hp = self.hparams
-        setting = "model.warmup_steps" if hp.warmup_steps else "model.warmup_ratio"
-        reached = hp.learning_rate * (total - 1) / warmup  # the rate of the run's last step
-        decay = "" if hp.scheduler == "constant" else " and never decays"
-        rank_zero_warn(
-            f"the warm-up ({warmup} steps, {setting}) is not shorter than this run ({total} optimizer steps): the "
-            f"learning rate stops at {reached:.3g} on its way to model.learning_rate {hp.learning_rate:g}{decay}. "
-            f"Set a smaller model.warmup_steps, or model.warmup_steps 0 and a model.warmup_ratio (a share of the run)"
-        )
-
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            # Biases and normalisation weights are 1-D: decaying them only hurts.
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         impl = adamw_implementation(self.device.type, self.trainer)
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.eps, **impl)
-        # Its length is recorded in checkpoints: a resumed run continues the same schedule (see resume_schedule).
+        optimizer = build_adamw(self.model, hp.learning_rate, hp.weight_decay, hp.betas, hp.eps, impl)
+        # Its plan is recorded in checkpoints: a resumed run continues the same schedule (see resume_schedule).
         self._schedule = self._plan_schedule()
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda(self._schedule))
+        schedule = PlannedLR(optimizer, self._schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
 
-    def apply_optimizer_settings(self) -> None:
-        """Puts the configured optimisation settings into the optimizer and scheduler, also after a resume.
-
-        A resumed run loads the optimizer's and the scheduler's state from the checkpoint, and with it the
-        checkpoint's learning rate (the scheduler's ``base_lrs``), weight decay, betas and eps: a changed setting
-        would be silently undone. The moments and the step count stay the checkpoint's; the learning rate continues
-        from the schedule's current step. Without a change (and in a fresh run) this changes nothing.
-        """
-        hp = self.hparams
-        optimizer = self.trainer.optimizers[0]
-        for group, decay in zip(optimizer.param_groups, (hp.weight_decay, 0.0)):  # the groups of configure_optimizers
-            group.update(weight_decay=decay, betas=tuple(hp.betas), eps=hp.eps, initial_lr=hp.learning_rate)
-        for config in self.trainer.lr_scheduler_configs:
-            schedule = config.scheduler
-            if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR) and schedule.optimizer is optimizer:
-                schedule.base_lrs = [hp.learning_rate] * len(schedule.base_lrs)
-                # What LambdaLR.step() would set at this step, from the configured peak.
-                lrs = [base * fn(schedule.last_epoch) for base, fn in zip(schedule.base_lrs, schedule.lr_lambdas)]
-                for group, lr in zip(optimizer.param_groups, lrs):
-                    group["lr"] = lr
-                schedule._last_lr = lrs
+    def _plan_schedule(self) -> Plan:
+        """The schedule of this run: a new one, or a resumed checkpoint's, kept or stretched to this run's end."""
+        settings = ScheduleSettings.of(self.hparams, self.resume_schedule)
+        return plan_schedule(settings, total_optimizer_steps(self.trainer), *(self._resumed or (None, 0)))
 
     def check_max_seq_length(self, length: int | None) -> None:
         """Raises :class:`MLMError` when rows of ``length`` tokens exceed the model's position embeddings."""
@@ -863,25 +719,6 @@ def pad_to_compile_width(batch: dict[str, Any], longest: int, pad_token_id: int)
     positions = batch["masked_positions"]
     out["masked_positions"] = positions // width * target + positions % width
     return out
-
-
-def adamw_implementation(device_type: str, trainer: L.Trainer) -> dict[str, bool]:
-    """AdamW's implementation for a run: ``{"fused": True}`` or ``{"foreach": True}``.
-
-    Fused (one kernel per step, no temporaries) on a GPU and on a CPU: an isolated step over ``base.yaml``'s 22.7M
-    parameters took 14-18 ms fused against 82-86 ms multi-tensor (foreach), whose parameter-sized temporaries are
-    fresh mappings under :mod:`mlm_lightning.callbacks.memory`'s threshold (16,000-21,000 page faults a step, against
-    none). Multi-tensor when a run with a gradient scaler (``16-mixed``) clips gradients: a fused optimizer unscales
-    inside its step, after clipping would have seen the scaled gradients, so Lightning refuses to clip (bf16 has no
-    scaler: :meth:`MLMModule.configure_gradient_clipping` clips its fused optimizer); and on other devices, which
-    torch's fused AdamW may not support.
-    """
-    from lightning.pytorch.plugins.precision import MixedPrecision
-
-    plugin = trainer.precision_plugin
-    scaled = isinstance(plugin, MixedPrecision) and plugin.scaler is not None
-    clips = bool(trainer.gradient_clip_val) and scaled
-    return {"fused": True} if device_type in ("cpu", "cuda") and not clips else {"foreach": True}
 
 
 def skip_mask_of_unpadded_batches() -> None:
