@@ -118,7 +118,7 @@ class MLMCLI(LightningCLI):
 
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
         # LightningCLI builds the parsers of all four subcommands (each introspects the model, the data, the
-        # Trainer and every callback section) before it reads which one is asked for: 3/4 of `fit --help`'s
+        # Trainer and every callback section) before it reads which one is asked for: most of `fit --help`'s
         # parser time went to validate, test and predict (benchmarks/README.md). A first word that is not a
         # subcommand (a typo, `--help`) still gets all of them, so its error lists the choices.
         every = LightningCLI.subcommands()
