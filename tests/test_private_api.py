@@ -1,7 +1,8 @@
 """Every private library name in ``mlm_lightning.private_api`` still exists, with the signature the package uses.
 
 An upgrade of Lightning, transformers, datasets, jsonargparse or torch that renames or reshapes one fails here, by
-name, rather than somewhere inside a run. A private name used in the package but missing from the list fails too.
+name, rather than somewhere inside a run. The uses are found in the package's source (``private_uses``): one missing
+from the list fails, and so does a listed name no longer used.
 """
 
 from __future__ import annotations
