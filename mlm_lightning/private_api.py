@@ -134,10 +134,10 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
         "transformers' per-model list of the modules that stay whole on one device (each family's layer class) "
         "has no public getter; it is what device_map='auto' splits by",
     ),
-    # ------------------------------------------------------------------------------------------- torch (module.py)
+    # -------------------------------------------------------------------------------------- torch (compilation.py)
     PrivateName(
         "torch._dynamo",
-        "module.MLMModule.train_loss (torch._dynamo.maybe_mark_dynamic on the masked positions and labels)",
+        "compilation.CompilePolicy.whole_loss (torch._dynamo.maybe_mark_dynamic on the masked positions, labels)",
         "torch's documented way to mark one dimension dynamic for torch.compile lives in this private module: the "
         "masked count changes every batch, and without the mark each new count would recompile the whole loss",
     ),

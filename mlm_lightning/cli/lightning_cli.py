@@ -39,6 +39,7 @@ from mlm_lightning.callbacks.memory import HeapGrowthLimit, limit_heap_growth
 from mlm_lightning.callbacks.nonfinite import NonFiniteLoss
 from mlm_lightning.callbacks.probe import FitProbe
 from mlm_lightning.callbacks.random_states import RandomStates
+from mlm_lightning.callbacks.throughput import Throughput
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.errors import MLMError, Terminated
 from mlm_lightning.interrupts import SIGNAL_NAMES, ctrl_c_stops_gracefully, terminated
@@ -50,6 +51,7 @@ from mlm_lightning.io.checkpoint_io import (
     unreadable_checkpoint,
 )
 from mlm_lightning.io.run_folder import RESUME_KEYWORDS, run_dir_guard
+from mlm_lightning.model.build import check_max_seq_length
 from mlm_lightning.model.module import MLMModule
 from mlm_lightning.settings import plain_values
 from mlm_lightning.training.flops import given_cpu_peak
@@ -363,8 +365,8 @@ class MLMCLI(LightningCLI):
     # LightningCLI runs these instead of the Trainer's methods of the same name. Input that would fail in the
     # Trainer's setup is checked first, so a bad run stops before it writes logs or checkpoints.
     def _check_model(self, model: MLMModule, stage: str) -> None:
-        model.check_max_seq_length(getattr(self.datamodule, "max_seq_length", None))
-        model.decide_compile(self.trainer.strategy.root_device.type, stage)
+        check_max_seq_length(model.model, getattr(self.datamodule, "max_seq_length", None))
+        model.compilation.decide(self.trainer.strategy.root_device.type, stage)
 
     def fit(self, model: MLMModule, **kwargs: Any) -> None:
         self._check_model(model, "fit")
@@ -603,11 +605,11 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLM
         run=run,
         auto_configure_optimizers=False,
         # Always on, no settings: RandomStates (exact resume), one step axis, final metrics for every run, the
-        # Custom Scalars layout.
+        # Custom Scalars layout, tokens/s and MFU.
         trainer_defaults={
             "default_root_dir": "logs",
             "use_distributed_sampler": False,  # MLMSampler shards by itself (mlm_lightning.data.sampling)
-            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation(), DashboardLayout()],
+            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation(), DashboardLayout(), Throughput()],
         },
         save_config_kwargs={"overwrite": True},
         parser_class=MLMArgumentParser,
