@@ -18,8 +18,8 @@ steps between two ``torch.cuda.synchronize()``. Batches are prepared before timi
 not measured). Figures: real tokens/s, model TFLOP/s and MFU (model FLOPs from ``mlm_lightning.training.flops``, the
 work each side actually does, over the GPU's dense bf16 peak), peak GPU memory (``max_memory_allocated``).
 
-Only ``mlm_lightning.model.module``, ``.masking``, ``.flops`` and ``callbacks.throughput`` are imported (plus torch,
-lightning and transformers), so the script runs where ``datasets`` and ``jsonargparse`` are not installed.
+Only ``mlm_lightning.model.module``, ``.head``, ``.masking`` and ``.flops`` are imported (plus torch, lightning and
+transformers), so the script runs where ``datasets`` and ``jsonargparse`` are not installed.
 
 Usage::
 
@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mlm_lightning.callbacks.throughput import step_flops  # noqa: E402
 from mlm_lightning.data.masking import MLMCollator  # noqa: E402
+from mlm_lightning.model.head import step_flops  # noqa: E402
 from mlm_lightning.model.module import MLMModule  # noqa: E402
 from mlm_lightning.training.flops import EncoderShape, peak_flops, training_flops  # noqa: E402
 

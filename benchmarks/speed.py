@@ -195,8 +195,8 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
     import lightning as L
     from common import QUIET_TRAINER
 
-    from mlm_lightning.callbacks.throughput import step_flops
     from mlm_lightning.cli.lightning_cli import run_cli
+    from mlm_lightning.model.head import step_flops
 
     timer = StepTimer(args.skip)
     wl = workload(args)

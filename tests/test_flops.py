@@ -17,9 +17,10 @@ from lightning.pytorch.loggers import Logger
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from mlm_lightning.callbacks.throughput import Throughput, step_flops
+from mlm_lightning.callbacks.throughput import Throughput
 from mlm_lightning.data.masking import MLMCollator
 from mlm_lightning.errors import MLMError
+from mlm_lightning.model.head import step_flops
 from mlm_lightning.model.module import MLMModule
 from mlm_lightning.training import flops
 

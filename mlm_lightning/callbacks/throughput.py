@@ -10,12 +10,13 @@ an "NVIDIA H200" from ``get_available_flops`` (see :mod:`mlm_lightning.training.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mlm_lightning.model.head import step_flops
 from mlm_lightning.training.flops import (
     CPU_PEAK_ENV,
     EncoderShape,
@@ -24,23 +25,7 @@ from mlm_lightning.training.flops import (
     given_cpu_peak,
     peak_cache_path,
     peak_flops,
-    training_flops,
 )
-
-if TYPE_CHECKING:
-    from mlm_lightning.model.module import MLMModule
-
-
-def step_flops(module: MLMModule, batch: dict[str, Any], shape: EncoderShape | None = None) -> int:
-    """Model FLOPs of one training step (forward and backward) of ``module`` on ``batch``, at the rows' real lengths.
-
-    ``shape``: the model's :class:`EncoderShape`, where the caller keeps it (else read from its config).
-    """
-    shape = shape or EncoderShape.from_config(module.model.config)
-    tokens, pairs = batch_token_counts(batch)
-    # The head runs on the masked positions only, unless full logits are computed (then at every token).
-    head_positions = batch["masked_positions"].numel() if module.mlm_head() is not None else tokens
-    return training_flops(shape, tokens, pairs, head_positions)
 
 
 class Throughput(L.Callback):
@@ -75,7 +60,7 @@ class Throughput(L.Callback):
             self._last_time, self._tokens_seen, self._flops_seen = time.perf_counter(), 0, 0
             return
         self._tokens_seen += batch_token_counts(batch)[0]
-        self._flops_seen += step_flops(pl_module, batch, self.shape)  # type: ignore[arg-type]
+        self._flops_seen += step_flops(pl_module, batch, self.shape)
         if (batch_idx + 1) % every == 0:
             _sync(pl_module.device)  # once per interval, so the clock sees the GPU's work and not just its queue
             now = time.perf_counter()

@@ -12,6 +12,7 @@ from torch import nn
 
 from mlm_lightning import families
 from mlm_lightning.data.masking import IGNORE_INDEX
+from mlm_lightning.training.flops import EncoderShape, batch_token_counts, training_flops
 
 # On a CPU the MLM head runs on a multiple of this many rows (masked_logits).
 HEAD_ROWS_MULTIPLE = 64
@@ -69,6 +70,18 @@ def masked_mean_loss(module: Any, batch: dict[str, Any]) -> torch.Tensor:
     logits = module.masked_logits(batch).float()
     total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def step_flops(module: Any, batch: dict[str, Any], shape: EncoderShape | None = None) -> int:
+    """Model FLOPs of one training step (forward and backward) of ``module`` on ``batch``, at the rows' real lengths.
+
+    ``shape``: the model's :class:`EncoderShape`, where the caller keeps it (else read from its config).
+    """
+    shape = shape or EncoderShape.from_config(module.model.config)
+    tokens, pairs = batch_token_counts(batch)
+    # The head runs on the masked positions only, unless full logits are computed (then at every token).
+    head_positions = batch["masked_positions"].numel() if module.mlm_head() is not None else tokens
+    return training_flops(shape, tokens, pairs, head_positions)
 
 
 def compile_width(batch: dict[str, Any], longest: int | None, pad_token_id: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.optim import Optimizer
 
 from mlm_lightning import families
 from mlm_lightning.data.masking import MLMBatch
@@ -240,14 +241,11 @@ class MLMModule(L.LightningModule):
     def on_train_start(self) -> None:
         self.apply_optimizer_settings()  # after a resume: the configured settings, not the checkpoint's
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         log_grad_norm(self, self.model)  # before clipping
 
     def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
+        self, optimizer: Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
         """Clips as Lightning does, and a fused optimizer's gradients where no gradient scaler is in use
         (:func:`~mlm_lightning.training.gradients.clip_without_scaler`: bf16 runs that clip keep fused AdamW)."""
