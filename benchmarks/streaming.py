@@ -140,7 +140,7 @@ def read(url: str, batches: int) -> dict:
 
 def step_consumption(repeats: int) -> float:
     """Tokens/s that ``base.yaml``'s model trains on here: timed optimizer steps on a batch of 16 x 128."""
-    from mlm_lightning.cli.lightning_cli import parse_config
+    from mlm_lightning.cli.config import parse_config
     from mlm_lightning.model.module import MLMModule
 
     config = parse_config(["--config", str(ROOT / "configs" / "base.yaml")])

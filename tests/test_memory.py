@@ -141,7 +141,7 @@ def test_by_default_the_heap_is_trimmed_between_phases_only(
 
 def test_glibc_is_left_alone_unless_asked(tiny_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from mlm_lightning.callbacks import memory as allocator
-    from mlm_lightning.cli.lightning_cli import lightning_cli as cli_lib
+    from mlm_lightning.cli import lightning_cli as cli_lib
     from mlm_lightning.cli.lightning_cli import run_cli
 
     calls: list[str] = []

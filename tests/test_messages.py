@@ -13,6 +13,7 @@ import mlm_lightning
 from mlm_lightning.__main__ import main
 from mlm_lightning.errors import MLMError
 from tests.conftest import make_corpus
+from tests.helpers import assert_one_line
 from tests.test_bad_input import set_arg
 
 ONE_LINE_CASES = {
@@ -69,10 +70,8 @@ def test_a_utf16_file_says_so_and_how_to_convert_it(
     args = set_arg(set_arg(tiny_args, "--data.train_files", f"[{path}]"), "--data.encoding_errors", encoding_errors)
     capsys.readouterr()
     assert main(["fit", *args]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {path}: looks like UTF-16, not UTF-8 (it starts with a UTF-16 little-endian byte-order mark). "
-        f"Convert it to UTF-8, e.g. iconv -f UTF-16 -t UTF-8 {path} > {tmp_path / 'utf16.utf8.txt'}, and train on that"
-    ]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert_one_line(err, f"{path}:", "UTF-16", f"iconv -f UTF-16 -t UTF-8 {path} > {tmp_path / 'utf16.utf8.txt'}")
     assert not (tmp_path / "run").exists()
 
 

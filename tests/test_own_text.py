@@ -33,7 +33,7 @@ def readme_own_text_command() -> list[str]:
 
 
 def test_the_readme_command_reads_its_own_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlm_lightning.cli.lightning_cli import parse_config
+    from mlm_lightning.cli.config import parse_config
 
     monkeypatch.chdir(ROOT)
     command = readme_own_text_command()
@@ -80,21 +80,16 @@ def test_own_text_after_make_train_in_the_same_clone(
     assert not list((run / "checkpoints").glob("*.ckpt"))
 
 
-def test_a_warm_up_longer_than_the_run_is_said(tokenizer_dir: Path) -> None:
-    from mlm_lightning.model.module import MLMModule
+def test_a_warm_up_longer_than_the_run_is_said() -> None:
+    from mlm_lightning.training.schedule import ScheduleSettings, plan_schedule
 
-    module = MLMModule(
-        vocab_size=200, model_type="bert", hidden_size=16, num_hidden_layers=1, num_attention_heads=1,
-        intermediate_size=16, max_position_embeddings=32, learning_rate=2e-4, warmup_steps=40,
-    )  # fmt: skip
-    module.total_optimizer_steps = lambda: 30
+    settings = ScheduleSettings(learning_rate=2e-4, warmup_steps=40)
     with pytest.warns(UserWarning, match="not shorter than this run") as caught:
-        module._plan_schedule()
+        plan_schedule(settings, total=30)
     message = str(caught[0].message)
     assert "40 steps, model.warmup_steps" in message and "30 optimizer steps" in message and "0.000145" in message
-    module.hparams.warmup_steps = 10  # shorter than the run: nothing to say
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        module._plan_schedule()
+        plan_schedule(ScheduleSettings(learning_rate=2e-4, warmup_steps=10), total=30)  # shorter: nothing to say

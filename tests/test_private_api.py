@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from mlm_lightning.private_api import PRIVATE_NAMES
 
@@ -41,12 +40,6 @@ def _params(func: Callable) -> list[str]:
 def _in_init(cls: type, attribute: str) -> bool:
     """Whether ``cls.__init__`` sets ``self.<attribute>`` (instance attributes are not on the class)."""
     return f"self.{attribute} =" in inspect.getsource(cls.__init__)
-
-
-def _check_last_lr() -> None:
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
-    assert schedule._last_lr == [0.5] and schedule.get_last_lr() is schedule._last_lr  # what get_last_lr returns
 
 
 def _check_restricted_number() -> None:
@@ -115,7 +108,6 @@ CHECKS: dict[str, Callable[..., None]] = {
         _params(obj) == ["trainer", "filepath", "linkpath"] or pytest.fail(_params(obj))
     ),
     "lightning.pytorch.trainer.connectors.signal_connector._SignalConnector.received_sigterm": None,
-    "torch.optim.lr_scheduler.LRScheduler._last_lr": None,
     "jsonargparse.typing.restricted_number_type._expression": None,
     "transformers.PreTrainedTokenizerFast._tokenizer": None,
     "datasets.Dataset._indices": None,
@@ -144,7 +136,6 @@ def test_private_name_still_exists(name: str, tokenizer_dir: Path) -> None:
             and "self._signal_connector.received_sigterm" in inspect.getsource(Trainer.received_sigterm.fget)
             or pytest.fail("Trainer.received_sigterm no longer reads _signal_connector.received_sigterm")
         ),
-        "torch.optim.lr_scheduler.LRScheduler._last_lr": _check_last_lr,
         "jsonargparse.typing.restricted_number_type._expression": _check_restricted_number,
         "transformers.PreTrainedTokenizerFast._tokenizer": lambda: _check_fast_tokenizer(tokenizer_dir),
         "datasets.Dataset._indices": _check_dataset_indices,

@@ -14,14 +14,8 @@ import torch
 
 from mlm_lightning.__main__ import main
 from mlm_lightning.errors import MLMError
-from mlm_lightning.tools.probe import (
-    ProbeSettings,
-    logistic_regression,
-    paired_interval,
-    scores,
-    summarize,
-    t_quantile,
-)
+from mlm_lightning.tools.probe import ProbeSettings, logistic_regression
+from mlm_lightning.tools.probe_stats import paired_interval, scores, summarize, t_quantile
 from mlm_lightning.tools.probe_tasks import FIRST_FOLIO_GENRES, GENRE_TASK, genre_task, make_splits, read_task
 from tests.conftest import WORDS, tiny_cli_args
 

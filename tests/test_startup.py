@@ -37,7 +37,7 @@ def test_public_names_still_import_from_the_package() -> None:
     from mlm_lightning import MLMCollator, MLMDataModule, MLMModule
 
     assert MLMDataModule.__module__ == "mlm_lightning.data" and MLMModule.__module__ == "mlm_lightning.model.module"
-    assert MLMCollator.__module__ == "mlm_lightning.data.masking" and set(mlm_lightning.__all__) <= set(
+    assert MLMCollator.__module__ == "mlm_lightning.data.collator" and set(mlm_lightning.__all__) <= set(
         dir(mlm_lightning)
     )
     with pytest.raises(AttributeError):

@@ -28,11 +28,11 @@ def test_ruff(args: list[str]) -> None:
 PACKAGE = "mlm_lightning"
 
 
-def _modules() -> dict[str, Path]:
-    """Every module of the package by dotted name (packages by their ``__init__``)."""
+def _modules(root: Path = ROOT) -> dict[str, Path]:
+    """Every module of the package under ``root`` by dotted name (packages by their ``__init__``)."""
     found = {}
-    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
-        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for path in sorted((root / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         found[".".join(parts)] = path
@@ -133,3 +133,84 @@ def test_no_private_names_across_modules() -> None:
 def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+# ------------------------------------------------------------------------------------------------------ layering
+# The packages from the bottom up (docs/layout.md): a module imports only from its own layer or a lower one. The
+# top-level modules (errors, settings, quiet, private_api, interrupts, families, moved) are the core, at the bottom;
+# the package's own __init__ re-exports the public classes (lazily) and so stands at the top, with __main__.
+LAYERS = ("core", "io", "data", "training", "model", "tools", "callbacks", "cli", "__main__")
+
+
+def _layer(module: str) -> int:
+    """The layer of a dotted module name of the package (``mlm_lightning.data.cache`` -> data's)."""
+    parts = module.split(".")
+    if len(parts) == 1:  # the package __init__
+        return len(LAYERS) - 1
+    return LAYERS.index(parts[1]) if parts[1] in LAYERS else 0
+
+
+def layering_violations(root: Path = ROOT) -> list[str]:
+    """Every import (module level or inside a function, ``import`` or ``from``) of a higher layer's module."""
+    modules = _modules(root)
+    found = []
+    for name, path in modules.items():
+        for target, _, line in _imports(name, path, modules):
+            while target not in modules and "." in target:  # `from mlm_lightning.x import name`
+                target = target.rsplit(".", 1)[0]
+            if target != PACKAGE and _layer(target) > _layer(name):
+                found.append(
+                    f"{path.relative_to(root)}:{line} imports {target} "
+                    f"({LAYERS[_layer(name)]} must not import {LAYERS[_layer(target)]})"
+                )
+    return found
+
+
+def test_no_import_from_a_higher_layer() -> None:
+    assert len(_modules()) > 30, "no modules found"
+    violations = layering_violations()
+    assert not violations, f"imports against the direction {' -> '.join(LAYERS)}:\n" + "\n".join(violations)
+
+
+@pytest.mark.parametrize(("lower", "higher"), [("data", "model"), ("tools", "cli")])
+def test_named_breaks_stay_fixed(lower: str, higher: str) -> None:
+    """The two breaks issue 21 named: data importing a model module, a tool standing on the command line."""
+    assert LAYERS.index(lower) < LAYERS.index(higher)
+    modules = _modules()
+    for name, path in modules.items():
+        if _layer(name) == LAYERS.index(lower):
+            targets = {t for t, _, _ in _imports(name, path, modules)}
+            assert not [t for t in targets if t.startswith(f"{PACKAGE}.{higher}.") or t == f"{PACKAGE}.{higher}"]
+
+
+def _fake_package(root: Path, files: dict[str, str]) -> Path:
+    for relative, text in files.items():
+        path = root / PACKAGE / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_the_layering_check_finds_upward_imports(tmp_path: Path) -> None:
+    """A package with the two old breaks (one at module level, one inside a function, one relative) fails."""
+    root = _fake_package(
+        tmp_path,
+        {
+            "__init__.py": "from mlm_lightning import errors\n",
+            "errors.py": "",
+            "data/__init__.py": "",
+            "data/datamodule.py": "from mlm_lightning.model.loading import load_tokenizer\nfrom .. import errors\n",
+            "model/__init__.py": "",
+            "model/loading.py": "from mlm_lightning.data import datamodule\n",
+            "tools/__init__.py": "",
+            "tools/evaluate.py": "def run():\n    from ..cli import lightning_cli\n    import mlm_lightning.cli\n",
+            "cli/__init__.py": "",
+            "cli/lightning_cli.py": "import mlm_lightning.tools.evaluate\n",
+        },
+    )
+    found = layering_violations(root)
+    assert [line.split(" (")[0] for line in found] == [
+        "mlm_lightning/data/datamodule.py:1 imports mlm_lightning.model.loading",
+        "mlm_lightning/tools/evaluate.py:2 imports mlm_lightning.cli.lightning_cli",
+        "mlm_lightning/tools/evaluate.py:3 imports mlm_lightning.cli",
+    ]

@@ -70,7 +70,7 @@ FAMILY_EXPECTED = {
 def test_each_family_trains_its_own_tokenizer(family: str, corpus_file: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from mlm_lightning.tools.train_tokenizer import FAMILIES
+    from mlm_lightning.tools.train_tokenizer import RECIPES
 
     out = tmp_path / family
     # 600: room for the 256 bytes of byte-level BPE and whole words of the corpus.
@@ -81,7 +81,7 @@ def test_each_family_trains_its_own_tokenizer(family: str, corpus_file: Path, tm
     assert type(tok).__name__ == cls_name and 100 < len(tok) <= 600
     assert {role: tok.convert_tokens_to_ids(getattr(tok, f"{role}_token")) for role in ids} == ids
     assert tok.model_max_length == 512
-    kind = FAMILIES[family].kind
+    kind = RECIPES[family].kind
     assert tokenizer_family(tok) == kind
     text = "the king and the queen."  # the generated corpus is lowercase: every character is in each vocabulary
     enc = tok(text)
@@ -113,9 +113,9 @@ def test_train_tokenizer_rejects_a_setting_the_family_cannot_keep(corpus_file: P
 def test_family_choices_are_the_table() -> None:
     from typing import get_args
 
-    from mlm_lightning.tools.train_tokenizer import FAMILIES, Family
+    from mlm_lightning.tools.train_tokenizer import RECIPES, TokenizerFamily
 
-    assert set(get_args(Family)) == set(FAMILIES)
+    assert set(get_args(TokenizerFamily)) == set(RECIPES)
 
 
 def test_train_tokenizer_prints_its_two_lines_and_no_blank_ones(tmp_path: Path, corpus_file: Path, capfd) -> None:

@@ -104,9 +104,12 @@ def describe_last_finite(callback: Any) -> str:
 #   test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run (the kill after step 15 resumes from the epoch's
 #   last batch, step 14) would train a batch twice. A run whose max_steps is not a multiple of N would also end
 #   with a last.ckpt older than its final step.
-# * It has no SIGTERM save: Lightning stops after the batch and the run would lose up to N steps, where
-#   tests/test_faults.py::test_sigterm_saves_last_and_exits_143_then_resume_continues_exactly needs last.ckpt of
-#   the very step it stopped at (and, under DDP, every rank told to stop: ``_sigterm``).
+# * Its SIGTERM save, ``save_on_exception=True`` (Lightning 2.6), fires on every exception that ends ``fit``, not
+#   only on the ``SIGTERMException`` raised after the batch: the NaN stop (NonFiniteLoss) and a user error would
+#   save too, writing the very non-finite weights that :func:`first_nonfinite` keeps out of checkpoints. Without
+#   it the run would lose up to N steps, where tests/test_faults.py::
+#   test_sigterm_saves_last_and_exits_143_then_resume_continues_exactly needs last.ckpt of the very step it stopped
+#   at (and, under DDP, every rank told to stop: ``_sigterm``). ``on_exception`` below saves on SIGTERM only.
 # * Two ModelCheckpoints writing ``last.ckpt`` into one folder keep separate ``last_model_path`` and
 #   ``_last_global_step_saved``: with the default ``enable_version_counter`` the second writes ``last-v1.ckpt``
 #   next to the first's ``last.ckpt`` (``_save_last_checkpoint``'s version loop), and each deletes only its own

@@ -15,7 +15,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mlm_lightning.callbacks.random_states import collect_random_states, restore_random_states
 from mlm_lightning.errors import MLMError
 from mlm_lightning.settings import NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt, SequenceLength
-from mlm_lightning.tools.probe import ProbeSettings, format_table, load_encoder, plain, run_probe
+from mlm_lightning.tools.probe import ProbeSettings, load_encoder, run_probe
+from mlm_lightning.tools.probe_table import format_table, plain
 from mlm_lightning.tools.probe_tasks import GENRE_TASK, ProbeTask, Split
 
 

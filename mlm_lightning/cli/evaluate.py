@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from mlm_lightning.cli.lightning_cli import parse_config
+from mlm_lightning.cli.config import parse_config
 from mlm_lightning.errors import MLMError
 from mlm_lightning.tools.evaluate import check_output, evaluate_models, format_table, write_output
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from mlm_lightning.cli.lightning_cli import parse_config
+from mlm_lightning.cli.config import parse_config
 from mlm_lightning.data import MLMDataModule
 from mlm_lightning.tools.report import corpus_report, format_report, model_max_positions, report_warnings
 

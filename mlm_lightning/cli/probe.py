@@ -7,14 +7,8 @@ from dataclasses import fields
 from typing import Any, NoReturn
 
 from mlm_lightning.errors import MLMError
-from mlm_lightning.tools.probe import (
-    ProbeSettings,
-    format_table,
-    load_encoder,
-    run_probe,
-    trainer_settings_of,
-    write_output,
-)
+from mlm_lightning.tools.probe import ProbeSettings, load_encoder, run_probe, trainer_settings_of
+from mlm_lightning.tools.probe_table import format_table, write_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,7 +55,7 @@ def probe_command(args: list[str]) -> int:
     output = check_output(known.output)
     config = None
     if rest:
-        from mlm_lightning.cli.lightning_cli import parse_config
+        from mlm_lightning.cli.config import parse_config
 
         config = parse_config(rest)
     base = ProbeSettings()

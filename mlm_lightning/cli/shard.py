@@ -34,7 +34,7 @@ def shard_command(args: list[str]) -> int:
         raise MLMError("shard: give --output, a folder or an object-store URL (s3://bucket/prefix)")
     if opts.rows_per_shard < 1 or opts.workers < 1:
         raise MLMError("shard: --rows_per_shard and --workers must be at least 1")
-    from mlm_lightning.cli.lightning_cli import parse_config
+    from mlm_lightning.cli.config import parse_config
     from mlm_lightning.data import MLMDataModule
     from mlm_lightning.data.shards import write_shard_set
 

@@ -5,17 +5,15 @@ and ``meta.json`` (statistics, sizes and digests of the stream files, and a dige
 (:meth:`CorpusCache.key`) covers the files' contents, the tokenizer (:func:`tokenizer_fingerprint`), the text
 settings and :data:`CACHE_VERSION`; change what goes into it there. An entry is written into a temporary folder and
 renamed into place (a crash never leaves half an entry), and checked before use (``meta.json`` and sizes always,
-the stream files' digests once per process), so a damaged entry is rebuilt or named, never read.
+the stream files' digests once per process: :mod:`.cache_entry`), so a damaged entry is rebuilt or named, never read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +22,16 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mlm_lightning.data.cache_entry import (
+    VERIFIED,
+    discard_entry,
+    entry_problem,
+    files_stamp,
+    hold_work_folder,
+    meta_digest,
+    remove_stale_work,
+    stream_checksums,
+)
 from mlm_lightning.data.reading import file_digest, load_documents
 from mlm_lightning.data.token_stream import document_lengths, tokenize_documents, write_token_stream
 from mlm_lightning.errors import MLMError
@@ -36,136 +44,6 @@ from mlm_lightning.quiet import tokenization_progress
 # digest (an edit that leaves valid JSON, a document count changed, was read as true).
 CACHE_VERSION = 4
 log = logging.getLogger(__name__)
-
-
-try:  # POSIX only: elsewhere stale work folders are left alone
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
-_WORK_NAME = re.compile(r"^\.[0-9a-f]{24}-")  # ``.<key>-<random>``: an entry being built (key: 12-byte hex)
-_STREAM_FILES = ("tokens.npy", "doc_offsets.npy")  # what each split folder of a cache entry holds
-_VERIFIED: set[tuple[Any, ...]] = set()  # entries whose digests this process has checked (with their files' stats)
-
-
-def _hold(folder: Path) -> int:
-    """An open descriptor of ``folder`` with an exclusive ``flock`` on it: the OS drops it when this process ends."""
-    fd = os.open(folder, os.O_RDONLY)
-    if fcntl is not None:
-        with contextlib.suppress(OSError):  # no lock support (some network file systems): not cleaned then
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
-
-
-def remove_stale_work(folder: Path) -> list[Path]:
-    """Removes the work folders (``.<key>-*``) of tokenizations whose process died (``SIGKILL``, power loss).
-
-    A live tokenization holds a lock on its work folder (:func:`_hold`); one that can be locked has no owner.
-    """
-    removed = []
-    if fcntl is None:
-        return removed
-    for path in folder.glob(".*-*"):
-        if not path.is_dir() or not _WORK_NAME.match(path.name):
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # its tokenization is still running
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-        finally:
-            os.close(fd)
-    return removed
-
-
-def _blake2b(path: Path) -> str:
-    """Digest of a file, read in chunks (blake2b: fast in software, no need for a cryptographic margin)."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _checksums(folder: Path, splits: list[str]) -> dict[str, dict[str, Any]]:
-    """``{"split/file": {"bytes", "blake2b"}}`` for every stream file of a cache entry, as written."""
-    return {
-        f"{s}/{n}": {"bytes": (folder / s / n).stat().st_size, "blake2b": _blake2b(folder / s / n)}
-        for s in splits
-        for n in _STREAM_FILES
-    }
-
-
-def _meta_digest(meta: dict[str, Any]) -> str:
-    """Digest of ``meta.json``'s content without its own ``meta_blake2b`` field (canonical JSON: key order and
-    indentation do not count, every value does)."""
-    content = {k: v for k, v in meta.items() if k != "meta_blake2b"}
-    return hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=16).hexdigest()
-
-
-def _stamp(folder: Path, names: list[str]) -> tuple[Any, ...]:
-    """What identifies the verified state of an entry's files cheaply: path, and each file's size, mtime, inode."""
-    stats = [(folder / n).stat() for n in names]
-    return (str(folder.resolve()), *((n, st.st_size, st.st_mtime_ns, st.st_ino) for n, st in zip(names, stats)))
-
-
-def _entry_problem(folder: Path, splits: list[str]) -> tuple[str | None, dict[str, Any] | None]:
-    """Checks a cache entry: ``(None, meta)`` when sound, else ``(what is wrong, None)``.
-
-    Always (cheap): ``meta.json`` parses, matches its own digest, has the expected fields, and every file has its
-    recorded size. The
-    digests are compared once per process for each state of the files (memoized by size, mtime and inode), so
-    creating dataloaders again does not re-read a large corpus.
-    """
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("meta_blake2b") != _meta_digest(meta):
-            return "meta.json does not match its recorded digest (edited?)", None
-        sums = meta["checksums"]
-        expected = {
-            f"{s}/{n}": (int(sums[f"{s}/{n}"]["bytes"]), str(sums[f"{s}/{n}"]["blake2b"]))
-            for s in splits
-            for n in _STREAM_FILES
-        }
-        if meta["version"] != CACHE_VERSION or not all(isinstance(meta["splits"][s], dict) for s in splits):
-            raise ValueError("another format")
-    except FileNotFoundError:
-        return "meta.json is missing", None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        return f"meta.json is unreadable or incomplete ({type(err).__name__})", None
-    for rel, (size, _) in expected.items():
-        try:
-            actual = (folder / rel).stat().st_size
-        except OSError:
-            return f"{rel} is missing", None
-        if actual != size:
-            return f"{rel} has {actual:,} bytes instead of {size:,}", None
-    stamp = _stamp(folder, sorted(expected))
-    if stamp not in _VERIFIED:
-        for rel, (_, digest) in expected.items():
-            if _blake2b(folder / rel) != digest:
-                return f"{rel} does not match its recorded digest", None
-        _VERIFIED.add(stamp)
-    return None, meta
-
-
-def _discard(folder: Path) -> None:
-    """Removes a cache entry: first renamed out of its key in one step, so no half-deleted entry is ever seen."""
-    aside = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        os.replace(folder, aside)
-    except FileNotFoundError:
-        return  # another process removed (and maybe rebuilt) it already
-    if aside.is_dir():
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        aside.unlink(missing_ok=True)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -190,6 +68,12 @@ class Corpus(NamedTuple):
     def split_names(self) -> list[str]:
         """The split folders the entry holds."""
         return ["train", "val"] if self.split else ["all"]
+
+    def folder(self, split: str) -> str:
+        """The folder that holds ``split``: ``train``/``val`` of a held-out split, else ``all``."""
+        if not self.split:
+            return "all"
+        return "train" if split == "train" else "val"
 
 
 class CorpusCache:
@@ -305,7 +189,7 @@ class CorpusCache:
         final = self.folder / "corpora" / key
         names = corpus.split_names
         if final.exists():
-            problem, meta = _entry_problem(final, names)
+            problem, meta = entry_problem(final, names, CACHE_VERSION)
             if meta is not None:
                 self._metas[key] = meta
                 return final
@@ -316,7 +200,7 @@ class CorpusCache:
                 )
             rank_zero_warn(f"the tokenization cache entry {final} is damaged ({problem}): rebuilding it")
             try:
-                _discard(final)
+                discard_entry(final)
             except OSError as err:
                 raise MLMError(f"cannot remove the damaged cache entry {final} ({err}): delete it yourself") from err
         check_can_write(final.parent, CACHE_SETTING)
@@ -329,7 +213,7 @@ class CorpusCache:
         except OSError as err:  # no room even for a folder (inodes), or lost write access since the check
             raise (cache_write_error(err, final.parent, "the tokenized corpus") or err) from None
         built = False
-        lock = _hold(work)  # while this process lives: a later run removes the folder only once it is dead
+        lock = hold_work_folder(work)  # while this process lives: a later run removes the folder once it is dead
         # SIGTERM / Ctrl-C: one line, the work folder removed (finally, below), the tokenizing workers stopped.
         with stop_on_signals("tokenizing the corpus", ": nothing was cached (the next run tokenizes again)"):
             try:
@@ -374,15 +258,15 @@ class CorpusCache:
                         ids, order, work / name, tok.sep_token_id, tok.unk_token_id, len(tok), lengths
                     )
                 shutil.rmtree(work / "hf", ignore_errors=True)
-                meta["checksums"] = _checksums(work, names)  # read back right after writing: still in the page cache
+                meta["checksums"] = stream_checksums(work, names)  # read right after writing: in the page cache
                 meta = json.loads(json.dumps(meta))  # as it reads back (tuples become lists): what the digest covers
-                meta["meta_blake2b"] = _meta_digest(meta)
+                meta["meta_blake2b"] = meta_digest(meta)
                 (work / "meta.json").write_text(json.dumps(meta, indent=1))
                 rels = sorted(meta["checksums"])
                 try:
                     os.replace(work, final)  # atomic: a crash never leaves a half-built corpus under its key
                     built = True
-                    _VERIFIED.add(_stamp(final, rels))  # just digested: this process need not read it again
+                    VERIFIED.add(files_stamp(final, rels))  # just digested: this process need not read it again
                     self._metas[key] = meta
                 except OSError:
                     if not (final / "meta.json").is_file():  # another process won the race: fine

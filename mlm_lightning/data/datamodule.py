@@ -1,118 +1,41 @@
 """``MLMDataModule``: the data settings, and the Lightning hooks that hand the work to the modules beside it.
 
-Text is read with ``datasets`` (:mod:`.reading`), tokenized once into a cache folder whose name is a hash of the
-files' contents, the tokenizer and the text settings (:mod:`.cache`, :mod:`.token_stream`), served as rows of a
-layout (:mod:`.rows`) in an order that survives a resume (:mod:`.sampling`), and masked by the masking strategy
-``data.masking`` (:mod:`mlm_lightning.data.masking`). With ``data.streaming``, the training rows come instead from shard
-sets in folders or object stores (:mod:`.shards`, written by ``python -m mlm_lightning shard``), streamed
-(:mod:`.streaming`).
+Text is read (:mod:`.reading`), tokenized once into the cache (:mod:`.cache`, :mod:`.token_stream`), served as rows
+(:mod:`.rows`) in a resumable order (:mod:`.sampling`, :mod:`.loaders`) and masked by ``data.masking``
+(:mod:`.masking`); or, with ``data.streaming``, streamed from shard sets (:mod:`.shards`, :mod:`.streaming`).
+Settings that span several values are checked in :mod:`.checks`; what a checkpoint records of the data, in
+:mod:`.identity`.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from mlm_lightning.data.cache import Corpus, CorpusCache
-from mlm_lightning.data.masking import MaskingStrategy, MLMCollator, TokenMasking
+from mlm_lightning.data.checks import (
+    check_scorable,
+    check_streaming,
+    check_val_set_names,
+    holds_out,
+    masking_config,
+    masking_strategy,
+)
+from mlm_lightning.data.collator import MLMCollator
+from mlm_lightning.data.identity import check_resume, data_identity
+from mlm_lightning.data.loaders import rows_loader, stream_loader
+from mlm_lightning.data.masking import MaskingStrategy, TokenMasking
 from mlm_lightning.data.rows import TokenRows
-from mlm_lightning.data.sampling import MLMSampler, ResumableDataLoader
-from mlm_lightning.data.streaming import ShardSet, StreamingDataLoader, StreamingRows
+from mlm_lightning.data.streaming import ShardSet, StreamingRows, checked_manifests
 from mlm_lightning.errors import MLMError
-from mlm_lightning.families import special_token_ids
+from mlm_lightning.family_config import special_token_ids
 from mlm_lightning.io.sources import default_cache_dir
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeInt, PositiveInt, SequenceLength
-
-
-def _strategy(masking: MaskingStrategy | Mapping[str, Any]) -> MaskingStrategy:
-    """The masking strategy: as given, or built from its config (``{class_path, init_args}``, or
-    ``TokenMasking``'s settings alone), which is what ``config.data.as_dict()`` and saved hyperparameters hold."""
-    if isinstance(masking, MaskingStrategy):
-        return masking
-    if "class_path" not in masking:
-        return TokenMasking(**masking)
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--masking", type=MaskingStrategy)
-    return parser.instantiate(parser.parse_object({"masking": dict(masking)})).masking
-
-
-VAL_SET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def check_val_set_names(names: list[str]) -> None:
-    """Raises :class:`MLMError` unless ``names`` can name validation sets (and their ``val/<name>/...`` tags)."""
-    if not names:
-        raise MLMError("data.val_files is an empty mapping: give at least one name, or a list of files")
-    for name in names:
-        if not VAL_SET_NAME.match(str(name)):
-            raise MLMError(
-                f"data.val_files: the validation set name '{name}' must be letters, digits, '_' or '-' "
-                f"(it becomes part of the metric names val/<name>/loss...)"
-            )
-
-
-def _folder(split: str, corpus: Corpus) -> str:
-    """The folder of a cache entry that holds ``split``: ``train``/``val`` of a held-out split, else ``all``."""
-    if not corpus.split:
-        return "all"
-    return "train" if split == "train" else "val"
-
-
-def _masking_config(masking: MaskingStrategy) -> dict[str, Any]:
-    """A strategy as plain data, ``{class_path, init_args}``: what checkpoints and dashboards can hold."""
-    cls = type(masking)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(vars(masking))}
-
-
-def _check_streaming(sets: list[ShardSet], train_files: Any, val_files: Any) -> None:
-    """Raises :class:`MLMError` unless ``data.streaming`` can replace the training files."""
-    if train_files:
-        raise MLMError("set data.train_files or data.streaming, not both (streaming replaces the training files)")
-    held_out = not val_files or (isinstance(val_files, dict) and not all(val_files.values()))
-    if held_out:
-        raise MLMError(
-            "data.streaming needs data.val_files (validation files; none may be null): a streamed corpus has no "
-            "held-out share"
-        )
-    urls = [s.url for s in sets]
-    if len(set(urls)) != len(urls):
-        raise MLMError(f"data.streaming names a shard set twice: {', '.join(urls)}")
-    for s in sets:
-        if not s.weight > 0 or not math.isfinite(s.weight):
-            raise MLMError(f"data.streaming: the weight of {s.url} must be a positive number, got {s.weight}")
-
-
-def data_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """What differs between two :meth:`MLMDataModule.data_identity` records, in words (empty: the same data)."""
-    changes = []
-    for key, old in saved.items():
-        new = current.get(key)
-        if key == "data.train_files":
-            old_files, new_files = dict(map(tuple, old)), dict(map(tuple, new or []))
-            kept, had = set(new_files.values()), set(old_files.values())
-            if sorted(old_files.values()) == sorted(new_files.values()):
-                continue  # the same content (files moved or renamed)
-            what = [f"{f} changed" for f in old_files if f in new_files and old_files[f] != new_files[f]]
-            what += [f"{f} left out" for f, d in old_files.items() if f not in new_files and d not in kept]
-            what += [f"{f} added" for f, d in new_files.items() if f not in old_files and d not in had]
-            changes.append(f"data.train_files: {', '.join(what) or 'their content changed'}")
-        elif key == "data.tokenizer":
-            if old[1] != (new or ["", ""])[1]:
-                changes.append(f"data.tokenizer: {old[0]} -> {new[0]} (another vocabulary or other rules)")
-        elif old != new:
-            changes.append(f"{key}: {old} -> {new}")
-    return changes
 
 
 class MLMDataModule(L.LightningDataModule):
@@ -202,8 +125,7 @@ class MLMDataModule(L.LightningDataModule):
             raise MLMError(f"data.max_seq_length={max_seq_length} is too small (at least 8)")
         if isinstance(val_files, dict):
             check_val_set_names(list(val_files))
-        held_out = not val_files or (isinstance(val_files, dict) and not all(val_files.values()))
-        if held_out and not 0.0 < val_fraction < 1.0:
+        if holds_out(val_files) and not 0.0 < val_fraction < 1.0:
             raise MLMError(
                 f"data.val_fraction must be in (0, 1) when data.val_files is unset (or maps a name to null: that "
                 f"set is held out of the training files), got {val_fraction}"
@@ -211,7 +133,7 @@ class MLMDataModule(L.LightningDataModule):
         self.streaming = [s if isinstance(s, ShardSet) else ShardSet(**s) for s in streaming or []]
         if self.streaming:
             self.hparams["streaming"] = [vars(s).copy() for s in self.streaming]  # plain data for checkpoints
-            _check_streaming(self.streaming, train_files, val_files)
+            check_streaming(self.streaming, train_files, val_files)
         self.stream_retries = stream_retries
         self.stream_wait = 1.0  # seconds before the first retry (tests shorten it)
         self.train_files = train_files
@@ -225,9 +147,9 @@ class MLMDataModule(L.LightningDataModule):
         self.tokenizer_name = tokenizer
         self.layout = layout
         self.max_seq_length = max_seq_length
-        self.masking = _strategy(masking)
+        self.masking = masking_strategy(masking)
         if isinstance(self.hparams.get("masking"), MaskingStrategy):  # from Python: an object
-            self.hparams["masking"] = _masking_config(self.masking)  # checkpoints hold plain data only
+            self.hparams["masking"] = masking_config(self.masking)  # checkpoints hold plain data only
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -239,6 +161,7 @@ class MLMDataModule(L.LightningDataModule):
         self._identity: dict[str, Any] | None = None
         self._resume_checked = False
         self._restart_epoch = False  # resumed on other data: the old position in the epoch means nothing
+        self._manifests: list[tuple[str, float, dict[str, Any]]] | None = None  # data.streaming's, checked once
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -306,27 +229,17 @@ class MLMDataModule(L.LightningDataModule):
         return self.cache.replaced_bytes
 
     def data_identity(self) -> dict[str, Any]:
-        """What defines the data a run trains on, by setting: recorded in checkpoints, compared on resume.
-
-        The training files' content digests (not their paths: a moved file is the same data), the tokenizer's
-        fingerprint (its vocabulary and rules, not its name), the text layout, the row layout, the sequence length,
-        the masking strategy and, for a held-out validation share, what decides which documents are held out.
-        """
-        from mlm_lightning.data.cache import tokenizer_fingerprint
-
-        train = self.corpora.get("train")
-        identity: dict[str, Any] = {
-            "data.train_files": [[str(f), self.cache.digests.get(str(f), "")] for f in train.files] if train else [],
-            "data.tokenizer": [self.tokenizer_name or "", tokenizer_fingerprint(self.tokenizer)],
-            "data.text_layout": self.text_layout,
-            "data.layout": self.layout,
-            "data.max_seq_length": self.max_seq_length,
-            "data.masking": _masking_config(self.masking),
-        }
-        if train is not None and train.split:
-            identity["data.val_fraction"] = train.split.get("val_fraction")
-            identity["data.seed"] = train.split.get("split_seed")
-        return identity
+        """What defines the data a run trains on, by setting (:func:`~mlm_lightning.data.identity.data_identity`)."""
+        return data_identity(
+            self.corpora.get("train"),
+            self.cache.digests,
+            self.tokenizer_name,
+            self.tokenizer,
+            self.text_layout,
+            self.layout,
+            self.max_seq_length,
+            self.masking,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """What Lightning saves of the data module in every checkpoint: :meth:`data_identity`, computed once."""
@@ -344,28 +257,13 @@ class MLMDataModule(L.LightningDataModule):
             self.check_resumed_data(state_dict.get("identity"), "the checkpoint")
 
     def check_resumed_data(self, saved: dict[str, Any] | None, checkpoint: str) -> None:
-        """Compares the checkpoint's :meth:`data_identity` with this configuration's (once per data module).
-
-        Raises:
-            MLMError: Naming each change, unless ``resume_with_changed_data`` is set (then one warning, and the
-                training data is read from the start of an epoch).
-        """
+        """Compares the checkpoint's :meth:`data_identity` with this configuration's, once
+        (:func:`~mlm_lightning.data.identity.check_resume`: an error, or one warning and a new epoch)."""
         if not saved or self._resume_checked:
             return
         self._resume_checked = True
-        changes = data_changes(saved, self.state_dict()["identity"])
-        if not changes:
-            return
-        if not self.resume_with_changed_data:
-            raise MLMError(
-                f"the data differ from those {checkpoint} was trained on: {'; '.join(changes)}. Resume with the "
-                f"same data, or set data.resume_with_changed_data=true to continue on these on purpose"
-            )
-        self._restart_epoch = True
-        rank_zero_warn(
-            f"resuming {checkpoint} on other data (data.resume_with_changed_data): {'; '.join(changes)}. The "
-            f"new training data are read from the start of an epoch"
-        )
+        current = self.state_dict()["identity"]
+        self._restart_epoch = check_resume(saved, current, checkpoint, self.resume_with_changed_data)
 
     def prepare_data(self) -> None:
         """Tokenizes every needed corpus into the cache (runs on one process per machine)."""
@@ -386,7 +284,7 @@ class MLMDataModule(L.LightningDataModule):
         meta = self.cache.meta(corpus)
         dropped = meta.get("dropped_rows", {}) if split == "train" or not corpus.split else {}
         return {
-            **meta["splits"][_folder(split, corpus)],
+            **meta["splits"][corpus.folder(split)],
             "null_rows": dropped.get("null_rows"),
             "non_text_rows": dropped.get("non_text_rows"),
         }
@@ -395,7 +293,7 @@ class MLMDataModule(L.LightningDataModule):
         """The rows of a split (``train``, ``val``, ``val/<name>``, ``test``) over its cache entry, which must exist."""
         corpus = self.corpora[split]
         # Not repaired here: under DDP every process sets up, and only the preparing one may rebuild.
-        folder = self.cache.entry(corpus, repair=False) / _folder(split, corpus)
+        folder = self.cache.entry(corpus, repair=False) / corpus.folder(split)
         tok = self.tokenizer
         return TokenRows(folder, self.layout, self.max_seq_length, tok.cls_token_id, tok.sep_token_id)
 
@@ -421,70 +319,30 @@ class MLMDataModule(L.LightningDataModule):
                 raise MLMError(f"the {split} split is empty")
 
     def check_scorable(self, split: str, chunk: int = 256) -> None:
-        """Raises :class:`MLMError` naming the files unless validation masks at least one token of ``split``.
-
-        Evaluation masks are fixed (seeded per example), so whether a set can be scored is known before training:
-        a file holding only "a", "." or a byte-order mark and blank lines gives rows with nothing masked, and no
-        loss at the first validation. Reads rows until the first masked token (the first chunk, for real text).
-        """
-        rows, collator = self.split_rows(split), self.collator(train=False)
-        try:
-            for start in range(0, len(rows), chunk):
-                batch = collator([rows[i] for i in range(start, min(start + chunk, len(rows)))])
-                if len(batch["masked_positions"]):
-                    return
-            special = set(self.tokenizer.all_special_ids)
-            tokens = sum(int(t) not in special for i in range(len(rows)) for t in rows[i]["input_ids"])
-        finally:
-            rows.close()  # read once here; setup opens the set again
-        corpus = self.corpora[split]
-        files = ", ".join(str(f) for f in corpus.files)
-        where = f"the validation share held out of {files}" if corpus.split else files
-        raise MLMError(
-            f"{where}: the {split} set cannot be scored: its {len(rows)} row(s) hold {tokens} token(s) that may be "
-            f"masked and data.masking masks none of them, so it would have no loss. Give it more text "
-            f"(a few sentences at least)"
-        )
-
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        """Raises :class:`MLMError` naming the files unless validation masks a token of ``split``: evaluation masks
+        are fixed, so it is known before training (:func:`~mlm_lightning.data.checks.check_scorable`)."""
+        special = self.tokenizer.all_special_ids
+        check_scorable(self.split_rows(split), self.collator(train=False), special, self.corpora[split], split, chunk)
 
     def manifests(self) -> list[tuple[str, float, dict[str, Any]]]:
         """``(url, weight, manifest)`` of every ``data.streaming`` set, checked against this run's settings."""
-        from mlm_lightning.data.cache import tokenizer_fingerprint
-        from mlm_lightning.data.shards import read_manifest
-        from mlm_lightning.data.streaming import check_shards
-
-        if getattr(self, "_manifests", None) is None:
-            fingerprint = tokenizer_fingerprint(self.tokenizer)
-            found = []
-            for s in self.streaming:
-                manifest = read_manifest(s.url, self.stream_retries)
-                if manifest["tokenizer"]["fingerprint"] != fingerprint:
-                    raise MLMError(
-                        f"{s.url} was tokenized with {manifest['tokenizer']['name']} (fingerprint "
-                        f"{manifest['tokenizer']['fingerprint']}), not this run's tokenizer {self.tokenizer_name} "
-                        f"({fingerprint}): set data.tokenizer to the shards', or shard the text with this one"
-                    )
-                if (manifest["layout"], manifest["max_seq_length"]) != (self.layout, self.max_seq_length):
-                    raise MLMError(
-                        f"{s.url} holds {manifest['layout']} rows of {manifest['max_seq_length']} tokens, this run "
-                        f"wants {self.layout} rows of {self.max_seq_length}: set data.layout and "
-                        f"data.max_seq_length to the shards', or shard the text again"
-                    )
-                check_shards(s.url, manifest, self.stream_retries)
-                found.append((s.url, s.weight, manifest))
-            self._manifests = found
+        if self._manifests is None:
+            self._manifests = checked_manifests(
+                self.streaming,
+                self.tokenizer,
+                self.tokenizer_name,
+                self.layout,
+                self.max_seq_length,
+                self.stream_retries,
+            )
         return self._manifests
 
     def stream(self) -> StreamingRows:
         """This device's streamed training rows (``data.streaming``)."""
-        rank, world = self._rank_world()
-        rows = StreamingRows(
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        return StreamingRows(
             self.manifests(), self.seed, rank, world, self.batch_size, self.stream_retries, self.stream_wait
         )
-        return rows
 
     # -- loaders ----------------------------------------------------------------------------------------
     def collator(self, train: bool) -> MLMCollator:
@@ -493,53 +351,20 @@ class MLMDataModule(L.LightningDataModule):
 
     def loader(self, split: str) -> DataLoader:
         """The dataloader of one split that :meth:`setup` has loaded: ``train``, a validation split, ``test``."""
-        train = split == "train"
-        rows = self.datasets[split]
-        trainer = self.trainer
+        rows, train = self.datasets[split], split == "train"
         if isinstance(rows, StreamingRows):
-            # Read in this process: the position a checkpoint keeps is the stream's here (num_workers: unused).
-            stream = StreamingDataLoader(
-                rows, batch_size=self.batch_size, collate_fn=self.collator(True), pin_memory=torch.cuda.is_available()
-            )
-            if trainer is not None:
-                stream.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
-                stream.current_epoch = lambda: trainer.current_epoch
-            return stream
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        if not train and len(rows) < world:  # a device with no batch would skip the metric sync the others wait in
-            raise MLMError(
-                f"the {split} split has {len(rows)} rows for {world} devices: every device needs at least one. "
-                f"Use more {split} data, fewer devices or a smaller data.max_seq_length."
-            )
-        batch_size = self.batch_size if train else self.eval_batch_size
-        # Bucketing only matters when rows differ in length (line_by_line); packed rows are all full.
-        lengths = rows.row_lengths() if self.layout == "line_by_line" else None
-        sampler = MLMSampler(
-            len(rows),
-            self.seed,
-            shuffle=train,
-            rank=rank,
-            world_size=world,
-            pad=train,
-            batch_size=batch_size,
-            lengths=lengths,
-        )
-        loader = (ResumableDataLoader if train else DataLoader)(
+            return stream_loader(rows, self.batch_size, self.collator(True), self.trainer)
+        return rows_loader(
             rows,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=self.collator(train),
-            # Evaluation collates in this process: a worker forked from the trainer mid-run (Lightning keeps it
-            # until the next validation) ends up holding a private copy of every page the trainer rewrites.
-            num_workers=self.num_workers if train else 0,
-            persistent_workers=train and self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            split,
+            self.batch_size if train else self.eval_batch_size,
+            self.collator(train),
+            self.seed,
+            self.num_workers,
+            self.trainer,
+            lengths=rows.row_lengths() if self.layout == "line_by_line" else None,
+            keep_position=not self._restart_epoch,
         )
-        if train and trainer is not None:
-            loader.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if train and self._restart_epoch:
-            loader.keep_position = False
-        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")
@@ -564,3 +389,7 @@ class MLMDataModule(L.LightningDataModule):
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
         return math.ceil(math.ceil(len(self.datasets["train"]) / world) / self.batch_size)
+
+
+# The name configs, saved configs and checkpoints' class paths use (and pickles resolve): the package's, not the file's.
+MLMDataModule.__module__ = "mlm_lightning.data"

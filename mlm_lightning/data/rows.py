@@ -74,9 +74,9 @@ class TokenRows(Dataset):
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         """Tokens ``[start, stop)`` of the stream (``stop`` clipped to its end)."""
-        # pread rather than the memory map: each random read through the map made about 500 KB of the file
-        # resident in this process (the kernel's read-ahead), so a few hundred steps mapped most of a large
-        # corpus. Read this way, the file's pages stay in the kernel's page cache, outside the process.
+        # pread rather than the memory map: each random read through the map made the kernel's read-ahead
+        # resident in this process, so a few hundred steps mapped most of a large corpus. Read this way, the
+        # file's pages stay in the kernel's page cache, outside the process.
         stop = min(stop, len(self.tokens))
         size = self.tokens.dtype.itemsize
         raw = os.pread(self._file.fileno(), max(0, stop - start) * size, self.tokens.offset + start * size)

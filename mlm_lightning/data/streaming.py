@@ -66,6 +66,34 @@ def check_shards(url: str, manifest: dict[str, Any], retries: int) -> None:
             )
 
 
+def checked_manifests(
+    sets: list[ShardSet], tokenizer: Any, tokenizer_name: str | None, layout: str, max_seq_length: int, retries: int
+) -> list[tuple[str, float, dict[str, Any]]]:
+    """``(url, weight, manifest)`` of every shard set, each checked against the run's tokenizer and rows."""
+    from mlm_lightning.data.cache import tokenizer_fingerprint
+    from mlm_lightning.data.shards import read_manifest
+
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    found = []
+    for s in sets:
+        manifest = read_manifest(s.url, retries)
+        if manifest["tokenizer"]["fingerprint"] != fingerprint:
+            raise MLMError(
+                f"{s.url} was tokenized with {manifest['tokenizer']['name']} (fingerprint "
+                f"{manifest['tokenizer']['fingerprint']}), not this run's tokenizer {tokenizer_name} "
+                f"({fingerprint}): set data.tokenizer to the shards', or shard the text with this one"
+            )
+        if (manifest["layout"], manifest["max_seq_length"]) != (layout, max_seq_length):
+            raise MLMError(
+                f"{s.url} holds {manifest['layout']} rows of {manifest['max_seq_length']} tokens, this run "
+                f"wants {layout} rows of {max_seq_length}: set data.layout and "
+                f"data.max_seq_length to the shards', or shard the text again"
+            )
+        check_shards(s.url, manifest, retries)
+        found.append((s.url, s.weight, manifest))
+    return found
+
+
 def fetch_shard(shard: dict[str, Any], retries: int, wait: float) -> bytes:
     """A shard's bytes, fetched whole (with ``retries``) and checked against the manifest's size and digest."""
     url = shard["url"]

@@ -23,7 +23,7 @@ from mlm_lightning.errors import MLMError
 
 TOKENS_PER_WRITE = 4_000_000  # tokens gathered and written per step: bounds memory whatever the document length
 LONG_DOCUMENT_CHARS = 1 << 18  # documents longer than this (characters) are tokenized in pieces, see split_text
-CHARS_PER_CALL = 1 << 20  # most text handed to the tokenizer at once: its memory is ~170 bytes per character
+CHARS_PER_CALL = 1 << 20  # most text handed to the tokenizer at once: its memory grows with a call's characters
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

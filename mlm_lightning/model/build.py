@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from mlm_lightning import families
+from mlm_lightning import family_config
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import max_sequence_length
 from mlm_lightning.model.loading import load_masked_lm, load_model_config
@@ -19,7 +19,7 @@ from mlm_lightning.model.tokenizer_match import check_tokenizer_matches
 class Architecture:
     """The shape of a model built from scratch, in the family-neutral names of ``MLMModule``'s settings.
 
-    ``families.config_kwargs`` puts each under the family's own config name. ``vocab_size`` is also the
+    ``family_config.config_kwargs`` puts each under the family's own config name. ``vocab_size`` is also the
     tokenizer's size that a pretrained model's embeddings must cover.
     """
 
@@ -33,7 +33,7 @@ class Architecture:
     dropout: float
     pad_token_id: int
     embedding_size: int | None = None
-    special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (families.TOKEN_ROLES)
+    special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (family_config.TOKEN_ROLES)
     config_overrides: dict[str, Any] | None = None  # further fields of a new model's config, by their own names
 
 
@@ -65,7 +65,7 @@ def build_model(
     if model_name_or_path:
         overrides = None
         if attention_dropout is not None:
-            overrides = families.attention_dropout_kwargs(load_model_config(model_name_or_path), attention_dropout)
+            overrides = family_config.attention_dropout_kwargs(load_model_config(model_name_or_path), attention_dropout)
         model = load_masked_lm(model_name_or_path, for_training=True, config_overrides=overrides)
         if vocab_size > model.config.vocab_size:
             raise MLMError(
@@ -79,12 +79,12 @@ def build_model(
     apart = ("embedding_size", "special_token_ids", "config_overrides")
     settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name not in apart}
     model_type = settings.pop("model_type")
-    kwargs = families.config_kwargs(
+    kwargs = family_config.config_kwargs(
         model_type, settings, architecture.embedding_size, architecture.special_token_ids, architecture.config_overrides
     )
     if attention_dropout is not None:
         declared = AutoConfig.for_model(model_type, **kwargs).to_dict()
-        kwargs.update(families.attention_dropout_kwargs(declared, attention_dropout))
+        kwargs.update(family_config.attention_dropout_kwargs(declared, attention_dropout))
     try:
         return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
     # The family's own validation, e.g. heads not dividing the width, or a config_overrides value of the wrong type.

@@ -2,9 +2,10 @@
 
 On a CPU, torch's compiler (inductor) writes C++ and builds it with a C++ compiler (``$CXX``, else ``g++``); without
 one the first compiled step fails deep inside torch. So ``true`` on a CPU is checked before anything runs, and
-``null`` compiles on a CPU exactly where a compiler is there (shorter steps: benchmarks/README.md). ``base.yaml``
-still sets ``false``: the compiler's child processes took that run over its memory target. On a GPU ``null`` stays
-off: a step there takes milliseconds, so the compilation is won back only by long runs, which set ``true``.
+``null`` compiles on a CPU exactly where a compiler is there: shorter training steps there (figures:
+benchmarks/README.md), though ``base.yaml`` sets ``false`` because the compiler's child processes take memory over
+its budget. On a GPU ``null`` stays off: a step there takes milliseconds, so the compilation is won back only by
+long runs, which set ``true``.
 """
 
 from __future__ import annotations

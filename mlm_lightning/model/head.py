@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlm_lightning import families
-from mlm_lightning.data.masking import IGNORE_INDEX
+from mlm_lightning.data.collator import IGNORE_INDEX
 from mlm_lightning.training.flops import EncoderShape, batch_token_counts, training_flops
 
 # On a CPU the MLM head runs on a multiple of this many rows (masked_logits).

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 
 from mlm_lightning import families
-from mlm_lightning.data.masking import MLMBatch
+from mlm_lightning.data.collator import MLMBatch
 from mlm_lightning.families import max_sequence_length
 from mlm_lightning.io.checkpoint_io import CHECKPOINT_FORMAT
 from mlm_lightning.model.build import build_network, check_max_seq_length
@@ -24,28 +21,16 @@ from mlm_lightning.model.sharding import fill_auto_wrap_policy
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
 from mlm_lightning.training.gradients import clip_without_scaler, log_grad_norm
 from mlm_lightning.training.metrics import SplitMetrics, log_epoch_metrics
-
-
-def _lr_multiplier(
-    step: float, base: Callable[[float], float], stretches: tuple[tuple[int, int, int], ...], end: int
-) -> float:
-    """A schedule's multiplier at ``step``: ``base`` held at its value at ``end``, through resumes' stretches.
-
-    A stretch ``(anchor, old_end, new_end)`` maps steps after ``anchor`` linearly so that ``new_end`` lands on
-    ``old_end``: the schedule is unchanged up to ``anchor`` (no jump) and its remaining decay ends at ``new_end``.
-    """
-    s = float(min(step, end))
-    for anchor, old_end, new_end in reversed(stretches):
-        if s > anchor:
-            s = anchor + (s - anchor) * (old_end - anchor) / (new_end - anchor)
-    return base(s)
+from mlm_lightning.training.optim import adamw_implementation, build_adamw
+from mlm_lightning.training.schedule import Plan, PlannedLR, ScheduleSettings, plan_schedule, total_optimizer_steps
 
 
 class MLMModule(L.LightningModule):
     """Masked-language-model training with AdamW, warm-up and decay, and token-weighted metrics.
 
     Every argument is a plain value, so ``MLMModule.load_from_checkpoint(path)`` rebuilds the module from the
-    checkpoint (one trained from a pretrained ``model_name_or_path`` reads that model's files again).
+    checkpoint alone for a model built from scratch; one that started from ``model_name_or_path`` loads that model
+    again first (it must still be reachable), then takes the checkpoint's weights.
 
     Args:
         model_name_or_path: Pretrained masked LM: a hub name (needs network), a local folder, or
@@ -138,7 +123,7 @@ class MLMModule(L.LightningModule):
         self._val_prefixes = ["val"]  # the metric prefix of each validation dataloader, by dataloader_idx
         self.eval_counts: dict[str, dict[str, int]] = {}  # prefix -> masked tokens (and words) of its last run
         self._said_full_logits = False  # the family's head needs every position: said once
-        self._schedule: dict[str, Any] | None = None  # the learning-rate schedule in use (saved in checkpoints)
+        self._schedule: Plan | None = None  # the learning-rate schedule in use (recorded in checkpoints)
         self._resumed: tuple[dict[str, Any] | None, int] | None = None  # (its record, step) in the resumed checkpoint
 
     # -- model ------------------------------------------------------------------------------------------
@@ -175,11 +160,8 @@ class MLMModule(L.LightningModule):
         """``batch`` padded to one of a few fixed widths where it runs compiled (:func:`~.head.compile_width`)."""
         if not self.compilation.runs_compiled(self.training, self.device.type):
             return batch
-        longest = getattr(self._datamodule(), "max_seq_length", None)
+        longest = getattr(self.trainer.datamodule, "max_seq_length", None) if self._trainer is not None else None
         return compile_width(batch, longest, self.model.config.pad_token_id or 0)
-
-    def _datamodule(self) -> Any:
-        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
 
     # -- steps ------------------------------------------------------------------------------------------
     def train_loss(self, batch: MLMBatch) -> torch.Tensor:
@@ -215,14 +197,10 @@ class MLMModule(L.LightningModule):
 
     def predict_step(self, batch: MLMBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Top-1 predictions at the masked positions, with their labels and per-token losses."""
-        labels = batch["masked_labels"]
+        labels, positions = batch["masked_labels"], batch["masked_positions"]  # of the batch as given, not widened
         logits = self.masked_logits(self.compile_width(batch)).float()
-        return {
-            "positions": batch["masked_positions"],  # of the batch as given (compile_width may widen its rows)
-            "labels": labels,
-            "predictions": logits.argmax(-1),
-            "losses": F.cross_entropy(logits, labels, reduction="none"),
-        }
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        return {"positions": positions, "labels": labels, "predictions": logits.argmax(-1), "losses": losses}
 
     @property
     def val_prefixes(self) -> list[str]:
@@ -236,10 +214,6 @@ class MLMModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         log_epoch_metrics(self, self.eval_metrics.split("test"), "test", False, self.eval_counts)
-
-    # -- training hooks (throughput and MFU: callbacks/throughput.py) --------------------------------------
-    def on_train_start(self) -> None:
-        self.apply_optimizer_settings()  # after a resume: the configured settings, not the checkpoint's
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         log_grad_norm(self, self.model)  # before clipping
@@ -262,168 +236,36 @@ class MLMModule(L.LightningModule):
             val_metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/")},
         )
         if self._schedule is not None:
-            checkpoint["mlm_lightning"]["schedule"] = self._schedule
+            checkpoint["mlm_lightning"]["schedule"] = self._schedule.record()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = checkpoint.get("mlm_lightning", {}).get("schedule")
         self._resumed = (record, int(checkpoint.get("global_step", 0)))
-        # FSDP and DeepSpeed restore after configure_optimizers: give their scheduler the resumed schedule now.
+        # FSDP and DeepSpeed restore after configure_optimizers: their scheduler takes the resumed plan before its
+        # state is restored (PlannedLR then writes that plan's rate at the checkpoint's step).
         if self._trainer is not None and self.trainer.lr_scheduler_configs:
             self._schedule = self._plan_schedule()
             for config in self.trainer.lr_scheduler_configs:
-                config.scheduler.lr_lambdas = [self._lr_lambda(self._schedule)] * len(config.scheduler.lr_lambdas)
+                if isinstance(config.scheduler, PlannedLR):
+                    config.scheduler.plan = self._schedule
 
     # -- optimisation -----------------------------------------------------------------------------------
-    def total_optimizer_steps(self) -> int:
-        """Optimizer steps of the whole run, without building the training dataloader.
-
-        ``trainer.estimated_stepping_batches`` would build it before a checkpoint is restored, which
-        loses a stateful dataloader's position (Lightning issue 20550), so it is computed from the data.
-        Lightning stops at ``max_steps`` or at the end of ``max_epochs``, whichever comes first: so does the
-        schedule.
-        """
-        trainer = self.trainer
-        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "num_train_batches"):
-            return max(1, int(trainer.estimated_stepping_batches))  # the same minimum, from the dataloader
-        if trainer.max_epochs in (None, -1):
-            return max_steps or max(1, int(trainer.estimated_stepping_batches))
-        per_epoch = dm.num_train_batches()  # per device: each device steps once per batch of its own shard
-        if isinstance(trainer.limit_train_batches, int):
-            per_epoch = min(per_epoch, trainer.limit_train_batches)
-        elif trainer.limit_train_batches is not None and trainer.limit_train_batches < 1.0:
-            per_epoch = int(per_epoch * trainer.limit_train_batches)
-        by_epochs = max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches) * trainer.max_epochs)
-        return min(max_steps, by_epochs) if max_steps else by_epochs
-
-    @staticmethod
-    def _lr_lambda(plan: dict[str, Any]) -> Callable[[int], float]:
-        """The multiplier of the peak learning rate at each step, for a schedule plan."""
-        from transformers import (
-            get_constant_schedule_with_warmup,
-            get_cosine_schedule_with_warmup,
-            get_linear_schedule_with_warmup,
-            get_wsd_schedule,
-        )
-
-        # transformers' warm-up-and-decay function, taken from a scheduler on a throwaway optimizer.
-        probe = torch.optim.SGD([torch.zeros(1)], lr=1.0)
-        warmup, total = plan["warmup_steps"], plan["base_total"]
-        if plan["scheduler"] == "linear":
-            base = get_linear_schedule_with_warmup(probe, warmup, total)
-        elif plan["scheduler"] == "cosine":
-            base = get_cosine_schedule_with_warmup(probe, warmup, total)
-        elif plan["scheduler"] == "wsd":
-            base = get_wsd_schedule(probe, warmup, plan["decay_steps"], num_training_steps=total, decay_type="1-sqrt")
-        else:
-            base = get_constant_schedule_with_warmup(probe, warmup)
-        # A partial of a module-level function: LambdaLR's state dict then holds no code.
-        stretches = tuple(tuple(s) for s in plan["stretches"])
-        return functools.partial(_lr_multiplier, base=base.lr_lambdas[0], stretches=stretches, end=plan["total_steps"])
-
-    def _plan_schedule(self) -> dict[str, Any]:
-        """The schedule of this run: a new one, or a resumed checkpoint's, kept or stretched to this run's end."""
-        hp = self.hparams
-        total = self.total_optimizer_steps()
-        record, step = self._resumed or (None, 0)
-        if record is None or record["scheduler"] != hp.scheduler:  # a new run (or a checkpoint without a record)
-            warmup = hp.warmup_steps or int(hp.warmup_ratio * total)
-            if warmup >= total > 0:
-                self._warn_long_warmup(warmup, total)
-            plan = {"scheduler": hp.scheduler, "warmup_steps": warmup, "base_total": total, "stretches": [],
-                    "total_steps": total}  # fmt: skip
-            if hp.scheduler == "wsd":  # the decay fits in what the warm-up leaves (no negative stable phase)
-                plan["decay_steps"] = min(round(hp.get("decay_ratio", 0.2) * total), max(0, total - warmup))
-            return plan
-        end = record["total_steps"]
-        if total == end or hp.scheduler == "constant":
-            return record
-        lam = self._lr_lambda(record)
-        if total > end and step >= end and hp.scheduler != "constant" and lam(step) == 0.0:
-            rank_zero_warn(
-                f"the checkpoint's learning-rate schedule already ended at step {end} with a learning rate of 0: "
-                f"steps {step + 1} to {total} would not change the weights, whatever model.resume_schedule says. To "
-                f"train on, start a new run from an export of this one (model.model_name_or_path), or resume with "
-                f"another model.scheduler (a new schedule)."
-            )
-            return record
-        anchor = max(step, record["warmup_steps"])  # the warm-up is never stretched
-        if self.resume_schedule == "stretch" and total > anchor:
-            rank_zero_info(
-                f"model.resume_schedule=stretch: the learning-rate schedule of the checkpoint (step {step}) ended at "
-                f"step {end}; its remaining decay now ends at step {total}, from the current rate without a jump"
-            )
-            return {**record, "stretches": [*record["stretches"], [anchor, end, total]], "total_steps": total}
-        if total > end:
-            rank_zero_warn(
-                f"this run ends at step {total} but the checkpoint's learning-rate schedule ends at step {end} "
-                f"(model.resume_schedule={self.resume_schedule}): steps {end + 1} to {total} run at its final learning "
-                f"rate {hp.learning_rate * lam(end):.3g}. Set model.resume_schedule=stretch to stretch the "
-                f"remaining decay to step {total}."
-            )
-        else:
-            why = "" if self.resume_schedule == "keep" else f" (nothing to stretch: the run is at step {step})"
-            rank_zero_warn(
-                f"this run ends at step {total}, before the end of the checkpoint's learning-rate schedule at step "
-                f"{end} (model.resume_schedule={self.resume_schedule}){why}: it stops at a learning rate of "
-                f"{hp.learning_rate * lam(total):.3g}, not the schedule's final one."
-                + (f" Set model.resume_schedule=stretch to end the decay at step {total}." if not why else "")
-            )
-        return record
-
-    def _warn_long_warmup(self, warmup: int, total: int) -> None:
-        """Says that a warm-up of ``warmup`` steps does not end within a run of ``total`` steps (nothing else does)."""
-        hp = self.hparams
-        setting = "model.warmup_steps" if hp.warmup_steps else "model.warmup_ratio"
-        reached = hp.learning_rate * (total - 1) / warmup  # the rate of the run's last step
-        decay = "" if hp.scheduler == "constant" else " and never decays"
-        rank_zero_warn(
-            f"the warm-up ({warmup} steps, {setting}) is not shorter than this run ({total} optimizer steps): the "
-            f"learning rate stops at {reached:.3g} on its way to model.learning_rate {hp.learning_rate:g}{decay}. "
-            f"Set a smaller model.warmup_steps, or model.warmup_steps 0 and a model.warmup_ratio (a share of the run)"
-        )
-
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            # Biases and normalisation weights are 1-D: decaying them only hurts.
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         impl = adamw_implementation(self.device.type, self.trainer)
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.eps, **impl)
-        # Its length is recorded in checkpoints: a resumed run continues the same schedule (see resume_schedule).
+        optimizer = build_adamw(self.model, hp.learning_rate, hp.weight_decay, hp.betas, hp.eps, impl)
+        # Its plan is recorded in checkpoints: a resumed run continues the same schedule (see resume_schedule).
         self._schedule = self._plan_schedule()
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda(self._schedule))
+        schedule = PlannedLR(optimizer, self._schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
 
-    def apply_optimizer_settings(self) -> None:
-        """Puts the configured optimisation settings into the optimizer and scheduler, also after a resume.
-
-        A resumed run loads the optimizer's and the scheduler's state from the checkpoint, and with it the
-        checkpoint's learning rate (the scheduler's ``base_lrs``), weight decay, betas and eps: a changed setting
-        would be silently undone. The moments and the step count stay the checkpoint's; the learning rate continues
-        from the schedule's current step. Without a change (and in a fresh run) this changes nothing.
-        """
-        hp = self.hparams
-        optimizer = self.trainer.optimizers[0]
-        for group, decay in zip(optimizer.param_groups, (hp.weight_decay, 0.0)):  # the groups of configure_optimizers
-            group.update(weight_decay=decay, betas=tuple(hp.betas), eps=hp.eps, initial_lr=hp.learning_rate)
-        for config in self.trainer.lr_scheduler_configs:
-            schedule = config.scheduler
-            if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR) and schedule.optimizer is optimizer:
-                schedule.base_lrs = [hp.learning_rate] * len(schedule.base_lrs)
-                # What LambdaLR.step() would set at this step, from the configured peak.
-                lrs = [base * fn(schedule.last_epoch) for base, fn in zip(schedule.base_lrs, schedule.lr_lambdas)]
-                for group, lr in zip(optimizer.param_groups, lrs):
-                    group["lr"] = lr
-                schedule._last_lr = lrs
+    def _plan_schedule(self) -> Plan:
+        """The schedule of this run: a new one, or a resumed checkpoint's, kept or stretched to this run's end."""
+        settings = ScheduleSettings.of(self.hparams, self.resume_schedule)
+        return plan_schedule(settings, total_optimizer_steps(self.trainer), *(self._resumed or (None, 0)))
 
     def setup(self, stage: str) -> None:
-        dm = self._datamodule()
+        dm = self.trainer.datamodule if self._trainer is not None else None
         check_max_seq_length(self.model, getattr(dm, "max_seq_length", None))
         if self._trainer is not None:  # before the strategy wraps the model: FSDP units are its own layers
             fill_auto_wrap_policy(self.trainer.strategy, self.model)
@@ -431,22 +273,3 @@ class MLMModule(L.LightningModule):
         # One metric set per validation set of the data (before Lightning moves the module to its device).
         self._val_prefixes = list(getattr(dm, "val_splits", None) or ["val"])
         self.eval_metrics.add_splits(self._val_prefixes)
-
-
-def adamw_implementation(device_type: str, trainer: L.Trainer) -> dict[str, bool]:
-    """AdamW's implementation for a run: ``{"fused": True}`` or ``{"foreach": True}``.
-
-    Fused (one kernel per step, no temporaries) on a GPU and on a CPU: an isolated step over ``base.yaml``'s 22.7M
-    parameters took 14-18 ms fused against 82-86 ms multi-tensor (foreach), whose parameter-sized temporaries are
-    fresh mappings under :mod:`mlm_lightning.callbacks.memory`'s threshold (16,000-21,000 page faults a step, against
-    none). Multi-tensor when a run with a gradient scaler (``16-mixed``) clips gradients: a fused optimizer unscales
-    inside its step, after clipping would have seen the scaled gradients, so Lightning refuses to clip (bf16 has no
-    scaler: :meth:`MLMModule.configure_gradient_clipping` clips its fused optimizer); and on other devices, which
-    torch's fused AdamW may not support.
-    """
-    from lightning.pytorch.plugins.precision import MixedPrecision
-
-    plugin = trainer.precision_plugin
-    scaled = isinstance(plugin, MixedPrecision) and plugin.scaler is not None
-    clips = bool(trainer.gradient_clip_val) and scaled
-    return {"fused": True} if device_type in ("cpu", "cuda") and not clips else {"foreach": True}

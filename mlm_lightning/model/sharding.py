@@ -3,7 +3,8 @@
 ``configs/scale/fsdp.yaml`` used to name ``BertLayer``, which wraps nothing in a RoBERTa, ModernBERT or DeBERTa
 (the whole model became one unit: no sharding benefit, full-size all-gathers). transformers lists, per model class,
 the modules that must stay whole on one device (``_no_split_modules``: each family's layer class, for some its
-embeddings too); those are the natural FSDP units. Where it lists none, the layer stack's class is.
+embeddings too); those are the natural FSDP units. Where it lists none, the family's record names them
+(``Family.fsdp_layers``), else the layer stack's class is.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from mlm_lightning.families import family
+
 
 def layer_classes(model: nn.Module) -> set[type[nn.Module]]:
     """The classes of ``model``'s modules that its ``_no_split_modules`` names (names resolved on the instance).
 
     Families whose model class lists none (DistilBERT, ELECTRA, ALBERT, DeBERTa-v2 in transformers 5.24): the
-    class of the layer stack, the longest ``ModuleList`` of modules of one class.
+    classes their record names (``Family.fsdp_layers``), else the class of the layer stack, the longest
+    ``ModuleList`` of modules of one class.
     """
-    names = set(getattr(model, "_no_split_modules", None) or ())
+    config = getattr(model, "config", None)
+    names = set(getattr(model, "_no_split_modules", None) or family(getattr(config, "model_type", None)).fsdp_layers)
     found = {type(m) for m in model.modules() if type(m).__name__ in names}
     if found:
         return found

@@ -6,7 +6,7 @@ embeddings. The rule, from the most to the least certain evidence:
 
 1. The model's folder ships a tokenizer (``save_pretrained``, ``export``, ``extend-vocab`` all write one): the
    configured tokenizer must have the same vocabulary and special tokens, or it is an error.
-2. The model's config records special-token ids (``families.TOKEN_ROLES``): a different padding or mask id is an
+2. The model's config records special-token ids (``family_config.TOKEN_ROLES``): a different padding or mask id is an
    error (the padding index sets RoBERTa's position ids; the mask id is what the model learnt to fill in); a
    different cls/sep/bos/eos id is one warning (configs of some hub models carry defaults nobody set). When the
    tokenizer is the one in the model's own folder, any difference is one warning: the model's own files
@@ -21,7 +21,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from mlm_lightning import families
+from mlm_lightning import family_config
 from mlm_lightning.data.tokenizer import bundled_tokenizer, load_tokenizer, same_source
 from mlm_lightning.errors import MLMError
 
@@ -33,7 +33,7 @@ def vocabulary_difference(own: Any, given: Any) -> str | None:
     """How tokenizer ``given`` differs from ``own`` (size, special ids, vocabulary) in words; ``None``: it does not."""
     if len(own) != len(given):
         return f"has {len(own)} tokens, data.tokenizer {len(given)}"
-    own_ids, given_ids = families.special_token_ids(own), families.special_token_ids(given)
+    own_ids, given_ids = family_config.special_token_ids(own), family_config.special_token_ids(given)
     for field in sorted(set(own_ids) | set(given_ids)):
         if own_ids.get(field) != given_ids.get(field):
             return f"has {field} {own_ids.get(field)}, data.tokenizer {given_ids.get(field)}"
@@ -56,7 +56,7 @@ def check_tokenizer_matches(
         model_name_or_path: The pretrained model, as configured (``model.model_name_or_path``).
         config: Its loaded configuration.
         tokenizer_name_or_path: The configured tokenizer (``data.tokenizer``); ``None`` skips rule 1.
-        token_ids: The tokenizer's special-token ids (:func:`families.special_token_ids`); ``None`` skips rule 2.
+        token_ids: The tokenizer's special-token ids (:func:`family_config.special_token_ids`); ``None`` skips rule 2.
     """
     model = model_name_or_path
     own_folder = bool(tokenizer_name_or_path) and same_source(model, tokenizer_name_or_path)
@@ -72,9 +72,9 @@ def check_tokenizer_matches(
     if token_ids is None:
         return
     decisive, doubtful = [], []
-    for role in families.TOKEN_ROLES:
+    for role in family_config.TOKEN_ROLES:
         field = f"{role}_token_id"
-        recorded, given = getattr(config, field, None), families.token_id_for(field, token_ids)
+        recorded, given = getattr(config, field, None), family_config.token_id_for(field, token_ids)
         if isinstance(recorded, int) and given is not None and recorded != given:
             (decisive if field in DECISIVE else doubtful).append(f"{field} {recorded} (tokenizer: {given})")
     if decisive and own_folder:  # the model's own files disagree with each other: its author's to fix

@@ -30,8 +30,7 @@ def load_checkpoint(ckpt_path: str | os.PathLike, weights_only: bool = True) -> 
 
     path = Path(ckpt_path).expanduser()
     # Mapped, not read: only the model's weights are used, and the optimizer's state (two thirds of the file) stays
-    # on disk; at the end of fit, where the export runs inside the trainer, reading it all was +430 MB at base.yaml's
-    # peak.
+    # on disk; at the end of fit the export runs inside the trainer, at the run's memory peak (benchmarks/README.md).
     ckpt = read_checkpoint(path, map_location="cpu", weights_only=weights_only, mmap=True)
     if "hyper_parameters" not in ckpt:
         raise MLMError(f"{path}: not a checkpoint written by `python -m mlm_lightning fit`")

@@ -13,42 +13,23 @@ Every model (an export or any model folder, a ``fit`` checkpoint, a ``pkg://`` p
 For each run (a seed, and a fold with ``folds``) accuracy and macro-F1 (torchmetrics) on the test rows; per
 model their mean and standard deviation over the runs, and, paired run by run, the difference from the first
 model with a 95 % Student-t interval. The first model is the reference: put the base model first.
+
+This module holds the settings and the runs; :mod:`.probe_finetune` the ``fine-tune`` classifier,
+:mod:`.probe_stats` the statistics, :mod:`.probe_table` the table and its files.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
-import torch
 
 from mlm_lightning.errors import MLMError
+from mlm_lightning.tools.probe_finetune import fine_tune_predictions
+from mlm_lightning.tools.probe_stats import scores, summarize
 from mlm_lightning.tools.probe_tasks import GENRE_TASK, ProbeTask, Split, make_splits, read_task
-
-METRICS = ("accuracy", "macro_f1")
-COLUMNS = (
-    "model",
-    "mode",
-    "runs",
-    "accuracy",
-    "accuracy_std",
-    "macro_f1",
-    "macro_f1_std",
-    "accuracy_diff",
-    "accuracy_diff_low",
-    "accuracy_diff_high",
-    "macro_f1_diff",
-    "macro_f1_diff_low",
-    "macro_f1_diff_high",
-)
 
 
 @dataclass
@@ -117,78 +98,6 @@ class ProbeSettings:
         return task, make_splits(task, list(self.seeds), self.folds, self.test_fraction)
 
 
-# -- statistics ---------------------------------------------------------------------------------------------------
-def t_cdf(t: float, df: int) -> float:
-    """Student's t distribution function for an integer ``df`` (the closed forms of Abramowitz & Stegun 26.7.3-4)."""
-    theta = math.atan(t / math.sqrt(df))
-    c2, s = math.cos(theta) ** 2, math.sin(theta)
-    if df % 2:  # odd: A = 2/pi (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
-        total, term = 0.0, 1.0
-        for k in range(1, (df - 1) // 2 + 1):
-            total += term
-            term *= 2 * k / (2 * k + 1) * c2
-        a = 2 / math.pi * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
-    else:  # even: A = sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
-        total, term = 0.0, 1.0
-        for k in range(1, df // 2 + 1):
-            total += term
-            term *= (2 * k - 1) / (2 * k) * c2
-        a = s * total
-    return 0.5 + a / 2
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection of :func:`t_cdf`)."""
-    lo, hi = -1e6, 1e6
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``ddof=1``; 0 for one value)."""
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
-def paired_interval(reference: list[float], other: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of the paired differences ``other - reference`` and its Student-t interval (NaN bounds for one pair)."""
-    d = np.asarray(other, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
-    mean = float(d.mean())
-    if len(d) < 2:
-        return mean, math.nan, math.nan
-    half = t_quantile(0.5 + level / 2, len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
-    return mean, mean - half, mean + half
-
-
-def scores(predictions: Any, labels: Any, num_classes: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (torchmetrics) of class predictions."""
-    import torch
-    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
-
-    preds, target = torch.as_tensor(np.asarray(predictions)), torch.as_tensor(np.asarray(labels))
-    return {
-        "accuracy": float(multiclass_accuracy(preds, target, num_classes=num_classes, average="micro")),
-        "macro_f1": float(multiclass_f1_score(preds, target, num_classes=num_classes, average="macro")),
-    }
-
-
-def summarize(names: list[str], runs: list[list[dict[str, float]]], mode: str) -> list[dict[str, Any]]:
-    """The table's rows: per model, mean and std of each metric, and the paired difference from the first model."""
-    rows = []
-    for name, model_runs in zip(names, runs):
-        row: dict[str, Any] = {"model": name, "mode": mode, "runs": len(model_runs)}
-        for metric in METRICS:
-            values = [r[metric] for r in model_runs]
-            row[metric], row[f"{metric}_std"] = mean_std(values)
-            reference = [r[metric] for r in runs[0]]
-            diff = paired_interval(reference, values) if model_runs is not runs[0] else (math.nan,) * 3
-            row[f"{metric}_diff"], row[f"{metric}_diff_low"], row[f"{metric}_diff_high"] = diff
-        rows.append(row)
-    return rows
-
-
 # -- models -------------------------------------------------------------------------------------------------------
 def load_encoder(name: str, tokenizer: str | None = None) -> tuple[Any, Any]:
     """``(masked LM in eval mode, tokenizer)`` of a model as ``evaluate`` loads it, with its encoder checked.
@@ -200,7 +109,7 @@ def load_encoder(name: str, tokenizer: str | None = None) -> tuple[Any, Any]:
     Raises:
         MLMError: The model cannot be loaded or has no encoder, or the tokenizer is not the model's.
     """
-    from mlm_lightning import families
+    from mlm_lightning import family_config
     from mlm_lightning.data.tokenizer import bundled_tokenizer, load_tokenizer
     from mlm_lightning.model.tokenizer_match import DECISIVE, vocabulary_difference
     from mlm_lightning.tools.export import load_model
@@ -215,9 +124,9 @@ def load_encoder(name: str, tokenizer: str | None = None) -> tuple[Any, Any]:
         if own is None and own_name != name:  # a checkpoint: the tokenizer it records
             own = load_tokenizer(own_name)
         difference = vocabulary_difference(own, tok) if own is not None else None
-        ids = families.special_token_ids(tok)
+        ids = family_config.special_token_ids(tok)
         for field_name in DECISIVE if difference is None else ():
-            recorded, given = getattr(model.config, field_name, None), families.token_id_for(field_name, ids)
+            recorded, given = getattr(model.config, field_name, None), family_config.token_id_for(field_name, ids)
             if isinstance(recorded, int) and given is not None and recorded != given:
                 difference = f"has {field_name} {recorded}, --tokenizer {given}"
         if difference:
@@ -293,106 +202,6 @@ def logistic_regression(features: Any, labels: Any, num_classes: int, l2: float 
     return predict
 
 
-def _classifier(model: Any, num_classes: int) -> Any:
-    """``AutoModelForSequenceClassification`` of the model's family with its encoder's weights (a new head)."""
-    from transformers import AutoModelForSequenceClassification
-
-    config = copy.deepcopy(model.config)
-    config.num_labels = num_classes
-    config.problem_type = "single_label_classification"
-    try:
-        clf = AutoModelForSequenceClassification.from_config(config)
-    except ValueError as err:
-        raise MLMError(
-            f"transformers has no sequence-classification model for '{config.model_type}': use --mode linear"
-        ) from err
-    prefix = model.base_model_prefix
-    own = getattr(clf, prefix, None)
-    if own is None:
-        raise MLMError(f"the classifier of '{config.model_type}' has no '{prefix}' encoder: use --mode linear")
-    result = own.load_state_dict(getattr(model, prefix).state_dict(), strict=False)
-    if result.unexpected_keys:
-        raise MLMError(f"the encoder's weights do not fit the classifier ({result.unexpected_keys[0]}, ...)")
-    return clf
-
-
-def fine_tune_predictions(
-    model: Any,
-    tok: Any,
-    task: ProbeTask,
-    split: Split,
-    settings: ProbeSettings,
-    trainer_settings: dict[str, Any],
-) -> np.ndarray:
-    """Fine-tunes a classifier on ``split.train`` (seeded by ``split.seed``) and predicts ``split.test``."""
-    L.seed_everything(split.seed, verbose=False)  # the head's initial weights, dropout, batch order
-    clf = _classifier(model, len(task.classes))
-    encoded = tok([task.texts[i] for i in range(len(task.texts))], truncation=True, max_length=settings.max_length)
-
-    def loader(rows: np.ndarray, shuffle: bool) -> Any:
-        items = [{"input_ids": encoded["input_ids"][i], "label": int(task.labels[i])} for i in rows]
-
-        def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-            padded = tok.pad([{"input_ids": b["input_ids"]} for b in batch], return_tensors="pt")
-            return {**padded, "labels": torch.tensor([b["label"] for b in batch])}
-
-        generator = torch.Generator().manual_seed(split.seed)
-        return torch.utils.data.DataLoader(
-            items, batch_size=settings.batch_size, shuffle=shuffle, collate_fn=collate, generator=generator
-        )
-
-    train = loader(split.train, shuffle=True)
-    module = ClassifierModule(clf, settings.learning_rate, settings.epochs * len(train))
-    trainer = L.Trainer(
-        max_epochs=settings.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        devices=1,
-        num_sanity_val_steps=0,
-        **trainer_settings,
-    )
-    trainer.fit(module, train_dataloaders=train)
-    batches = trainer.predict(module, dataloaders=loader(split.test, shuffle=False))
-    return torch.cat(batches).numpy()
-
-
-class ClassifierModule(L.LightningModule):
-    """A sequence classifier for ``fine-tune`` probes: AdamW, linear decay after a 10 % warm-up.
-
-    Args:
-        model: An ``AutoModelForSequenceClassification``.
-        learning_rate: Peak learning rate.
-        total_steps: Optimizer steps of the whole run (the decay reaches 0 there).
-    """
-
-    def __init__(self, model: Any, learning_rate: float, total_steps: int) -> None:
-        super().__init__()
-        self.model = model
-        self.learning_rate = learning_rate
-        self.total_steps = max(1, total_steps)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
-        return self.model(**batch).loss
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
-        batch = {k: v for k, v in batch.items() if k != "labels"}
-        return self.model(**batch).logits.argmax(-1).cpu()
-
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.learning_rate, weight_decay=0.01)
-        warmup = max(1, self.total_steps // 10)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
 def probe_model(
     model: Any,
     tok: Any,
@@ -446,56 +255,3 @@ def run_probe(
         runs.append(probe_model(model, tok, task, splits, settings, trainer_settings))
         del model
     return summarize([name for name, _ in models], runs, settings.mode)
-
-
-# -- output -------------------------------------------------------------------------------------------------------
-def _pm(row: dict[str, Any], metric: str) -> str:
-    return f"{100 * row[metric]:.2f} ± {100 * row[f'{metric}_std']:.2f}"
-
-
-def _diff(row: dict[str, Any], metric: str) -> str:
-    if math.isnan(row[f"{metric}_diff"]):
-        return "(reference)"
-    low, high = row[f"{metric}_diff_low"], row[f"{metric}_diff_high"]
-    bounds = "n/a" if math.isnan(low) else f"{100 * low:+.2f}, {100 * high:+.2f}"
-    return f"{100 * row[f'{metric}_diff']:+.2f} [{bounds}]"
-
-
-def format_table(rows: list[dict[str, Any]], task_name: str = "") -> str:
-    """The rows as a Markdown table: figures in percent, mean ± std, paired differences with their 95 % interval."""
-    mode, runs = (rows[0]["mode"], rows[0]["runs"]) if rows else ("", 0)
-    what = f"probe{f' {task_name}' if task_name else ''}, {mode}, {runs} runs"
-    lines = [
-        f"{what}: accuracy and macro-F1 in %, mean ± std over runs; difference from the first model, paired by "
-        "run, with its 95 % interval",
-        "",
-        "| model | accuracy | macro-F1 | accuracy difference | macro-F1 difference |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        cells = [_pm(row, "accuracy"), _pm(row, "macro_f1"), _diff(row, "accuracy"), _diff(row, "macro_f1")]
-        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plain(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def output_text(rows: list[dict[str, Any]], path: Path) -> str:
-    """The rows as JSON (a list of objects, ``null`` for no value) or CSV (empty cell for no value)."""
-    if path.suffix.lower() == ".json":
-        return json.dumps([{k: plain(v) for k, v in row.items()} for row in rows], indent=1) + "\n"
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows([{k: "" if plain(v) is None else v for k, v in row.items()} for row in rows])
-    return buffer.getvalue()
-
-
-def write_output(rows: list[dict[str, Any]], path: Path) -> None:
-    """Writes the table atomically (a complete file or none)."""
-    from mlm_lightning.io.atomic import atomic_file
-
-    with atomic_file(path) as tmp:
-        tmp.write_text(output_text(rows, path), encoding="utf-8")

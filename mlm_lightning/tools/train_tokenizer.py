@@ -1,11 +1,11 @@
 """``python -m mlm_lightning train-tokenizer``: the tokenizer a model family uses, trained on your own corpus.
 
-One table, :data:`FAMILIES`, says per family (``--family``, a ``model_type``) which kind of tokenizer it uses
-(WordPiece, byte-level BPE or SentencePiece-style Unigram), its special tokens in id order, and the
-``transformers`` tokenizer class that loads it. Training uses the ``tokenizers`` library's trainers on that
-class's own normalizer and pre-tokenizer (taken from an empty instance of the class), so the saved folder loads
-with ``AutoTokenizer.from_pretrained`` into exactly the tokenizer that was trained; the command checks that on
-the corpus before the folder appears. ``data.tokenizer`` accepts the folder and a from-scratch model
+Each family's record (``Family.tokenizer`` in :mod:`mlm_lightning.families`; ``--family`` is its ``model_type``)
+says which kind of tokenizer it uses (WordPiece, byte-level BPE or SentencePiece-style Unigram), its special tokens
+in id order, and the ``transformers`` tokenizer class that loads it. Training uses the ``tokenizers`` library's
+trainers on that class's own normalizer and pre-tokenizer (taken from an empty instance of the class), so the saved
+folder loads with ``AutoTokenizer.from_pretrained`` into exactly the tokenizer that was trained; the command checks
+that on the corpus before the folder appears. ``data.tokenizer`` accepts the folder and a from-scratch model
 (``model.model_name_or_path: null``) takes its vocabulary size.
 """
 
@@ -15,74 +15,18 @@ import json
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mlm_lightning.errors import MLMError
+from mlm_lightning.families import FAMILIES, TokenizerRecipe
 from mlm_lightning.io.atomic import atomic_output_dir, check_writable
 from mlm_lightning.io.sources import resolve_files
 
-_BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-_FAIRSEQ_SPECIALS = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>"}
-
-
-@dataclass(frozen=True)
-class TokenizerRecipe:
-    """What one family's tokenizer is.
-
-    Attributes:
-        kind: ``WordPiece``, ``byte-level BPE`` or ``SentencePiece`` (the names of
-            :func:`tokenizer_family`).
-        tokenizer_class: The ``transformers`` class written to ``tokenizer_config.json`` (what ``AutoTokenizer``
-            builds); ``PreTrainedTokenizerFast`` loads ``tokenizer.json`` as it is.
-        specials: Role (``pad``, ``unk``, ``cls``, ``sep``, ``mask``, ``bos``, ``eos``) -> token, in id order from 0:
-            the ids the family's pretrained vocabularies give them where that is the start (RoBERTa/XLM-R
-            ``<s>``=0, ``<pad>``=1; BERT ``[PAD]``=0; DeBERTa-v3 ``[PAD]``=0, ``[CLS]``=1).
-        cls_sep: The roles that start and end an input (``[CLS] ... [SEP]``, ``<s> ... </s>``).
-        pipeline_class: The class whose normalizer, pre-tokenizer and decoder are trained on (default
-            ``tokenizer_class``; ``PreTrainedTokenizerFast`` has none of its own).
-        lowercase: The family's default for ``--lowercase``; ``None``: its class has no lowercasing, so asking for
-            it is an error (a lowercasing normalizer would be dropped when the folder is loaded).
-        mask_lstrip: The mask token takes the space before it, as in the family's pretrained tokenizers
-            (``the <mask>.`` masks the word ``Ġking``/``▁king``, space included, which is what it was trained on).
-    """
-
-    kind: Literal["WordPiece", "byte-level BPE", "SentencePiece"]
-    tokenizer_class: str
-    specials: dict[str, str]
-    cls_sep: tuple[str, str] = ("cls", "sep")
-    pipeline_class: str | None = None
-    lowercase: bool | None = None
-    mask_lstrip: bool = False
-    class_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-FAMILIES: dict[str, TokenizerRecipe] = {
-    "bert": TokenizerRecipe("WordPiece", "BertTokenizer", _BERT_SPECIALS, lowercase=True),
-    "distilbert": TokenizerRecipe("WordPiece", "DistilBertTokenizer", _BERT_SPECIALS, lowercase=True),
-    "electra": TokenizerRecipe("WordPiece", "BertTokenizer", _BERT_SPECIALS, lowercase=True),  # transformers' own
-    "roberta": TokenizerRecipe(
-        "byte-level BPE", "RobertaTokenizer", _FAIRSEQ_SPECIALS, ("bos", "eos"), mask_lstrip=True
-    ),
-    # ModernBERT's pretrained tokenizer: byte-level BPE (OLMo's) with BERT's special tokens and [CLS] ... [SEP].
-    "modernbert": TokenizerRecipe(
-        "byte-level BPE", "PreTrainedTokenizerFast", _BERT_SPECIALS, pipeline_class="RobertaTokenizer", mask_lstrip=True
-    ),
-    "xlm-roberta": TokenizerRecipe(
-        "SentencePiece", "XLMRobertaTokenizer", _FAIRSEQ_SPECIALS, ("bos", "eos"), mask_lstrip=True
-    ),
-    # DeBERTa-v3 (model_type deberta-v2): SentencePiece with BERT's special tokens, cased.
-    "deberta-v2": TokenizerRecipe(
-        "SentencePiece",
-        "DebertaV2Tokenizer",
-        {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]", "mask": "[MASK]"},
-        lowercase=False,
-        class_kwargs={"bos_token": "[CLS]", "eos_token": "[SEP]"},
-    ),
-}
-
-Family = Literal["bert", "distilbert", "electra", "roberta", "modernbert", "xlm-roberta", "deberta-v2"]
+# The families with a tokenizer recipe (``Family.tokenizer``), in the registry's order.
+RECIPES: dict[str, TokenizerRecipe] = {name: f.tokenizer for name, f in FAMILIES.items() if f.tokenizer}
+# The same names, for the command line's choices (a test keeps the two equal).
+TokenizerFamily = Literal["bert", "distilbert", "electra", "roberta", "modernbert", "xlm-roberta", "deberta-v2"]
 
 
 def _token_kwargs(recipe: TokenizerRecipe) -> dict[str, Any]:
@@ -191,7 +135,7 @@ def _check_round_trip(folder: Path, trained: Any, recipe: TokenizerRecipe, sampl
 def train_tokenizer(
     files: list[str],
     output_dir: str,
-    family: Family = "bert",
+    family: TokenizerFamily = "bert",
     vocab_size: int = 30522,
     lowercase: bool | None = None,
     min_frequency: int = 2,
@@ -218,9 +162,9 @@ def train_tokenizer(
     """
     from mlm_lightning.data.reading import load_documents
 
-    recipe = FAMILIES.get(family)
+    recipe = RECIPES.get(family)
     if recipe is None:
-        raise MLMError(f"--family {family!r} is not one of {', '.join(FAMILIES)}")
+        raise MLMError(f"--family {family!r} is not one of {', '.join(RECIPES)}")
     if lowercase is None:
         lowercase = bool(recipe.lowercase)
     elif lowercase and recipe.lowercase is None:

@@ -39,19 +39,18 @@ from typing import Any
 
 import torch
 
+from mlm_lightning.families import family
+
 log = logging.getLogger(__name__)
 
-# Config attribute names per quantity, first found wins. A family's own names (DistilBERT's ``dim``/``hidden_dim``,
-# BART-like ``d_model``) come before the common ones, because a config also keeps unknown keyword arguments as
-# attributes: ``AutoConfig.for_model("distilbert", intermediate_size=...)`` has an ``intermediate_size`` that its
-# model never reads.
-_CONFIG_NAMES: dict[str, tuple[str, ...]] = {
-    "hidden_size": ("dim", "d_model", "hidden_size"),
-    "num_layers": ("n_layers", "num_hidden_layers", "num_layers"),
-    "intermediate_size": ("hidden_dim", "ffn_dim", "encoder_ffn_dim", "intermediate_size"),
-    "num_heads": ("n_heads", "num_attention_heads", "num_heads"),
-    "vocab_size": ("vocab_size",),
-    "embedding_size": ("embedding_size",),  # ALBERT/ELECTRA factorised embeddings; otherwise the hidden size
+# Quantity -> the setting whose config names (``Family.config_names``: DistilBERT's ``dim``, BART's ``d_model``) it is
+# read under, first found wins. The family's own names only: a config also keeps unknown keyword arguments as
+# attributes (``AutoConfig.for_model("distilbert", intermediate_size=...)`` has one its model never reads).
+_SETTINGS = {
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "intermediate_size": "intermediate_size",
+    "num_heads": "num_attention_heads",
 }
 
 
@@ -77,9 +76,12 @@ class EncoderShape:
 
     @classmethod
     def from_config(cls, config: Any) -> EncoderShape:
-        """Reads the sizes from a ``transformers`` config through one table of attribute names."""
+        """Reads the sizes from a ``transformers`` config under its family's names (:mod:`mlm_lightning.families`)."""
+        config_names = family(getattr(config, "model_type", None)).config_names
         values: dict[str, int] = {}
-        for field, names in _CONFIG_NAMES.items():
+        for field in (*_SETTINGS, "vocab_size", "embedding_size"):
+            # embedding_size: ALBERT/ELECTRA factorised embeddings; otherwise the hidden size.
+            names = config_names[_SETTINGS[field]] if field in _SETTINGS else (field,)
             found = next((getattr(config, n) for n in names if isinstance(getattr(config, n, None), int)), None)
             if found is None and field == "embedding_size":
                 found = values["hidden_size"]
@@ -206,8 +208,8 @@ def probe_cpu_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 0.5) 
     """Measured matmul FLOP/s of this CPU at ``dtype``: the fastest of repeated products of up to ``size`` x ``size``.
 
     The product grows from 128 to ``size`` while the next size's would take under ``seconds``: a CPU that emulates
-    the dtype (bf16 on an AVX2-only CPU took 265 s for one 2048 x 2048 product, 0.5 s at 512, measured) is probed
-    in a few seconds at a smaller size instead of for minutes.
+    the dtype (bf16 on an AVX2-only CPU: minutes for one 2048 x 2048 product; benchmarks/README.md) is probed in a
+    few seconds at a smaller size.
     """
     # Its own generator: the global one seeds dropout, and a run that probes must train like one that reads the cache.
     gen = torch.Generator().manual_seed(0)

@@ -2,9 +2,9 @@
 
 One rule for ``trainer.precision: null``: ``bf16-mixed`` on a GPU that supports bf16 and on a CPU with native bf16
 instructions (x86 AVX-512 BF16 or AMX: ``grep -o 'avx512_bf16\\|amx_bf16' /proc/cpuinfo``), else ``32-true``.
-Without those instructions bf16 is emulated and slower than fp32, so it is never a blind default. Measured on
-``configs/base.yaml`` (benchmarks/README.md): the same validation perplexity as fp32 and 1.25-1.5x the speed on an
-AVX-512 BF16 CPU. A value set in a config file or on the command line is always kept.
+Without those instructions bf16 is emulated and slower than fp32, so it is never a blind default; with them it gave
+``configs/base.yaml`` fp32's validation perplexity in less time (benchmarks/README.md). A value set in a config file
+or on the command line is always kept.
 """
 
 from __future__ import annotations
