@@ -77,9 +77,9 @@ def build(family: str, arch: dict[str, int], vocab: int) -> tuple[Any, Any]:
 
 def run_steps(module: Any, optimizer: Any, data: list[dict[str, Any]], full_logits: bool, steps: int) -> float:
     """Real tokens per second of ``steps`` optimizer steps on the chosen head path (0: one untimed warm-up step)."""
-    from mlm_lightning.model.module import masked_mean_loss
+    from mlm_lightning.model.head import masked_mean_loss
 
-    module.hparams.full_logits = full_logits  # read on every step (MLMModule._mlm_head)
+    module.hparams.full_logits = full_logits  # read on every step (MLMModule.mlm_head)
 
     def step(batch: dict[str, Any]) -> None:
         loss = masked_mean_loss(module, batch)

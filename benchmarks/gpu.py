@@ -18,8 +18,8 @@ steps between two ``torch.cuda.synchronize()``. Batches are prepared before timi
 not measured). Figures: real tokens/s, model TFLOP/s and MFU (model FLOPs from ``mlm_lightning.training.flops``, the
 work each side actually does, over the GPU's dense bf16 peak), peak GPU memory (``max_memory_allocated``).
 
-Only ``mlm_lightning.model.module``, ``.masking`` and ``.flops`` are imported (plus torch, lightning and transformers),
-so the script runs where ``datasets`` and ``jsonargparse`` are not installed.
+Only ``mlm_lightning.model.module``, ``.head``, ``.masking`` and ``.flops`` are imported (plus torch, lightning and
+transformers), so the script runs where ``datasets`` and ``jsonargparse`` are not installed.
 
 Usage::
 
@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mlm_lightning.data.masking import MLMCollator  # noqa: E402
+from mlm_lightning.model.head import step_flops  # noqa: E402
 from mlm_lightning.model.module import MLMModule  # noqa: E402
 from mlm_lightning.training.flops import EncoderShape, peak_flops, training_flops  # noqa: E402
 
@@ -108,7 +109,7 @@ def project_step(arch: dict[str, int], device: torch.device, compile: bool) -> t
         optimizer.zero_grad(set_to_none=True)
 
     def flops(batch: dict[str, Any]) -> int:
-        return module.training_flops(batch)
+        return step_flops(module, batch)
 
     return step, module.model, flops
 

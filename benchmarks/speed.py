@@ -196,6 +196,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
     from common import QUIET_TRAINER
 
     from mlm_lightning.cli.lightning_cli import run_cli
+    from mlm_lightning.model.head import step_flops
 
     timer = StepTimer(args.skip)
     wl = workload(args)
@@ -212,7 +213,7 @@ def run_project(args: argparse.Namespace) -> dict[str, Any]:
             timer.begin()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            timer.end(int(batch["num_tokens"]), module.training_flops(batch))  # the masked-only head's FLOPs
+            timer.end(int(batch["num_tokens"]), step_flops(module, batch))  # the masked-only head's FLOPs
 
     train, held = corpus_files(args.smoke)
     cli = run_cli(

@@ -180,7 +180,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         "torch._dynamo",
-        "model.module.MLMModule.train_loss (torch._dynamo.maybe_mark_dynamic on the masked positions and labels)",
+        "compilation.CompilePolicy.whole_loss (torch._dynamo.maybe_mark_dynamic on the masked positions, labels)",
         "torch's documented way to mark one dimension dynamic for torch.compile lives in this private module: the "
         "masked count changes every batch, and without the mark each new count would recompile the whole loss",
     ),

@@ -53,13 +53,13 @@ def test_the_module_decides_at_set_up_and_says_so_once(a_compiler: None, caplog:
     import torch
 
     module = MLMModule(compile=None, **TINY)
-    assert not module.compiles  # nothing decided before a run's device is known
+    assert not module.compilation.compiles  # nothing decided before a run's device is known
     with caplog.at_level("INFO"):
         _set_up(module)
         _set_up(module)  # validation before fit sets up again
     notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model.compile")]
     assert len(notes) == 1 and notes[0].startswith("model.compile: true (a CPU with a C++ compiler")
-    assert module.compiles and isinstance(module._encoder(), torch._dynamo.eval_frame.OptimizedModule)
+    assert module.compilation.compiles and isinstance(module.encoder(), torch._dynamo.eval_frame.OptimizedModule)
     assert module.hparams.compile is None  # the checkpoint keeps the rule, not this machine's answer
 
 
@@ -70,15 +70,15 @@ def test_on_a_cpu_only_training_runs_compiled(a_compiler: None) -> None:
     _set_up(module)
     batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "masked_positions": torch.tensor([1])}
     module.eval()  # validation: every batch shape would compile (~9 s each on base.yaml) for no faster steps
-    assert module._encoder() is module.model.base_model and module.compile_width(batch) is batch
+    assert module.encoder() is module.model.base_model and module.compile_width(batch) is batch
     module.train()
-    assert isinstance(module._encoder(), torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(module.encoder(), torch._dynamo.eval_frame.OptimizedModule)
 
 
 def test_the_module_runs_uncompiled_without_a_compiler(no_compiler: None) -> None:
     module = MLMModule(compile=None, **TINY)
     _set_up(module)
-    assert not module.compiles and module._encoder() is module.model.base_model
+    assert not module.compilation.compiles and module.encoder() is module.model.base_model
 
 
 def test_fit_with_compile_true_and_no_compiler_is_one_line_and_exit_2(
@@ -101,10 +101,10 @@ def test_evaluation_on_a_cpu_needs_no_compiler_and_says_nothing(
     for setting in (True, None):
         module = MLMModule(compile=setting, **TINY)
         with caplog.at_level("INFO"):
-            module.decide_compile("cpu", "validate")  # nothing compiles: no refusal, no line
+            module.compilation.decide("cpu", "validate")  # nothing compiles: no refusal, no line
         assert not [r for r in caplog.records if r.getMessage().startswith("model.compile")]
     with pytest.raises(MLMError, match="needs a C\\+\\+ compiler"):
-        MLMModule(compile=True, **TINY).decide_compile("cpu", "fit")
+        MLMModule(compile=True, **TINY).compilation.decide("cpu", "fit")
 
 
 def test_base_config_stays_uncompiled_for_its_memory() -> None:

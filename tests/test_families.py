@@ -16,7 +16,9 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 
 from mlm_lightning import families, family_config
 from mlm_lightning.errors import MLMError
-from mlm_lightning.model.module import HEAD_ROWS_MULTIPLE, Architecture, MLMModule, build_model
+from mlm_lightning.model.build import Architecture, build_model
+from mlm_lightning.model.head import HEAD_ROWS_MULTIPLE
+from mlm_lightning.model.module import MLMModule
 from tests.conftest import make_corpus
 
 VOCAB = 100
@@ -108,11 +110,11 @@ def test_masked_head_gives_the_models_own_loss_and_gradients(
 ) -> None:
     torch.manual_seed(0)
     tiny = tiny_model(family, **overrides)
-    monkeypatch.setattr("mlm_lightning.model.module.build_model", lambda *args: tiny)
+    monkeypatch.setattr("mlm_lightning.model.build.build_model", lambda *args: tiny)
     # eval: no dropout (Reformer's backward needs train mode: its dropouts are 0 in EXTRAS).
     module = MLMModule(vocab_size=VOCAB).train(family == "reformer")
     model, batch = module.model, tiny_batch(family)
-    assert module._mlm_head() is not None
+    assert module.mlm_head() is not None
 
     kwargs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
     own = model(**kwargs, labels=batch["labels"]).loss
@@ -160,7 +162,7 @@ def test_full_logits_families_say_so_once_and_match(family: str, caplog: pytest.
     batch = tiny_batch(model_type)
     with caplog.at_level(logging.INFO):
         if family == "xlm-asm":
-            assert module._mlm_head() is None and module._mlm_head() is None
+            assert module.mlm_head() is None and module.mlm_head() is None
         else:
             fast = module.masked_logits(batch)
             module.masked_logits(batch)

@@ -17,8 +17,10 @@ from lightning.pytorch.loggers import Logger
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from mlm_lightning.callbacks.throughput import Throughput
 from mlm_lightning.data.masking import MLMCollator
 from mlm_lightning.errors import MLMError
+from mlm_lightning.model.head import step_flops
 from mlm_lightning.model.module import MLMModule
 from mlm_lightning.training import flops
 
@@ -68,7 +70,7 @@ def test_analytic_flops_match_torch_flop_counter(model_type: str, full_logits: b
     batch = _collator()(_examples([48] * 6))  # full (packed) rows: every position is a real token
     assert "attention_mask" not in batch
     counted = _counted_step_flops(module, batch)
-    analytic = module.training_flops(batch)
+    analytic = step_flops(module, batch)
     shape = flops.EncoderShape.from_config(module.model.config)
     masked = batch["masked_positions"].numel()
     if full_logits:
@@ -76,7 +78,7 @@ def test_analytic_flops_match_torch_flop_counter(model_type: str, full_logits: b
     else:
         # Model FLOPs count the masked rows; the CPU head also runs on the padding up to a multiple of
         # HEAD_ROWS_MULTIPLE, which the counter sees and MFU does not credit.
-        from mlm_lightning.model.module import HEAD_ROWS_MULTIPLE
+        from mlm_lightning.model.head import HEAD_ROWS_MULTIPLE
 
         padded = -(-masked // HEAD_ROWS_MULTIPLE) * HEAD_ROWS_MULTIPLE
         assert analytic == flops.training_flops(shape, 6 * 48, 6 * 48 * 48, masked)
@@ -244,12 +246,12 @@ class _Recorder(L.Callback):
         time.sleep(0.05)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.ends.append((time.perf_counter(), batch["num_tokens"], module.training_flops(batch)))
+        self.ends.append((time.perf_counter(), batch["num_tokens"], step_flops(module, batch)))
 
 
 def test_logged_tokens_per_sec_and_mfu(monkeypatch: pytest.MonkeyPatch) -> None:
     peak = 2.0e9
-    monkeypatch.setattr("mlm_lightning.model.module.peak_flops", lambda device, dtype, cache_dir=None: peak)
+    monkeypatch.setattr("mlm_lightning.callbacks.throughput.peak_flops", lambda device, dtype, cache_dir=None: peak)
     torch.manual_seed(0)
     module = MLMModule(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
@@ -262,7 +264,7 @@ def test_logged_tokens_per_sec_and_mfu(monkeypatch: pytest.MonkeyPatch) -> None:
         max_steps=12,
         log_every_n_steps=3,
         logger=logger,
-        callbacks=[recorder],
+        callbacks=[recorder, Throughput()],  # the CLI adds Throughput to every run
         accelerator="cpu",
         devices=1,
         enable_checkpointing=False,
@@ -323,9 +325,11 @@ def test_the_cpu_peak_is_cached_in_the_runs_cache_dir(monkeypatch: pytest.Monkey
     module = MLMModule(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
     )
+    throughput = Throughput()
     trainer = L.Trainer(
         max_steps=1,
         logger=False,
+        callbacks=[throughput],
         accelerator="cpu",
         devices=1,
         enable_checkpointing=False,
@@ -333,7 +337,7 @@ def test_the_cpu_peak_is_cached_in_the_runs_cache_dir(monkeypatch: pytest.Monkey
         enable_model_summary=False,
     )
     trainer.fit(module, datamodule=_CacheDirData(tmp_path / "run_cache"))
-    assert module._peak_flops == 1.5e11
+    assert throughput.peak == 1.5e11
     assert json.loads((tmp_path / "run_cache" / flops.PEAK_CACHE_FILE).read_text()) == {
         flops.cpu_peak_key(flops.compute_dtype(trainer.precision)): 1.5e11
     }

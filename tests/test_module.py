@@ -13,6 +13,7 @@ from mlm_lightning.data import MLMDataModule
 from mlm_lightning.data.collator import IGNORE_INDEX
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import FAMILIES, max_sequence_length
+from mlm_lightning.model.compilation import CompilePolicy
 from mlm_lightning.model.module import MLMModule
 from mlm_lightning.training.schedule import total_optimizer_steps
 from tests.helpers import assert_one_line
@@ -51,7 +52,7 @@ def test_masked_logits_equal_full_logits(dm: MLMDataModule) -> None:
 def test_cpu_head_runs_on_a_few_row_counts_with_the_same_logits_and_gradients() -> None:
     # oneDNN caches a kernel per matrix shape (up to 1,024): a head run on every new masked count grew base.yaml's
     # bf16 trainer by about 3 MB a step. Padded to multiples of HEAD_ROWS_MULTIPLE, it sees a few shapes.
-    from mlm_lightning.model.module import HEAD_ROWS_MULTIPLE
+    from mlm_lightning.model.head import HEAD_ROWS_MULTIPLE
 
     vocab = 100
     torch.manual_seed(0)
@@ -317,7 +318,7 @@ def _mlm_batch(module: MLMModule, rows: int, length: int, seed: int, padded: boo
 
 
 def test_masked_mean_loss_is_the_mean_cross_entropy_and_zero_without_masked_tokens() -> None:
-    from mlm_lightning.model.module import masked_mean_loss
+    from mlm_lightning.model.head import masked_mean_loss
 
     torch.manual_seed(0)
     module = MLMModule(vocab_size=100, dropout=0.0, **TINY)
@@ -354,7 +355,7 @@ def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch:
     Traced here on the CPU with dynamo and a backend that records the graphs and runs them as traced, with the
     path switched on as on a GPU.
     """
-    from mlm_lightning.model.module import masked_mean_loss
+    from mlm_lightning.model.head import masked_mean_loss
 
     graphs = record_compiled_graphs(monkeypatch)
     torch._dynamo.reset()
@@ -362,7 +363,7 @@ def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch:
     module = MLMModule(vocab_size=100, dropout=0.0, compile=True, **TINY)
     reference = MLMModule(vocab_size=100, dropout=0.0, **TINY)  # eager throughout, same weights
     reference.load_state_dict(module.state_dict())
-    monkeypatch.setattr(MLMModule, "_compiles_whole_loss", lambda self: True)  # as on a GPU
+    monkeypatch.setattr(CompilePolicy, "compiles_whole_loss", lambda self, *args: True)  # as on a GPU
     counts = set()
     for seed in range(4):
         batch = _mlm_batch(module, 4, 16, seed=seed)
@@ -374,7 +375,7 @@ def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch:
     # Unpadded rows: SDPA gets no mask (so a GPU takes its fused kernels); padded rows: their mask.
     torch._dynamo.reset()
     graphs.clear()
-    module.__dict__.pop("_compiled_loss")
+    module.compilation.compiled.pop("loss")
     module.train_loss(_mlm_batch(module, 4, 16, seed=5)).backward()
     module.train_loss(_mlm_batch(module, 4, 16, seed=6, padded=True)).backward()
     sdpa = [
@@ -440,7 +441,7 @@ def test_compiled_line_by_line_widths_compile_a_few_times_not_per_batch(monkeypa
     """With compile on, batches of 12 different widths run through at most COMPILE_WIDTHS + 1 graphs."""
     from types import SimpleNamespace
 
-    from mlm_lightning.model.module import COMPILE_WIDTHS
+    from mlm_lightning.model.head import COMPILE_WIDTHS
 
     graphs = record_compiled_graphs(monkeypatch)
     torch._dynamo.reset()
@@ -458,3 +459,27 @@ def test_compiled_line_by_line_widths_compile_a_few_times_not_per_batch(monkeypa
             torch.testing.assert_close(module.masked_logits(padded), reference.masked_logits(batch))
     assert widths == {16, 32, 48, 64}
     assert len(graphs) <= COMPILE_WIDTHS + 1, len(graphs)  # 64 with and without padding
+
+
+def test_every_attribute_of_the_module_is_declared_in_init(dm: MLMDataModule) -> None:
+    """A run adds no attribute of its own to the module: its state is what ``__init__`` declares (issue 21)."""
+    from mlm_lightning.callbacks.throughput import Throughput
+    from mlm_lightning.model import module as module_lib
+
+    torch.manual_seed(0)
+    module = MLMModule(vocab_size=dm.vocab_size, **TINY)
+    declared = set(vars(module))
+    trainer = L.Trainer(
+        max_steps=2,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[Throughput()],
+    )
+    trainer.fit(module, datamodule=dm)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    ours = {name for name in set(vars(module)) - declared if name not in vars(L.LightningModule())}
+    assert not ours, ours
+    assert "__dict__" not in Path(module_lib.__file__).read_text()

@@ -6,7 +6,7 @@
 * :mod:`.story`: corpus report, fill-mask probes, hparams with results, export at the end of fit;
 * :mod:`.validation`: the base model's figures at step 0, the final validation, the step axis;
 * :mod:`.dashboard`: TensorBoard's Custom Scalars layout; :mod:`.averaging`: weight averaging (EMA);
-* :mod:`.probe`: the downstream probe at the end of fit.
+* :mod:`.probe`: the downstream probe at the end of fit; :mod:`.throughput`: ``train/tokens_per_sec`` and MFU.
 """
 
 from __future__ import annotations

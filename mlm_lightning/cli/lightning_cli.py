@@ -32,6 +32,7 @@ from mlm_lightning.callbacks.memory import HeapGrowthLimit, limit_heap_growth
 from mlm_lightning.callbacks.nonfinite import NonFiniteLoss
 from mlm_lightning.callbacks.probe import FitProbe
 from mlm_lightning.callbacks.random_states import RandomStates
+from mlm_lightning.callbacks.throughput import Throughput
 from mlm_lightning.cli.messages import SUBCOMMAND_HELP, MLMArgumentParser, command_name
 from mlm_lightning.cli.results import evaluated_step, resolved_config_text, results_table
 from mlm_lightning.cli.resume import (
@@ -46,6 +47,7 @@ from mlm_lightning.errors import MLMError
 from mlm_lightning.interrupts import stop_gracefully
 from mlm_lightning.io.checkpoint_io import AtomicCheckpointIO, explain_checkpoint_errors
 from mlm_lightning.io.run_folder import run_dir_guard
+from mlm_lightning.model.build import check_max_seq_length
 from mlm_lightning.model.module import MLMModule
 from mlm_lightning.settings import plain_values
 from mlm_lightning.training.flops import given_cpu_peak
@@ -259,8 +261,8 @@ class MLMCLI(LightningCLI):
     # LightningCLI runs these instead of the Trainer's methods of the same name. Input that would fail in the
     # Trainer's setup is checked first, so a bad run stops before it writes logs or checkpoints.
     def _check_model(self, model: MLMModule, stage: str) -> None:
-        model.check_max_seq_length(getattr(self.datamodule, "max_seq_length", None))
-        model.decide_compile(self.trainer.strategy.root_device.type, stage)
+        check_max_seq_length(model.model, getattr(self.datamodule, "max_seq_length", None))
+        model.compilation.decide(self.trainer.strategy.root_device.type, stage)
 
     def fit(self, model: MLMModule, **kwargs: Any) -> None:
         self._check_model(model, "fit")
@@ -321,11 +323,11 @@ def run_cli(args: list[str] | None = None, run: bool = True, cli_class: type[MLM
         run=run,
         auto_configure_optimizers=False,
         # Always on, no settings: RandomStates (exact resume), one step axis, final metrics for every run, the
-        # Custom Scalars layout.
+        # Custom Scalars layout, tokens/s and MFU.
         trainer_defaults={
             "default_root_dir": "logs",
             "use_distributed_sampler": False,  # MLMSampler shards by itself (mlm_lightning.data.sampling)
-            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation(), DashboardLayout()],
+            "callbacks": [RandomStates(), GlobalStepAxis(), FinalValidation(), DashboardLayout(), Throughput()],
         },
         save_config_kwargs={"overwrite": True},
         parser_class=MLMArgumentParser,

@@ -2,120 +2,27 @@
 
 from __future__ import annotations
 
-import functools
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import grad_norm, rank_zero_info, rank_zero_warn
-from torch import nn
-from torchmetrics import MeanMetric, SumMetric
+from lightning.pytorch.utilities import rank_zero_info
+from torch.optim import Optimizer
 
-from mlm_lightning import families, family_config
-from mlm_lightning.data.masking import IGNORE_INDEX, MLMBatch
-from mlm_lightning.errors import MLMError
+from mlm_lightning import families
+from mlm_lightning.data.collator import MLMBatch
 from mlm_lightning.families import max_sequence_length
 from mlm_lightning.io.checkpoint_io import CHECKPOINT_FORMAT
-from mlm_lightning.model.compilation import check_can_compile, default_compile
-from mlm_lightning.model.loading import load_masked_lm, load_model_config
+from mlm_lightning.model.build import build_network, check_max_seq_length
+from mlm_lightning.model.compilation import CompilePolicy
+from mlm_lightning.model.head import Head, compile_width, masked_logits, masked_mean_loss, position_wise_head
 from mlm_lightning.model.sharding import fill_auto_wrap_policy
-from mlm_lightning.model.tokenizer_match import check_tokenizer_matches
 from mlm_lightning.settings import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveInt, ShareBelowOne
-from mlm_lightning.training.flops import (
-    CPU_PEAK_ENV,
-    EncoderShape,
-    batch_token_counts,
-    compute_dtype,
-    given_cpu_peak,
-    peak_cache_path,
-    peak_flops,
-    training_flops,
-)
+from mlm_lightning.training.gradients import clip_without_scaler, log_grad_norm
+from mlm_lightning.training.metrics import SplitMetrics, log_epoch_metrics
 from mlm_lightning.training.optim import adamw_implementation, build_adamw
 from mlm_lightning.training.schedule import Plan, PlannedLR, ScheduleSettings, plan_schedule, total_optimizer_steps
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """The shape of a model built from scratch, in the family-neutral names of ``MLMModule``'s settings.
-
-    ``family_config.config_kwargs`` puts each under the family's own config name. ``vocab_size`` is also the
-    tokenizer's size that a pretrained model's embeddings must cover.
-    """
-
-    vocab_size: int
-    model_type: str
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
-    dropout: float
-    pad_token_id: int
-    embedding_size: int | None = None
-    special_token_ids: dict[str, int] | None = None  # the tokenizer's, by config field name (family_config.TOKEN_ROLES)
-    config_overrides: dict[str, Any] | None = None  # further fields of a new model's config, by their own names
-
-
-def build_model(
-    architecture: Architecture,
-    model_name_or_path: str | None = None,
-    tokenizer_name_or_path: str | None = None,
-    attention_dropout: float | None = None,
-) -> nn.Module:
-    """Loads the pretrained masked LM ``model_name_or_path``, or builds a new one of ``architecture``.
-
-    A pretrained model keeps its own architecture; its embeddings are checked to cover ``vocab_size``, and the
-    tokenizer (``tokenizer_name_or_path``, ``architecture.special_token_ids``) to be its own
-    (:func:`mlm_lightning.model.tokenizer_match.check_tokenizer_matches`).
-    A new one takes the tokenizer's special-token ids (``architecture.special_token_ids``) where its config has
-    the field, and ``architecture.config_overrides`` (which a pretrained model does not take: an error).
-    ``attention_dropout`` (``None``: the model's own, or ``architecture.dropout`` for a new one) replaces the
-    attention dropout either way.
-    """
-    from huggingface_hub.errors import StrictDataclassError
-    from transformers import AutoConfig, AutoModelForMaskedLM
-
-    vocab_size = architecture.vocab_size
-    if model_name_or_path and architecture.config_overrides:
-        raise MLMError(
-            f"model.config_overrides builds a new model only, but model.model_name_or_path={model_name_or_path} "
-            f"is a pretrained one with its own config: leave model.config_overrides unset"
-        )
-    if model_name_or_path:
-        overrides = None
-        if attention_dropout is not None:
-            overrides = family_config.attention_dropout_kwargs(load_model_config(model_name_or_path), attention_dropout)
-        model = load_masked_lm(model_name_or_path, for_training=True, config_overrides=overrides)
-        if vocab_size > model.config.vocab_size:
-            raise MLMError(
-                f"the tokenizer has {vocab_size} tokens but model '{model_name_or_path}' has embeddings for "
-                f"only {model.config.vocab_size}: use the model's own tokenizer (leave data.tokenizer unset)"
-            )
-        check_tokenizer_matches(
-            model_name_or_path, model.config, tokenizer_name_or_path, architecture.special_token_ids
-        )
-        return model
-    apart = ("embedding_size", "special_token_ids", "config_overrides")
-    settings = {f.name: getattr(architecture, f.name) for f in fields(architecture) if f.name not in apart}
-    model_type = settings.pop("model_type")
-    kwargs = family_config.config_kwargs(
-        model_type, settings, architecture.embedding_size, architecture.special_token_ids, architecture.config_overrides
-    )
-    if attention_dropout is not None:
-        declared = AutoConfig.for_model(model_type, **kwargs).to_dict()
-        kwargs.update(family_config.attention_dropout_kwargs(declared, attention_dropout))
-    try:
-        return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
-    # The family's own validation, e.g. heads not dividing the width, or a config_overrides value of the wrong type.
-    except (ValueError, TypeError, StrictDataclassError) as err:
-        err_line = " ".join(str(err).split())
-        raise MLMError(f"cannot build a new {model_type} model from these settings: {err_line}") from err
 
 
 class MLMModule(L.LightningModule):
@@ -140,8 +47,7 @@ class MLMModule(L.LightningModule):
         dropout: Hidden and attention dropout of a new model.
         attention_dropout: Dropout on the attention probabilities, of a pretrained model too; ``None`` keeps the
             pretrained model's own (or ``dropout`` for a new one). With 0, PyTorch's fused attention kernels run
-            in training (with dropout they do not on a CPU): on ``base.yaml`` a faster step and a lower peak memory
-            (``benchmarks/README.md``).
+            in training (with dropout they do not on a CPU): a faster step, less memory (``benchmarks/README.md``).
         pad_token_id: Padding id of a new model (filled in from the tokenizer by the command line).
         special_token_ids: The tokenizer's special-token ids by config field name (``cls_token_id``, ``bos_token_id``,
             ..., filled in by the command line): a new model's config takes them where it has the field.
@@ -164,12 +70,10 @@ class MLMModule(L.LightningModule):
             the warm-up leaves).
         full_logits: Compute vocabulary logits at every position instead of only the masked ones (slower;
             families whose MLM head cannot be applied to a subset of positions do this anyway).
-        compile: ``torch.compile`` what runs: the encoder (masked-only head; on a GPU the whole training loss,
-            static shapes but the masked count) or the whole model (full logits); the first steps pay the
-            compilation. ``None``: on for a CPU with a C++ compiler (``$CXX`` or ``g++``; shorter steps, see
-            benchmarks/README.md), off on a GPU (it pays only in long runs); said in one line. ``true`` on a CPU
-            without a C++ compiler stops the run before it starts. On a CPU evaluation runs uncompiled (no faster
-            compiled; each batch shape would compile).
+        compile: ``torch.compile`` what runs (the encoder, on a GPU the whole training loss; the whole model with
+            full logits); the first steps pay the compilation. ``None``: on for a CPU with a C++ compiler (``$CXX``
+            or ``g++``), off on a GPU, said in one line; ``true`` on a CPU without one stops the run before it
+            starts. On a CPU evaluation runs uncompiled (:mod:`mlm_lightning.model.compilation`).
         pad_vocab_multiple: Round the embedding and output vocabulary up to this multiple (64 suits GPU
             matrix units; the extra rows are never a target). 1 keeps the tokenizer's size.
         resume_schedule: When a resumed run ends at another step than the checkpoint's learning-rate schedule
@@ -213,40 +117,12 @@ class MLMModule(L.LightningModule):
         # hyperparameters, so a resumed run takes the value it is given, not the one the checkpoint was saved with.
         self.save_hyperparameters(ignore=["resume_schedule"])
         self.resume_schedule = resume_schedule
-        if not model_name_or_path and hidden_size % num_attention_heads:
-            raise MLMError(
-                f"model.hidden_size={hidden_size} is not a multiple of model.num_attention_heads={num_attention_heads}"
-            )
-        if not model_name_or_path and pad_token_id >= vocab_size:
-            raise MLMError(f"model.pad_token_id={pad_token_id} is not below the vocabulary size {vocab_size}")
-        architecture = Architecture(
-            vocab_size=vocab_size,
-            model_type=model_type,
-            hidden_size=hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads,
-            intermediate_size=intermediate_size,
-            max_position_embeddings=max_position_embeddings,
-            dropout=dropout,
-            pad_token_id=pad_token_id,
-            embedding_size=embedding_size,
-            special_token_ids=special_token_ids,
-            config_overrides=config_overrides,
-        )
-        self.model = build_model(architecture, model_name_or_path, tokenizer_name_or_path, attention_dropout)
-        if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:
-            self.model.resize_token_embeddings(
-                self.model.config.vocab_size, pad_to_multiple_of=pad_vocab_multiple, mean_resizing=False
-            )
-        # One set of token-weighted metrics per evaluation split ("val", "test"; "val/<name>" for each named
-        # validation set, added in setup once the data module is known). Their states are not saved in checkpoints.
-        self.eval_metrics = nn.ModuleDict({"val": EvalMetrics(), "test": EvalMetrics()})
+        self.model = build_network(self.hparams)
+        self.compilation = CompilePolicy(compile)  # what torch.compile runs; kept out of the module tree
+        self.eval_metrics = SplitMetrics()  # token-weighted, one set per evaluation split; not in checkpoints
         self._val_prefixes = ["val"]  # the metric prefix of each validation dataloader, by dataloader_idx
         self.eval_counts: dict[str, dict[str, int]] = {}  # prefix -> masked tokens (and words) of its last run
-        self._tokens_seen = 0
-        self._flops_seen = 0
-        self._last_time: float | None = None
-        self._peak_flops: float | None = None
+        self._said_full_logits = False  # the family's head needs every position: said once
         self._schedule: Plan | None = None  # the learning-rate schedule in use (recorded in checkpoints)
         self._resumed: tuple[dict[str, Any] | None, int] | None = None  # (its record, step) in the resumed checkpoint
 
@@ -256,131 +132,46 @@ class MLMModule(L.LightningModule):
         """Longest row the model takes, in tokens (:func:`max_sequence_length` of its configuration)."""
         return max_sequence_length(self.model.config.to_dict())
 
-    def _mlm_head(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def mlm_head(self) -> Head | None:
         """The function mapping hidden states to vocabulary logits, if the family's head is position-wise."""
-        if self.hparams.full_logits:
-            return None
-        # Looked up on every call (a dict lookup), so copies of the module never use a stale model's head.
-        head = families.masked_head(self.model)
-        if isinstance(head, str):
-            if not self.__dict__.get("_said_full_logits"):  # once per module
-                rank_zero_info(
-                    f"model_type={self.model.config.model_type}: vocabulary logits at every position, because {head}"
-                )
-                self.__dict__["_said_full_logits"] = True
-            return None
+        head, why = position_wise_head(self.model, self.hparams.full_logits)
+        if why and not self._said_full_logits:
+            model_type = self.model.config.model_type
+            rank_zero_info(f"model_type={model_type}: vocabulary logits at every position, because {why}")
+            self._said_full_logits = True
         return head
+
+    def encoder(self, whole_model: bool = False) -> Any:
+        """The encoder (or, for full logits, the whole model) as it runs: compiled where :attr:`compilation` says."""
+        if not self.compilation.runs_compiled(self.training, self.device.type):
+            return self.model if whole_model else self.model.base_model
+        return self.compilation.network(self.model, whole_model)
 
     def masked_logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """Vocabulary logits at the masked positions only, shape (masked tokens, vocab)."""
-        inputs = families.encoder_inputs(self.model, batch["input_ids"], batch.get("attention_mask"))
-        positions = batch["masked_positions"]
-        head = self._mlm_head()
-        if head is None:
-            logits = self._encoder(whole_model=True)(**inputs).logits
-            return logits.flatten(0, 1).index_select(0, positions)
-        hidden = self._encoder()(**inputs)[0].flatten(0, 1)
-        # Most of a small model's work is the vocabulary projection: apply it to ~15% of positions only.
-        count = positions.numel()
-        if hidden.device.type == "cpu" and count % HEAD_ROWS_MULTIPLE:
-            # PyTorch's CPU matrix products (oneDNN, bf16) cache a kernel per shape, up to 1,024 of them: with the
-            # masked count changing every batch, base.yaml's trainer grew by about 3 MB a step (0.8 GB over 300
-            # steps) and built a kernel a step. Padded rows (copies of row 0) give a few shapes; cut off at once.
-            positions = F.pad(positions, (0, HEAD_ROWS_MULTIPLE - count % HEAD_ROWS_MULTIPLE))
-            return head(hidden.index_select(0, positions))[:count]
-        return head(hidden.index_select(0, positions))
-
-    def _encoder(self, whole_model: bool = False) -> nn.Module:
-        """The encoder (or, for full logits, the whole model), compiled when ``compile`` is on (on a CPU: training)."""
-        if not self._runs_compiled():
-            return self.model if whole_model else self.model.base_model
-        key = "_compiled_model" if whole_model else "_compiled_encoder"
-        encoder = self.__dict__.get(key)
-        if encoder is None:
-            encoder = self.model if whole_model else self.model.base_model
-            skip_mask_of_unpadded_batches()
-            encoder = torch.compile(encoder, dynamic=False)
-            # Kept out of the module tree, so the state dict has no second copy of the weights.
-            self.__dict__[key] = encoder
-        return encoder
-
-    @property
-    def compiles(self) -> bool:
-        """Whether ``torch.compile`` runs the model: ``compile``, or where it is ``None``, the rule of
-        :func:`~mlm_lightning.model.compilation.default_compile` for the run's device (decided in ``setup``; off
-        before)."""
-        decided = self.__dict__.get("_compiles")
-        return bool(self.hparams.compile) if decided is None else decided
-
-    def _runs_compiled(self) -> bool:
-        # On a CPU evaluation runs eagerly: compiled, a base.yaml batch of 64 took 0.77 s against 0.80 (bf16), and
-        # each batch shape (64, and each validation set's shorter last batch) compiled for about 9 s.
-        return self.compiles and (self.training or self.device.type != "cpu")
-
-    def decide_compile(self, device_type: str, stage: str = "fit") -> None:
-        """Settles :attr:`compiles` for a ``stage`` run on ``device_type``; :class:`MLMError` where it cannot compile.
-
-        Said in one line when ``compile`` is ``None`` and the run trains (on a CPU only training compiles).
-        """
-        decided = self.hparams.compile
-        if decided is None:
-            decided, why = default_compile(device_type)
-            if stage == "fit" and not self.__dict__.get("_said_compile"):  # once (validate before fit sets up too)
-                rank_zero_info(f"model.compile: {str(decided).lower()} ({why}; set it to choose)")
-                self.__dict__["_said_compile"] = True
-        if decided and (stage == "fit" or device_type != "cpu"):
-            check_can_compile(device_type)
-        self.__dict__["_compiles"] = decided
+        head = self.mlm_head()
+        return masked_logits(self.model, batch, head, self.encoder(whole_model=head is None))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Full-sequence vocabulary logits, shape (batch, length, vocab).
-
-        The attention mask goes where the family takes one (``families.encoder_inputs``: not FNet, which mixes
-        every position, padding included, and whose forward would swallow the mask unused).
-        """
+        """Full-sequence vocabulary logits, shape (batch, length, vocab); the mask where the family takes one."""
         return self.model(**families.encoder_inputs(self.model, input_ids, attention_mask)).logits
 
     def compile_width(self, batch: MLMBatch) -> MLMBatch:
-        """``batch`` padded to one of a few fixed widths when ``compile`` is on (:func:`pad_to_compile_width`).
-
-        Compiled code is specialised to its input shapes (``dynamic=False``): line_by_line batches, as wide as their
-        longest row, would compile again for every new width (and past torch's recompile limit silently run
-        uncompiled). Called by the step methods (Lightning's batch-transfer hooks would warn on every run that the
-        data module has them too).
-        """
-        if not self._runs_compiled():
+        """``batch`` padded to one of a few fixed widths where it runs compiled (:func:`~.head.compile_width`)."""
+        if not self.compilation.runs_compiled(self.training, self.device.type):
             return batch
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        longest = getattr(dm, "max_seq_length", None)
-        if not longest:
-            return batch
-        return pad_to_compile_width(batch, int(longest), self.model.config.pad_token_id or 0)
+        longest = getattr(self.trainer.datamodule, "max_seq_length", None) if self._trainer is not None else None
+        return compile_width(batch, longest, self.model.config.pad_token_id or 0)
 
     # -- steps ------------------------------------------------------------------------------------------
     def train_loss(self, batch: MLMBatch) -> torch.Tensor:
         """The training loss: mean cross-entropy over the masked positions (0, with gradients, if there are none).
 
-        With ``compile`` on a GPU and a position-wise MLM head, encoder, gather, head and loss are one compiled
-        graph (:func:`masked_mean_loss`) whose number of masked positions is symbolic, so every batch of the same
-        shape runs it without recompiling. Otherwise the gather, head and loss run eagerly (around the encoder
-        compiled alone, when ``compile`` is on).
+        One compiled graph (the masked count symbolic) where :meth:`.CompilePolicy.compiles_whole_loss` says so.
         """
-        if not self._compiles_whole_loss():
+        if not self.compilation.compiles_whole_loss(self.device.type, self.mlm_head() is not None):
             return masked_mean_loss(self, batch)
-        loss_fn = self.__dict__.get("_compiled_loss")
-        if loss_fn is None:
-            self._encoder()  # built before tracing (the trace inlines it), kept out of the module tree as it is
-            loss_fn = self.__dict__["_compiled_loss"] = torch.compile(masked_mean_loss, dynamic=False)
-        # The masked count changes from batch to batch: marked dynamic, it is the graph's one symbolic size
-        # (rather than one graph, and a compilation, per count; padding the positions to a few fixed budgets
-        # would still compile a graph per budget and run the head on the padding).
-        torch._dynamo.maybe_mark_dynamic(batch["masked_positions"], 0)
-        torch._dynamo.maybe_mark_dynamic(batch["masked_labels"], 0)
-        return loss_fn(self, batch)
-
-    def _compiles_whole_loss(self) -> bool:
-        # On a CPU the encoder alone stays compiled: measured there (benchmarks/README.md), not retuned here.
-        return self.compiles and self.device.type == "cuda" and self._mlm_head() is not None
+        return self.compilation.whole_loss(masked_mean_loss, self.encoder, batch)(self, batch)
 
     def _shared_step(self, batch: MLMBatch, stage: str) -> torch.Tensor:
         """The training loss, or an evaluation batch's metric updates (``stage``: ``val``, ``val/<name>``, ``test``)."""
@@ -392,13 +183,7 @@ class MLMModule(L.LightningModule):
             return loss
         logits = self.masked_logits(batch).float()
         losses = F.cross_entropy(logits, labels, reduction="none")
-        metrics = self._metrics(stage)
-        if labels.numel():
-            metrics.loss.update(losses)  # mean over all masked tokens of the split: token-weighted
-            metrics.accuracy.update((logits.argmax(-1) == labels).float())
-            metrics.nonfinite.update((~torch.isfinite(losses)).sum())  # on the device: no synchronisation per step
-        if "masked_words" in batch:  # whole-word masking: every piece of a chosen word is a masked token
-            metrics.words.update(float(batch["masked_words"]))
+        self.eval_metrics.split(stage).add(batch, logits, losses)
         return losses.sum()
 
     def training_step(self, batch: MLMBatch, batch_idx: int) -> torch.Tensor:
@@ -412,154 +197,34 @@ class MLMModule(L.LightningModule):
 
     def predict_step(self, batch: MLMBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Top-1 predictions at the masked positions, with their labels and per-token losses."""
-        labels = batch["masked_labels"]
+        labels, positions = batch["masked_labels"], batch["masked_positions"]  # of the batch as given, not widened
         logits = self.masked_logits(self.compile_width(batch)).float()
-        return {
-            "positions": batch["masked_positions"],  # of the batch as given (compile_width may widen its rows)
-            "labels": labels,
-            "predictions": logits.argmax(-1),
-            "losses": F.cross_entropy(logits, labels, reduction="none"),
-        }
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        return {"positions": positions, "labels": labels, "predictions": logits.argmax(-1), "losses": losses}
 
     @property
     def val_prefixes(self) -> list[str]:
         """The metric prefix of each validation set: ``val``, or ``val/<name>`` for each named set, in order."""
         return list(self._val_prefixes)
 
-    def _metrics(self, stage: str) -> EvalMetrics:
-        return self.eval_metrics[_metric_key(stage)]
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        metrics = self._metrics(stage)
-        # Decided on the count of all devices: compute() below gathers from every device, so all must join it.
-        updates = torch.tensor(metrics.loss.update_count, device=self.device)
-        if self.trainer.strategy.reduce(updates, reduce_op="sum") == 0:
-            return
-        loss = metrics.loss.compute()
-        # The counts summed over devices (every device is here: the update count above was reduced the same way).
-        local = torch.stack([metrics.nonfinite.sum_value, metrics.loss.weight, metrics.words.sum_value]).double()
-        bad, total, words = (int(x) for x in self.trainer.strategy.reduce(local, reduce_op="sum").tolist())
-        if bad:
-            split = "test" if stage == "test" else "validation" + (f" set {stage[4:]}" if "/" in stage else "")
-            rank_zero_warn(
-                f"{split}: {bad:,} of {total:,} masked tokens have a non-finite loss (NaN or "
-                f"infinite), so {stage}/loss and {stage}/perplexity are {float(loss)}: the model has (partly) "
-                f"diverged. Lower model.learning_rate or resume from an earlier checkpoint."
-            )
-        shown = stage == self._val_prefixes[0]  # the progress bar has room for one set
-        self.log(f"{stage}/loss", loss, prog_bar=shown, add_dataloader_idx=False)
-        self.log(f"{stage}/perplexity", torch.exp(loss), prog_bar=shown, add_dataloader_idx=False)
-        self.log(f"{stage}/accuracy", metrics.accuracy.compute(), add_dataloader_idx=False)
-        self.eval_counts[stage] = {"masked_tokens": total, "masked_words": words}
-        if words:
-            # Per word: each chosen word's pieces were all masked, so the summed token loss is the words' loss.
-            word_loss = loss.double() * total / words
-            self.log(f"{stage}/word_loss", word_loss.float(), add_dataloader_idx=False)
-            self.log(f"{stage}/word_perplexity", torch.exp(word_loss).float(), add_dataloader_idx=False)
-        metrics.reset()
-
     def on_validation_epoch_end(self) -> None:
-        for prefix in self._val_prefixes:
-            self._log_epoch_metrics(prefix)
+        for prefix in self._val_prefixes:  # the progress bar has room for one set: the first
+            shown = prefix == self._val_prefixes[0]
+            log_epoch_metrics(self, self.eval_metrics.split(prefix), prefix, shown, self.eval_counts)
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+        log_epoch_metrics(self, self.eval_metrics.split("test"), "test", False, self.eval_counts)
 
-    # -- throughput ---------------------------------------------------------------------------------------
-    # Hand-written rather than Lightning's ThroughputMonitor, which (2.6) synchronises the GPU after every batch
-    # (a host sync per step; here once per logging interval), reports tokens/s and MFU only once its window of
-    # batches (`window_size`, default 100) is full, logs to the loggers directly under names that only overriding
-    # its private `_compute` could change (`train/device/items_per_sec`, `train/device/mfu`), and gets no peak for
-    # a CPU or for an "NVIDIA H200" from `get_available_flops` (see mlm_lightning/training/flops.py).
-    def training_flops(self, batch: dict[str, Any]) -> int:
-        """Model FLOPs of one training step (forward and backward) on ``batch``, at the rows' real lengths."""
-        shape = self.__dict__.get("_encoder_shape")
-        if shape is None:
-            shape = self.__dict__["_encoder_shape"] = EncoderShape.from_config(self.model.config)
-        tokens, pairs = batch_token_counts(batch)
-        # The head runs on the masked positions only, unless full logits are computed (then at every token).
-        head_positions = batch["masked_positions"].numel() if self._mlm_head() is not None else tokens
-        return training_flops(shape, tokens, pairs, head_positions)
-
-    def on_train_start(self) -> None:
-        # Known once the device and precision are: the GPU table, or this CPU's measured (cached) matmul peak.
-        if self.trainer.is_global_zero:
-            self._peak_flops = peak_flops(self.device, compute_dtype(self.trainer.precision), self._cache_dir())
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Real (non-pad) tokens per second over the logging interval; wall time, so it includes data loading.
-        # MFU: model FLOPs per second of this device over the same interval, divided by its peak.
-        if not self.trainer.is_global_zero and self.trainer.world_size > 1:
-            return
-        every = max(1, self.trainer.log_every_n_steps)
-        if self._last_time is None:
-            self._sync()
-            self._last_time, self._tokens_seen, self._flops_seen = time.perf_counter(), 0, 0
-            return
-        self._tokens_seen += batch_token_counts(batch)[0]
-        self._flops_seen += self.training_flops(batch)
-        if (batch_idx + 1) % every == 0:
-            self._sync()  # once per interval, so the clock sees the GPU's work and not just its queue
-            now = time.perf_counter()
-            elapsed = max(now - self._last_time, 1e-9)
-            rate = self._tokens_seen * self.trainer.world_size / elapsed
-            self.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False, rank_zero_only=True)
-            if self._peak_flops:
-                mfu = self._flops_seen / elapsed / self._peak_flops
-                self.log("train/mfu", mfu, on_step=True, on_epoch=False, rank_zero_only=True)
-                if mfu > 1 and self.device.type == "cpu":
-                    fix = (
-                        f"${CPU_PEAK_ENV} is below it"
-                        if given_cpu_peak() is not None
-                        else f"the CPU's matmul peak was measured while it was busy; delete "
-                        f"{peak_cache_path(self._cache_dir())} to measure it again"
-                    )
-                    rank_zero_warn(f"train/mfu is above 1: {fix}")
-            self._last_time, self._tokens_seen, self._flops_seen = now, 0, 0
-
-    def _cache_dir(self) -> Any:
-        """The run's cache folder (``data.cache_dir``), where the CPU peak is cached too; ``None``: the default."""
-        return getattr(getattr(self.trainer, "datamodule", None), "cache_dir", None)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def on_train_epoch_start(self) -> None:
-        self._last_time = None
-
-    def on_validation_start(self) -> None:
-        self._last_time = None  # validation time is not training throughput
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Before clipping, and only on steps that are logged: the norm costs a pass over every gradient.
-        if (self.trainer.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
-            norms = grad_norm(self.model, norm_type=2)
-            if norms:
-                self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        log_grad_norm(self, self.model)  # before clipping
 
     def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
+        self, optimizer: Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        """Clips as Lightning does, and also a fused optimizer's gradients where no gradient scaler is in use.
-
-        Lightning's mixed-precision plugin refuses to clip for any optimizer that unscales gradients itself (a fused
-        one), but with ``bf16-mixed`` there is no scaler: the gradients are the true ones, as in fp32, and clipping
-        them is the base plugin's plain clipping. So bf16 runs that clip keep fused AdamW
-        (:func:`adamw_implementation`).
-        """
-        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-        from lightning.pytorch.utilities import GradClipAlgorithmType
-
-        plugin = self.trainer.precision_plugin
-        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
-            algorithm = GradClipAlgorithmType((gradient_clip_algorithm or "norm").lower())
-            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        """Clips as Lightning does, and a fused optimizer's gradients where no gradient scaler is in use
+        (:func:`~mlm_lightning.training.gradients.clip_without_scaler`: bf16 runs that clip keep fused AdamW)."""
+        if not clip_without_scaler(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What `export` needs without the original model source or the YAML: architecture and latest validation.
@@ -599,156 +264,12 @@ class MLMModule(L.LightningModule):
         settings = ScheduleSettings.of(self.hparams, self.resume_schedule)
         return plan_schedule(settings, total_optimizer_steps(self.trainer), *(self._resumed or (None, 0)))
 
-    def check_max_seq_length(self, length: int | None) -> None:
-        """Raises :class:`MLMError` when rows of ``length`` tokens exceed the model's position embeddings."""
-        limit = self.max_positions
-        if length and limit and length > limit:
-            config = self.model.config
-            reserved = config.max_position_embeddings - limit
-            why = (
-                f" ({config.max_position_embeddings} position embeddings, of which {config.model_type} reserves "
-                f"the first {reserved}: its position ids start after the padding index)"
-                if reserved > 0
-                else ""
-            )
-            raise MLMError(
-                f"data.max_seq_length={length} but the model has position embeddings for only {limit} tokens"
-                f"{why}: lower data.max_seq_length"
-            )
-
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        self.check_max_seq_length(getattr(dm, "max_seq_length", None))
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        check_max_seq_length(self.model, getattr(dm, "max_seq_length", None))
         if self._trainer is not None:  # before the strategy wraps the model: FSDP units are its own layers
             fill_auto_wrap_policy(self.trainer.strategy, self.model)
-            self.decide_compile(self.trainer.strategy.root_device.type, stage)
+            self.compilation.decide(self.trainer.strategy.root_device.type, stage)
         # One metric set per validation set of the data (before Lightning moves the module to its device).
         self._val_prefixes = list(getattr(dm, "val_splits", None) or ["val"])
-        for prefix in self._val_prefixes:
-            if _metric_key(prefix) not in self.eval_metrics:
-                self.eval_metrics[_metric_key(prefix)] = EvalMetrics()
-
-    @classmethod
-    def around(cls, model: nn.Module, name: str = "") -> MLMModule:
-        """An ``MLMModule`` whose network is ``model``, already loaded (``evaluate``): the same steps and metrics.
-
-        Built with a one-unit throwaway network (cheap) that ``model`` then replaces; ``name`` is recorded as
-        ``model_name_or_path``. Not for training or checkpoints: its architecture settings are not ``model``'s.
-        """
-        module = cls(
-            vocab_size=1, hidden_size=1, num_hidden_layers=1, num_attention_heads=1, intermediate_size=1,
-            max_position_embeddings=1, dropout=0.0,
-        )  # fmt: skip
-        module.model = model
-        module.hparams["model_name_or_path"] = name
-        module.hparams["vocab_size"] = model.config.vocab_size
-        return module
-
-
-class EvalMetrics(nn.Module):
-    """The token-weighted metrics of one evaluation set, which torchmetrics reduces across devices.
-
-    ``loss`` is the mean cross-entropy over all masked tokens (perplexity is its ``exp``), ``accuracy`` the share
-    of masked tokens predicted exactly; ``nonfinite`` counts masked tokens whose loss is NaN or infinite and
-    ``words`` the masked words of a whole-word-masking batch (``masked_words``), for per-word figures.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # nan_strategy="disable": a NaN loss must make the mean NaN, not be dropped from it (the default).
-        self.loss = MeanMetric(nan_strategy="disable")
-        self.accuracy = MeanMetric()
-        self.nonfinite = SumMetric(nan_strategy="disable")
-        self.words = SumMetric()
-
-    def reset(self) -> None:
-        """Starts the next evaluation from zero."""
-        for metric in (self.loss, self.accuracy, self.nonfinite, self.words):
-            metric.reset()
-
-
-def _metric_key(prefix: str) -> str:
-    """A metric prefix as a submodule name (``val/domain`` -> ``val:domain``: module names cannot hold dots)."""
-    return prefix.replace("/", ":")
-
-
-# On a CPU the MLM head runs on a multiple of this many rows (masked_logits).
-HEAD_ROWS_MULTIPLE = 64
-
-
-def masked_mean_loss(module: MLMModule, batch: dict[str, Any]) -> torch.Tensor:
-    """Mean cross-entropy of ``module``'s logits at ``batch``'s masked positions; labels ``-100`` are ignored.
-
-    A sum over the counted labels rather than ``reduction="mean"``, so a batch without masked tokens gives a loss
-    of 0 (with gradients) instead of NaN, and padding slots labelled ``-100`` change neither loss nor gradients.
-    """
-    labels = batch["masked_labels"]
-    logits = module.masked_logits(batch).float()
-    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
-
-
-# line_by_line batches under `compile` are padded to one of this many widths (multiples of max_seq_length / this).
-COMPILE_WIDTHS = 4
-
-
-def pad_to_compile_width(batch: dict[str, Any], longest: int, pad_token_id: int) -> dict[str, Any]:
-    """``batch`` padded to the next multiple of ``longest / COMPILE_WIDTHS`` (rounded up to 8), with a mask.
-
-    Every batch narrower than ``longest`` gets an attention mask (all ones if its rows are equally long), so each
-    width is one input signature; full-width batches without padding (packed rows) keep running without one.
-    Masked positions (indices into the flattened batch) are moved to the new row width; labels and counts stay.
-    """
-    ids = batch["input_ids"]
-    rows, width = ids.shape
-    step = math.ceil(longest / COMPILE_WIDTHS)
-    if step >= 8:
-        step = math.ceil(step / 8) * 8  # multiples of 8 suit matrix units
-    target = min(max(longest, width), math.ceil(width / step) * step)
-    if target == width and (width >= longest or "attention_mask" in batch):
-        return batch
-    extra = target - width
-    mask = batch.get("attention_mask")
-    if mask is None:
-        mask = torch.ones_like(ids)
-    out = dict(batch)
-    out["input_ids"] = F.pad(ids, (0, extra), value=pad_token_id)
-    out["attention_mask"] = F.pad(mask, (0, extra), value=0)
-    if "labels" in batch:
-        out["labels"] = F.pad(batch["labels"], (0, extra), value=IGNORE_INDEX)
-    positions = batch["masked_positions"]
-    out["masked_positions"] = positions // width * target + positions % width
-    return out
-
-
-def skip_mask_of_unpadded_batches() -> None:
-    """Lets a compiled encoder run SDPA without a mask on batches without padding, as it runs uncompiled.
-
-    Uncompiled, ``transformers`` passes no mask to SDPA when no attention mask is given, so SDPA takes its fused
-    (flash or cuDNN) kernels. While ``torch.compile`` traces, ``transformers`` before 5.2x cannot look at the mask
-    and builds an all-true one for every batch instead, and with a mask the compiled attention falls back to
-    unfused float32 matrix products, softmax and dropout (measured on an H200: a sixth of a BERT-base step at
-    sequence length 128). This wraps the registered ``sdpa`` mask function to return no mask in exactly the
-    case its uncompiled path does: no attention mask (no padding), a bidirectional mask, no sliding window.
-    Idempotent; a no-op where ``transformers`` has no mask registry (4.x).
-    """
-    try:
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-    except ImportError:
-        return
-    try:
-        sdpa_mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
-    except KeyError:
-        return
-    if getattr(sdpa_mask, "skips_unpadded", False):
-        return
-
-    @functools.wraps(sdpa_mask)
-    def mask(*args: Any, **kwargs: Any) -> Any:
-        unpadded = not args and kwargs.get("attention_mask") is None and kwargs.get("local_size") is None
-        if unpadded and kwargs.get("allow_is_bidirectional_skip"):
-            return None
-        return sdpa_mask(*args, **kwargs)
-
-    mask.skips_unpadded = True  # type: ignore[attr-defined]
-    AttentionMaskInterface.register("sdpa", mask)
+        self.eval_metrics.add_splits(self._val_prefixes)

@@ -74,13 +74,29 @@ def score(module: Any, dm: MLMDataModule, trainer_settings: dict[str, Any]) -> d
     return found
 
 
+def evaluation_module(model: Any, name: str = "") -> Any:
+    """An ``MLMModule`` whose network is ``model``, already loaded: the same steps and metrics as ``fit``.
+
+    Built with a one-unit throwaway network (cheap) that ``model`` then replaces; ``name`` is recorded as
+    ``model_name_or_path``. Not for training or checkpoints: its architecture settings are not ``model``'s.
+    """
+    from mlm_lightning.model.module import MLMModule
+
+    module = MLMModule(
+        vocab_size=1, hidden_size=1, num_hidden_layers=1, num_attention_heads=1, intermediate_size=1,
+        max_position_embeddings=1, dropout=0.0,
+    )  # fmt: skip
+    module.model = model
+    module.hparams["model_name_or_path"] = name
+    module.hparams["vocab_size"] = model.config.vocab_size
+    return module
+
+
 def evaluate_models(models: list[str], config: Any, weights_only: bool = True) -> list[dict[str, Any]]:
     """The table's rows: one per model and validation set, in the order given.
 
     ``weights_only``: read checkpoints weights-only (``False`` only for files the user trusts).
     """
-    from mlm_lightning.model.module import MLMModule
-
     settings = {
         key: config.trainer.get(key)
         for key in ("accelerator", "precision", "limit_val_batches")
@@ -97,7 +113,7 @@ def evaluate_models(models: list[str], config: Any, weights_only: bool = True) -
         model, tokenizer_name = load_model(name, weights_only=weights_only)
         data = {**config.data.as_dict(), "tokenizer": tokenizer_name}  # each model reads with its own tokenizer
         dm = MLMDataModule(**data)
-        tokens = score(MLMModule.around(model, name), dm, settings)
+        tokens = score(evaluation_module(model, name), dm, settings)
         words_dm = MLMDataModule(**{**data, "masking": word_masking(dm)})  # same cache: masking is not in its key
         try:
             words_dm.collator(train=False)
@@ -105,7 +121,7 @@ def evaluate_models(models: list[str], config: Any, weights_only: bool = True) -
             print(f"warning: {name}: no per-word figures ({err})", file=sys.stderr)
             words = {}
         else:
-            words = score(MLMModule.around(model, name), words_dm, settings)
+            words = score(evaluation_module(model, name), words_dm, settings)
         for prefix, figures in tokens.items():
             per_word = words.get(prefix, {})
             rows.append(
