@@ -174,19 +174,10 @@ def test_fill_mask_from_the_old_checkpoint(capsys: pytest.CaptureFixture) -> Non
     assert len([line for line in lines if re.match(r"^\s+\d+\. \S+\s+[0-9.]+$", line)]) == 3
 
 
-def _tool_config(tmp_path: Path) -> Path:
-    """config.yaml without ``ckpt_path`` and ``weights_only``, which the tools refuse (see the xfail below)."""
-    config = yaml.safe_load(CONFIG.read_text())
-    del config["ckpt_path"], config["weights_only"]
-    path = tmp_path / "config.yaml"  # its relative paths stay relative to the working directory, the root
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
 def test_evaluate_reproduces_the_old_checkpoints_validation(tmp_path: Path) -> None:
     # Same rows, same fixed masks (whole words, by the checkpoint's strategy): the loss the run recorded at step 2.
     table = tmp_path / "table.csv"
-    args = ["evaluate", "--models", str(CHECKPOINT), "--output", str(table), "--config", str(_tool_config(tmp_path))]
+    args = ["evaluate", "--models", str(CHECKPOINT), "--output", str(table), "--config", str(CONFIG)]
     assert main([*args, *_outputs(tmp_path)]) == 0
     with open(table, newline="") as fh:
         (row,) = list(csv.DictReader(fh))
@@ -195,12 +186,6 @@ def test_evaluate_reproduces_the_old_checkpoints_validation(tmp_path: Path) -> N
         assert float(row[key]) == pytest.approx(recorded[f"val/{key}"], rel=1e-4), key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found at 3a3639c: inspect/evaluate/shard/probe parse fit's configuration without its subcommand, so a "
-    "config saved by `fit --print_config` (or a run's lightning_logs/version_N/config.yaml) is refused: \"Option "
-    "'ckpt_path' is not accepted\". When fixed, remove this marker (and _tool_config's stripping).",
-)
 def test_inspect_takes_the_saved_config_as_it_is(capsys: pytest.CaptureFixture) -> None:
     assert main(["inspect", "--config", str(CONFIG)]) == 0
     assert "| tokens |" in capsys.readouterr().out
