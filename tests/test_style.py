@@ -214,3 +214,13 @@ def test_the_layering_check_finds_upward_imports(tmp_path: Path) -> None:
         "mlm_lightning/tools/evaluate.py:2 imports mlm_lightning.cli.lightning_cli",
         "mlm_lightning/tools/evaluate.py:3 imports mlm_lightning.cli",
     ]
+
+
+def test_modules_and_the_lightning_module_stay_small() -> None:
+    """Issue 21: no module over 400 lines; ``MLMModule`` (the class) at most 250, its other jobs in their own files."""
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, f"modules over 400 lines (split them by job): {long}"
+    tree = ast.parse((ROOT / PACKAGE / "model" / "module.py").read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MLMModule"]
+    lines = (cls.end_lineno or cls.lineno) - cls.lineno + 1
+    assert lines <= 250, f"MLMModule is {lines} lines: move a job into its own module (docs/layout.md)"
