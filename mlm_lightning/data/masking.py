@@ -80,7 +80,8 @@ class MLMCollator:
     """Pads a list of examples and masks them for MLM.
 
     Each example is a dict with ``input_ids`` (1-D int array, special tokens already in place),
-    ``index`` (its position in the dataset) and ``epoch``.
+    ``index`` (its position in the dataset) and ``epoch``. It trusts its caller: the rates are those of a
+    :class:`MaskingStrategy`, checked where they are set (``data.masking.*``'s types).
 
     Args:
         pad_token_id: Id used to pad rows up to the longest row of the batch.
@@ -130,15 +131,7 @@ class MLMCollator:
         return self.start_probability + (self.mlm_probability - self.start_probability) * done
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if self.mask_replace_prob < 0 or self.random_replace_prob < 0:
-            raise ValueError("mask_replace_prob and random_replace_prob must be >= 0")
-        if self.mask_replace_prob + self.random_replace_prob > 1.0 + 1e-9:
-            raise ValueError(
-                f"mask_replace_prob + random_replace_prob must be <= 1, got "
-                f"{self.mask_replace_prob} + {self.random_replace_prob}"
-            )
+        # The rates are not checked again here: the strategy that builds the collator checked them (its types).
         special = np.zeros(max(self.vocab_size, max(self.special_token_ids, default=0) + 1), dtype=bool)
         special[list(self.special_token_ids)] = True
         special[self.pad_token_id] = True
@@ -276,7 +269,8 @@ class TokenMasking(MaskingStrategy):
     """BERT's masking: choose a share of the tokens (or of whole words), replace most with ``[MASK]``.
 
     Args:
-        mlm_probability: Share of tokens (or words, with ``whole_word_mask``) chosen for prediction.
+        mlm_probability: Share of tokens (or words, with ``whole_word_mask``) chosen for prediction; 1 chooses every
+            one that is not a special token (still replaced 80/10/10).
         mask_replace_prob: Share of chosen tokens replaced by ``[MASK]``.
         random_replace_prob: Share of chosen tokens replaced by a random token (the rest stay as they are).
         whole_word_mask: Choose whole words rather than single tokens (every tokenizer kind: WordPiece,
@@ -313,8 +307,6 @@ class TokenMasking(MaskingStrategy):
                 "data.masking.start_probability needs data.masking.schedule_steps (the batches over which the rate "
                 "moves to data.masking.mlm_probability)"
             )
-        if start_probability is not None and start_probability >= 1.0:
-            raise MLMError(f"data.masking.start_probability must be below 1, got {start_probability}")
         self.start_probability = start_probability
         self.schedule_steps = schedule_steps
 
