@@ -132,8 +132,6 @@ class MLMCheckpoint(ModelCheckpoint):
 
     def __init__(self, save_last_every_n_steps: NonNegativeInt = 100, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if save_last_every_n_steps < 0:
-            raise MLMError(f"checkpoint.save_last_every_n_steps must be >= 0, got {save_last_every_n_steps}")
         self.save_last_every_n_steps = save_last_every_n_steps
         self._last_step_written = -1
         self._checked_step = -1

@@ -32,8 +32,6 @@ class NonFiniteLoss(Callback):
     """
 
     def __init__(self, action: Literal["stop", "skip"] = "stop", max_skipped: NonNegativeInt = 100) -> None:
-        if action not in ("stop", "skip"):
-            raise MLMError(f"nonfinite.action must be 'stop' or 'skip', got {action!r}")
         self.action = action
         self.max_skipped = max_skipped
         self.skipped = 0

@@ -70,7 +70,8 @@ class MLMCollator:
     """Pads a list of examples and masks them for MLM.
 
     Each example is a dict with ``input_ids`` (1-D int array, special tokens already in place),
-    ``index`` (its position in the dataset) and ``epoch``.
+    ``index`` (its position in the dataset) and ``epoch``. It trusts its caller: the rates are those of a
+    :class:`~mlm_lightning.data.masking.MaskingStrategy`, checked where they are set (``data.masking.*``'s types).
 
     Args:
         pad_token_id: Id used to pad rows up to the longest row of the batch.
@@ -120,15 +121,7 @@ class MLMCollator:
         return self.start_probability + (self.mlm_probability - self.start_probability) * done
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if self.mask_replace_prob < 0 or self.random_replace_prob < 0:
-            raise ValueError("mask_replace_prob and random_replace_prob must be >= 0")
-        if self.mask_replace_prob + self.random_replace_prob > 1.0 + 1e-9:
-            raise ValueError(
-                f"mask_replace_prob + random_replace_prob must be <= 1, got "
-                f"{self.mask_replace_prob} + {self.random_replace_prob}"
-            )
+        # The rates are not checked again here: the strategy that builds the collator checked them (its types).
         special = np.zeros(max(self.vocab_size, max(self.special_token_ids, default=0) + 1), dtype=bool)
         special[list(self.special_token_ids)] = True
         special[self.pad_token_id] = True

@@ -121,8 +121,6 @@ class MLMDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()  # into checkpoints and the dashboard's hparams (export's model card reads them)
         self.prepare_data_per_node = prepare_data_per_node  # read by Lightning to pick the ranks that prepare
-        if max_seq_length < 8:
-            raise MLMError(f"data.max_seq_length={max_seq_length} is too small (at least 8)")
         if isinstance(val_files, dict):
             check_val_set_names(list(val_files))
         if holds_out(val_files) and not 0.0 < val_fraction < 1.0:

@@ -58,7 +58,8 @@ class TokenMasking(MaskingStrategy):
     """BERT's masking: choose a share of the tokens (or of whole words), replace most with ``[MASK]``.
 
     Args:
-        mlm_probability: Share of tokens (or words, with ``whole_word_mask``) chosen for prediction.
+        mlm_probability: Share of tokens (or words, with ``whole_word_mask``) chosen for prediction; 1 chooses every
+            one that is not a special token (still replaced 80/10/10).
         mask_replace_prob: Share of chosen tokens replaced by ``[MASK]``.
         random_replace_prob: Share of chosen tokens replaced by a random token (the rest stay as they are).
         whole_word_mask: Choose whole words rather than single tokens (every tokenizer kind: WordPiece,
@@ -95,8 +96,6 @@ class TokenMasking(MaskingStrategy):
                 "data.masking.start_probability needs data.masking.schedule_steps (the batches over which the rate "
                 "moves to data.masking.mlm_probability)"
             )
-        if start_probability is not None and start_probability >= 1.0:
-            raise MLMError(f"data.masking.start_probability must be below 1, got {start_probability}")
         self.start_probability = start_probability
         self.schedule_steps = schedule_steps
 

@@ -47,8 +47,11 @@ OUTPUT_SUFFIXES = (".json", ".csv")
 
 
 def word_masking(dm: MLMDataModule) -> TokenMasking:
-    """Whole-word masking at the configuration's rate, every piece of a chosen word replaced by the mask token."""
-    rate = getattr(dm.masking, "mlm_probability", 0.15)
+    """Whole-word masking at the configuration's rate, every piece of a chosen word replaced by the mask token.
+
+    The rate is the one validation masks at, that of the evaluation collator of ``dm``'s strategy (whatever it is).
+    """
+    rate = dm.collator(train=False).mlm_probability
     return TokenMasking(mlm_probability=rate, mask_replace_prob=1.0, random_replace_prob=0.0, whole_word_mask=True)
 
 
