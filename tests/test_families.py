@@ -108,6 +108,8 @@ def test_every_masked_lm_family_is_decided() -> None:
 def test_masked_head_gives_the_models_own_loss_and_gradients(
     family: str, overrides: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if family not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:  # the registry has families newer than the lowest transformers
+        pytest.skip(f"the installed transformers has no {family}")
     torch.manual_seed(0)
     tiny = tiny_model(family, **overrides)
     monkeypatch.setattr("mlm_lightning.model.build.build_model", lambda *args: tiny)
