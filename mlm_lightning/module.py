@@ -17,6 +17,7 @@ from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
 from mlm_lightning import families
+from mlm_lightning.base_head import BaseHead
 from mlm_lightning.checkpoint_io import CHECKPOINT_FORMAT
 from mlm_lightning.compilation import check_can_compile, default_compile
 from mlm_lightning.errors import MLMError
@@ -80,6 +81,7 @@ def build_model(
     model_name_or_path: str | None = None,
     tokenizer_name_or_path: str | None = None,
     attention_dropout: float | None = None,
+    base_head: BaseHead = "auto",
 ) -> nn.Module:
     """Loads the pretrained masked LM ``model_name_or_path``, or builds a new one of ``architecture``.
 
@@ -89,7 +91,7 @@ def build_model(
     A new one takes the tokenizer's special-token ids (``architecture.special_token_ids``) where its config has
     the field, and ``architecture.config_overrides`` (which a pretrained model does not take: an error).
     ``attention_dropout`` (``None``: the model's own, or ``architecture.dropout`` for a new one) replaces the
-    attention dropout either way.
+    attention dropout either way. ``base_head``: see :class:`MLMModule`.
     """
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, AutoModelForMaskedLM
@@ -104,7 +106,7 @@ def build_model(
         overrides = None
         if attention_dropout is not None:
             overrides = families.attention_dropout_kwargs(load_model_config(model_name_or_path), attention_dropout)
-        model = load_masked_lm(model_name_or_path, for_training=True, config_overrides=overrides)
+        model = load_masked_lm(model_name_or_path, for_training=True, config_overrides=overrides, base_head=base_head)
         if vocab_size > model.config.vocab_size:
             raise MLMError(
                 f"the tokenizer has {vocab_size} tokens but model '{model_name_or_path}' has embeddings for "
@@ -187,6 +189,10 @@ class MLMModule(L.LightningModule):
             (``max_steps`` or ``max_epochs`` changed): ``keep`` the recorded schedule (steps past its end run at its
             final rate), or ``stretch`` its remaining decay from the current rate to the new end. Said in a log
             line either way.
+        base_head: A pretrained model whose files lack the MLM head: ``auto`` starts the packaged MiniLM (matched
+            by its weights' digest, not its name) from the head trained on general English that ships with
+            mlm-lightning, so step 0 is a real base model (``docs/models.md``); ``none``, or any other encoder:
+            a random head.
     """
 
     def __init__(
@@ -218,6 +224,7 @@ class MLMModule(L.LightningModule):
         compile: bool | None = False,
         pad_vocab_multiple: PositiveInt = 1,
         resume_schedule: Literal["keep", "stretch"] = "keep",
+        base_head: BaseHead = "auto",
     ) -> None:
         super().__init__()
         # resume_schedule is a choice of each run, not a property of the model: kept out of the checkpoint's
@@ -244,7 +251,7 @@ class MLMModule(L.LightningModule):
             special_token_ids=special_token_ids,
             config_overrides=config_overrides,
         )
-        self.model = build_model(architecture, model_name_or_path, tokenizer_name_or_path, attention_dropout)
+        self.model = build_model(architecture, model_name_or_path, tokenizer_name_or_path, attention_dropout, base_head)
         if pad_vocab_multiple > 1 and self.model.config.vocab_size % pad_vocab_multiple:
             self.model.resize_token_embeddings(
                 self.model.config.vocab_size, pad_to_multiple_of=pad_vocab_multiple, mean_resizing=False
