@@ -11,6 +11,7 @@ from torch import nn
 from mlm_lightning import family_config
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import max_sequence_length
+from mlm_lightning.model.base_head import BaseHead
 from mlm_lightning.model.loading import load_masked_lm, load_model_config
 from mlm_lightning.model.tokenizer_match import check_tokenizer_matches
 
@@ -42,6 +43,7 @@ def build_model(
     model_name_or_path: str | None = None,
     tokenizer_name_or_path: str | None = None,
     attention_dropout: float | None = None,
+    base_head: BaseHead = "auto",
 ) -> nn.Module:
     """Loads the pretrained masked LM ``model_name_or_path``, or builds a new one of ``architecture``.
 
@@ -66,7 +68,7 @@ def build_model(
         overrides = None
         if attention_dropout is not None:
             overrides = family_config.attention_dropout_kwargs(load_model_config(model_name_or_path), attention_dropout)
-        model = load_masked_lm(model_name_or_path, for_training=True, config_overrides=overrides)
+        model = load_masked_lm(model_name_or_path, for_training=True, config_overrides=overrides, base_head=base_head)
         if vocab_size > model.config.vocab_size:
             raise MLMError(
                 f"the tokenizer has {vocab_size} tokens but model '{model_name_or_path}' has embeddings for "
@@ -106,7 +108,8 @@ def build_network(settings: Mapping[str, Any]) -> nn.Module:
     if not pretrained and pad_token_id >= vocab_size:
         raise MLMError(f"model.pad_token_id={pad_token_id} is not below the vocabulary size {vocab_size}")
     architecture = Architecture(**{f.name: settings[f.name] for f in fields(Architecture)})
-    model = build_model(architecture, pretrained, settings["tokenizer_name_or_path"], settings["attention_dropout"])
+    tokenizer, dropout = settings["tokenizer_name_or_path"], settings["attention_dropout"]
+    model = build_model(architecture, pretrained, tokenizer, dropout, settings.get("base_head", "auto"))
     multiple = settings["pad_vocab_multiple"]
     if multiple > 1 and model.config.vocab_size % multiple:
         model.resize_token_embeddings(model.config.vocab_size, pad_to_multiple_of=multiple, mean_resizing=False)

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from mlm_lightning.errors import MLMError, first_line
+from mlm_lightning.model.base_head import BaseHead, apply_base_head
 from mlm_lightning.io.sources import local_source
 
 OFFLINE_MODEL_HINT = "a local folder (a `save_pretrained` or `export` output) or a pkg:// path instead of a hub name"
@@ -22,6 +23,7 @@ def load_masked_lm(
     for_training: bool = False,
     hint: str = OFFLINE_MODEL_HINT,
     config_overrides: dict[str, Any] | None = None,
+    base_head: BaseHead = "auto",
 ) -> Any:
     """An ``AutoModelForMaskedLM`` from a hub name, a local folder or a ``pkg://`` path.
 
@@ -33,6 +35,8 @@ def load_masked_lm(
             when weights are missing: predictions of a random head are worthless.
         hint: What to pass instead, in the error message.
         config_overrides: Config values that replace the pretrained model's (e.g. its dropout).
+        base_head: ``auto``: a missing MLM head of the packaged MiniLM starts from the one shipped with the package
+            (:mod:`mlm_lightning.model.base_head`); ``none``: it starts random.
 
     Raises:
         MLMError: It cannot be loaded.
@@ -59,7 +63,7 @@ def load_masked_lm(
         ) from err
     finally:
         hf_logging.set_verbosity(verbosity)
-    missing = list(info.get("missing_keys") or [])
+    missing = apply_base_head(model, sorted(info.get("missing_keys") or []), name_or_path, base_head)
     if missing and not for_training:
         print(
             f"warning: model '{name_or_path}' has no weights for {len(missing)} parameters ({missing[0]}, ...): "

@@ -14,6 +14,7 @@ from mlm_lightning import families
 from mlm_lightning.data.collator import MLMBatch
 from mlm_lightning.families import max_sequence_length
 from mlm_lightning.io.checkpoint_io import CHECKPOINT_FORMAT
+from mlm_lightning.model.base_head import BaseHead
 from mlm_lightning.model.build import build_network, check_max_seq_length
 from mlm_lightning.model.compilation import CompilePolicy
 from mlm_lightning.model.head import Head, compile_width, masked_logits, masked_mean_loss, position_wise_head
@@ -80,6 +81,8 @@ class MLMModule(L.LightningModule):
             (``max_steps`` or ``max_epochs`` changed): ``keep`` the recorded schedule (steps past its end run at its
             final rate), or ``stretch`` its remaining decay from the current rate to the new end. Said in a log
             line either way.
+        base_head: ``auto``: the packaged MiniLM, which ships without an MLM head, starts from the head trained for
+            it on general English (docs/models.md), matched by its weights' digest; ``none``: a random head.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class MLMModule(L.LightningModule):
         compile: bool | None = False,
         pad_vocab_multiple: PositiveInt = 1,
         resume_schedule: Literal["keep", "stretch"] = "keep",
+        base_head: BaseHead = "auto",
     ) -> None:
         super().__init__()
         # resume_schedule is a choice of each run, not a property of the model: kept out of the checkpoint's

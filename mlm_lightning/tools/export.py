@@ -103,7 +103,9 @@ def load_model(name: str, head_warning: bool = True, weights_only: bool = True) 
         ckpt = load_checkpoint(path, weights_only)
         model, _, tokenizer_name = from_checkpoint(ckpt, path, weights_only=weights_only)
         return model.eval(), tokenizer_name
-    return load_masked_lm(name, for_training=not head_warning).eval(), name
+    # Users of the encoder only (no head warning) need no MLM head: the shipped one is not read for them either.
+    base_head = "auto" if head_warning else "none"
+    return load_masked_lm(name, for_training=not head_warning, base_head=base_head).eval(), name
 
 
 PROBE_RECORD = "probe.json"  # written beside the checkpoints by fit's end-of-run probe (probe.enabled)
