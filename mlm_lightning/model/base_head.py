@@ -23,7 +23,7 @@ from typing import Any, Literal
 from mlm_lightning.errors import MLMError
 
 BaseHead = Literal["auto", "none"]
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # mlm_lightning/assets/
 HEAD_FILE = ASSETS / "minilm_mlm_head.safetensors"
 RECORD_FILE = ASSETS / "minilm_mlm_head.json"
 RECORD_FORMAT = 1

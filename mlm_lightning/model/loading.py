@@ -12,8 +12,8 @@ import sys
 from typing import Any
 
 from mlm_lightning.errors import MLMError, first_line
-from mlm_lightning.model.base_head import BaseHead, apply_base_head
 from mlm_lightning.io.sources import local_source
+from mlm_lightning.model.base_head import BaseHead, apply_base_head
 
 OFFLINE_MODEL_HINT = "a local folder (a `save_pretrained` or `export` output) or a pkg:// path instead of a hub name"
 
