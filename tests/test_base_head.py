@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM
 
-from mlm_lightning import base_head
 from mlm_lightning.data.tokenizer import load_tokenizer
 from mlm_lightning.errors import MLMError
 from mlm_lightning.io.sources import resolve_pkg
+from mlm_lightning.model import base_head
 from mlm_lightning.model.base_head import HEAD_FILE, RECORD_FILE, apply_base_head, head_record, load_head_tensors
 from mlm_lightning.model.loading import load_masked_lm
 
@@ -121,7 +121,8 @@ def test_other_models_are_untouched(monkeypatch) -> None:
 
 
 def test_the_module_passes_base_head_through(monkeypatch) -> None:
-    from mlm_lightning import module
+    from mlm_lightning.model import build
+    from mlm_lightning.model.module import MLMModule
 
     seen = []
 
@@ -129,11 +130,11 @@ def test_the_module_passes_base_head_through(monkeypatch) -> None:
         seen.append(kwargs.get("base_head"))
         raise MLMError("stop here")
 
-    monkeypatch.setattr(module, "load_masked_lm", fake_load)
-    monkeypatch.setattr(module, "load_model_config", lambda name: {})
+    monkeypatch.setattr(build, "load_masked_lm", fake_load)
+    monkeypatch.setattr(build, "load_model_config", lambda name: {})
     for choice in ("auto", "none"):
         with pytest.raises(MLMError, match="stop here"):
-            module.MLMModule(model_name_or_path=MINILM, base_head=choice)
+            MLMModule(model_name_or_path=MINILM, base_head=choice)
     assert seen == ["auto", "none"]
 
 

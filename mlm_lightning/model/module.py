@@ -117,8 +117,7 @@ class MLMModule(L.LightningModule):
         base_head: BaseHead = "auto",
     ) -> None:
         super().__init__()
-        # resume_schedule is a choice of each run, not a property of the model: kept out of the checkpoint's
-        # hyperparameters, so a resumed run takes the value it is given, not the one the checkpoint was saved with.
+        # resume_schedule is each run's choice, not the model's: out of the checkpoint, so a resume takes the given one.
         self.save_hyperparameters(ignore=["resume_schedule"])
         self.resume_schedule = resume_schedule
         self.model = build_network(self.hparams)
