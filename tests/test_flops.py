@@ -389,3 +389,24 @@ def test_the_cpu_probe_stays_short_where_the_dtype_is_emulated(monkeypatch: pyte
     rate = flops.probe_cpu_flops(torch.bfloat16)
     assert max(sizes) == 128 and now[0] < 2  # grows only while the next size's product takes under half a second
     assert rate == pytest.approx(2 / 30e-9)
+
+
+def test_a_family_without_a_countable_shape_trains_with_tokens_per_second_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FNet's config names no attention heads: the run says there is no MFU and trains (it raised on batch two)."""
+    from mlm_lightning.__main__ import main
+
+    args = ["fit", "--config", "configs/tiny.yaml", "--model.model_type", "fnet", "--trainer.max_steps", "3"]
+    args += [
+        "--trainer.val_check_interval",
+        "3",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.log_every_n_steps",
+        "1",
+    ]
+    args += ["--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert "no train/mfu this run: FNetConfig" in caplog.text

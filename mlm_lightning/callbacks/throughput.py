@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mlm_lightning.model.head import step_flops
 from mlm_lightning.training.flops import (
@@ -45,7 +45,12 @@ class Throughput(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Known once the device and precision are: the GPU table, or this CPU's measured (cached) matmul peak.
-        self.shape = EncoderShape.from_config(pl_module.model.config)
+        try:
+            self.shape = EncoderShape.from_config(pl_module.model.config)
+        except ValueError as err:  # a family whose config does not say its shape (FNet, XLM): tokens/s only
+            self.shape = None
+            rank_zero_info(f"no train/mfu this run: {err}")
+            return
         if trainer.is_global_zero:
             self.peak = peak_flops(pl_module.device, compute_dtype(trainer.precision), _cache_dir(trainer))
 
@@ -60,14 +65,15 @@ class Throughput(L.Callback):
             self._last_time, self._tokens_seen, self._flops_seen = time.perf_counter(), 0, 0
             return
         self._tokens_seen += batch_token_counts(batch)[0]
-        self._flops_seen += step_flops(pl_module, batch, self.shape)
+        if self.shape is not None:
+            self._flops_seen += step_flops(pl_module, batch, self.shape)
         if (batch_idx + 1) % every == 0:
             _sync(pl_module.device)  # once per interval, so the clock sees the GPU's work and not just its queue
             now = time.perf_counter()
             elapsed = max(now - self._last_time, 1e-9)
             rate = self._tokens_seen * trainer.world_size / elapsed
             pl_module.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False, rank_zero_only=True)
-            if self.peak:
+            if self.peak and self.shape is not None:
                 mfu = self._flops_seen / elapsed / self.peak
                 pl_module.log("train/mfu", mfu, on_step=True, on_epoch=False, rank_zero_only=True)
                 if mfu > 1 and pl_module.device.type == "cpu":
