@@ -94,7 +94,9 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def install() -> None:
     """Puts the alias finder on ``sys.meta_path`` once (``import mlm_lightning`` does it)."""
     if not any(isinstance(finder, _Alias) for finder in sys.meta_path):
-        sys.meta_path.append(_Alias())
+        # First: it answers only the old names, which a stale file (an older checkout an editable install points
+        # at) must not shadow.
+        sys.meta_path.insert(0, _Alias())
 
 
 def current_path(dotted: str) -> str:

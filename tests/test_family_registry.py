@@ -33,8 +33,15 @@ def declared_fields(model_type: str) -> set[str]:
     return {f.name for f in dataclasses.fields(config_class)} | set(getattr(config_class, "attribute_map", {}))
 
 
+def _skip_if_not_installed(name: str) -> None:
+    if name not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        pytest.skip(f"the installed transformers has no {name}")
+
+
 def test_the_registry_is_every_masked_lm_family() -> None:
-    assert set(FAMILIES) == set(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    # Every family of the installed transformers; the registry may hold newer ones (it is read at the newest
+    # supported version, and CI also runs the lowest: scripts/lowest-versions.txt).
+    assert set(MODEL_FOR_MASKED_LM_MAPPING_NAMES) <= set(FAMILIES)
     assert all(key == record.name for key, record in FAMILIES.items())
 
 
@@ -66,6 +73,7 @@ def test_an_unknown_family_gets_the_defaults() -> None:
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_each_records_names_resolve_in_transformers(name: str) -> None:
     """The MaskedLM class, the family's own config names, its undeclared fields and its tokenizer classes."""
+    _skip_if_not_installed(name)
     record = FAMILIES[name]
     masked_lm = getattr(transformers, MODEL_FOR_MASKED_LM_MAPPING_NAMES[name])
     declared = declared_fields(name)
@@ -87,6 +95,7 @@ def test_each_records_names_resolve_in_transformers(name: str) -> None:
 @pytest.mark.parametrize("name", BUILDABLE)
 def test_each_records_modules_exist_in_a_tiny_model(name: str) -> None:
     """Head paths and FSDP layer classes name modules of the family's model (built on the meta device: no memory)."""
+    _skip_if_not_installed(name)
     record = FAMILIES[name]
     kwargs = family_config.config_kwargs(name, SETTINGS, None, {"pad_token_id": 0})
     with torch.device("meta"):

@@ -115,11 +115,11 @@ def apply_base_head(model: Any, missing: list[str], name: str, base_head: BaseHe
     Raises:
         MLMError: The encoder matches but the shipped head does not fit the model (shapes), or is broken.
     """
-    import torch
-    from lightning.pytorch.utilities import rank_zero_info
-
     if base_head == "none" or not missing:
         return missing
+    import torch
+    from lightning.pytorch.utilities import rank_zero_info  # only here: fill-mask on an export loads no Lightning
+
     record = head_record()
     if not record or not _matches(model, missing, record):
         return missing
