@@ -54,7 +54,7 @@ class Throughput(L.Callback):
     ) -> None:
         if not trainer.is_global_zero and trainer.world_size > 1:
             return
-        every = max(1, trainer.log_every_n_steps)
+        every = max(1, trainer.log_every_n_steps)  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         if self._last_time is None:
             _sync(pl_module.device)
             self._last_time, self._tokens_seen, self._flops_seen = time.perf_counter(), 0, 0

@@ -275,7 +275,7 @@ class MLMCLI(LightningCLI):
             run_dir_guard(self.trainer, ckpt_path),
             explain_checkpoint_errors(ckpt_path),
         ):
-            for callback in self.trainer.callbacks:
+            for callback in self.trainer.callbacks:  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
                 if isinstance(callback, ExportOnFitEnd):
                     callback.check_before_fit(self.trainer, ckpt_path)
             self.trainer.fit(model, **kwargs)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from mlm_lightning import family_config
 from mlm_lightning.errors import MLMError
 from mlm_lightning.families import max_sequence_length
 from mlm_lightning.model.loading import load_masked_lm, load_model_config
 from mlm_lightning.model.tokenizer_match import check_tokenizer_matches
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def build_model(
     model_name_or_path: str | None = None,
     tokenizer_name_or_path: str | None = None,
     attention_dropout: float | None = None,
-) -> nn.Module:
+) -> PreTrainedModel:
     """Loads the pretrained masked LM ``model_name_or_path``, or builds a new one of ``architecture``.
 
     A pretrained model keeps its own architecture; its embeddings are checked to cover ``vocab_size``, and the
@@ -93,7 +94,7 @@ def build_model(
         raise MLMError(f"cannot build a new {model_type} model from these settings: {err_line}") from err
 
 
-def build_network(settings: Mapping[str, Any]) -> nn.Module:
+def build_network(settings: Mapping[str, Any]) -> PreTrainedModel:
     """The network of ``MLMModule``'s ``settings`` (its hyperparameters): checked, loaded or built, vocabulary padded.
 
     ``pad_vocab_multiple`` rounds the embedding and output vocabulary up (the extra rows are never a target).
@@ -113,7 +114,7 @@ def build_network(settings: Mapping[str, Any]) -> nn.Module:
     return model
 
 
-def check_max_seq_length(model: nn.Module, length: int | None) -> None:
+def check_max_seq_length(model: PreTrainedModel, length: int | None) -> None:
     """Raises :class:`MLMError` when rows of ``length`` tokens exceed ``model``'s position embeddings."""
     limit = max_sequence_length(model.config.to_dict())
     if length and limit and length > limit:

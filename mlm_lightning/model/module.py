@@ -160,7 +160,7 @@ class MLMModule(L.LightningModule):
         """``batch`` padded to one of a few fixed widths where it runs compiled (:func:`~.head.compile_width`)."""
         if not self.compilation.runs_compiled(self.training, self.device.type):
             return batch
-        longest = getattr(self.trainer.datamodule, "max_seq_length", None) if self._trainer is not None else None
+        longest = getattr(self.trainer.datamodule, "max_seq_length", None) if self._trainer is not None else None  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         return compile_width(batch, longest, self.model.config.pad_token_id or 0)
 
     # -- steps ------------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class MLMModule(L.LightningModule):
         return plan_schedule(settings, total_optimizer_steps(self.trainer), *(self._resumed or (None, 0)))
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.trainer.datamodule if self._trainer is not None else None  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         check_max_seq_length(self.model, getattr(dm, "max_seq_length", None))
         if self._trainer is not None:  # before the strategy wraps the model: FSDP units are its own layers
             fill_auto_wrap_policy(self.trainer.strategy, self.model)
