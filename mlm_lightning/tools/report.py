@@ -7,10 +7,12 @@ Printed before training (:class:`mlm_lightning.callbacks.CorpusReport`) and by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from mlm_lightning.data import MLMDataModule
+from mlm_lightning.data.sampling import MLMSampler
 
 
 @dataclass
@@ -63,7 +65,7 @@ def split_stats(dm: MLMDataModule, split: str) -> SplitStats:
         split_docs = int((ends - 1 - starts > dm.max_seq_length - 2).sum())
     loader = dm.loader(split)
     lengths = rows.row_lengths()
-    served = lengths[loader.sampler.shard(0)]  # the order batches are formed in, so padding is exact
+    served = lengths[cast(MLMSampler, loader.sampler).shard(0)]  # the order batches are formed in, so padding is exact
     firsts = np.arange(0, len(served), loader.batch_size)
     padded = int((np.maximum.reduceat(served, firsts) * np.diff(np.append(firsts, len(served)))).sum())
     return SplitStats(
