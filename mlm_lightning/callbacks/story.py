@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
@@ -232,11 +232,12 @@ class ExportOnFitEnd(Callback):
         target = self.target(trainer)
         if not self.enabled or self.overwrite or not target.exists():
             return
-        callback = trainer.checkpoint_callback
+        callback = cast(ModelCheckpoint | None, trainer.checkpoint_callback)  # the run's is an MLMCheckpoint
         folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
         own_checkpoints = folder is not None and any(folder.glob("*.ckpt"))
         resuming = (
             ckpt_path is not None
+            and folder is not None
             and own_checkpoints
             and (str(ckpt_path) in RESUME_KEYWORDS or Path(ckpt_path).resolve().parent == folder.resolve())
         )
@@ -253,7 +254,7 @@ class ExportOnFitEnd(Callback):
 
         if not self.enabled:
             return
-        ckpt = trainer.checkpoint_callback
+        ckpt = cast(ModelCheckpoint | None, trainer.checkpoint_callback)  # the run's is an MLMCheckpoint
         paths = [ckpt.best_model_path, ckpt.last_model_path] if ckpt else []
         if self.checkpoint == "last":
             paths.reverse()

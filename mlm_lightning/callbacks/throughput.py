@@ -10,7 +10,7 @@ an "NVIDIA H200" from ``get_available_flops`` (see :mod:`mlm_lightning.training.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -26,6 +26,9 @@ from mlm_lightning.training.flops import (
     peak_cache_path,
     peak_flops,
 )
+
+if TYPE_CHECKING:
+    from mlm_lightning.model.module import MLMModule
 
 
 class Throughput(L.Callback):
@@ -45,7 +48,7 @@ class Throughput(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Known once the device and precision are: the GPU table, or this CPU's measured (cached) matmul peak.
-        self.shape = EncoderShape.from_config(pl_module.model.config)
+        self.shape = EncoderShape.from_config(cast("MLMModule", pl_module).model.config)
         if trainer.is_global_zero:
             self.peak = peak_flops(pl_module.device, compute_dtype(trainer.precision), _cache_dir(trainer))
 
