@@ -12,6 +12,7 @@ from typing import cast
 import numpy as np
 
 from mlm_lightning.data import MLMDataModule
+from mlm_lightning.data.rows import TokenRows
 from mlm_lightning.data.sampling import MLMSampler
 
 
@@ -54,7 +55,7 @@ class SplitStats:
 
 def split_stats(dm: MLMDataModule, split: str) -> SplitStats:
     """Statistics of ``split`` (``train``, ``val`` or ``val/<name>``) of a data module that has been set up."""
-    rows = dm.datasets[split]
+    rows = cast(TokenRows, dm.datasets[split])  # a tokenized split: the report needs its files
     meta = dm.corpus_meta(split)
     offsets = np.load(rows.folder / "doc_offsets.npy")
     starts, ends = offsets[:-1], offsets[1:]  # each document's span in the stream, its trailing [SEP] included
