@@ -106,7 +106,7 @@ def run_tool(name: str, args: list[str]) -> None:
     func(**parser.parse_args(args).as_dict())
 
 
-def _user_error(err: BaseException) -> MLMError | None:
+def _user_error(err: BaseException | None) -> MLMError | None:
     """The MLMError behind ``err``, also when a library re-raised it wrapped in another exception."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:

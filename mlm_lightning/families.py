@@ -303,10 +303,11 @@ def masked_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | st
 
     Modules are looked up on every call, so a resized vocabulary (``resize_token_embeddings``) is picked up.
     """
-    record = family(model.config.model_type)
-    if record.head_switch == "legacy" and not model.config.legacy:
-        return lambda hidden: model.lm_predictions(hidden, model.deberta.embeddings.word_embeddings)
-    if record.head_switch == "asm" and model.config.asm:
+    hf: Any = model  # a Hugging Face masked LM: its config fields and submodules vary by family
+    record = family(hf.config.model_type)
+    if record.head_switch == "legacy" and not hf.config.legacy:
+        return lambda hidden: hf.lm_predictions(hidden, hf.deberta.embeddings.word_embeddings)
+    if record.head_switch == "asm" and hf.config.asm:
         return "its adaptive softmax (asm=True) gives no per-token logits"
     if record.no_head:
         return record.no_head
@@ -324,7 +325,8 @@ def masked_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | st
 
 def encoder_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, Any]:
     """Keyword arguments for the model's (or its encoder's) forward."""
-    if not family(model.config.model_type).attention_mask:
+    config: Any = model.config  # a Hugging Face config
+    if not family(config.model_type).attention_mask:
         return {"input_ids": input_ids}
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 

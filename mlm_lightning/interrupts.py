@@ -27,8 +27,9 @@ from mlm_lightning.errors import Terminated
 if TYPE_CHECKING:  # Lightning and torch load only where a run stops: tokenizing and the tools need neither
     from lightning.pytorch import Trainer
 
-SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C (SIGINT)"}
-EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + the signal's number, as a shell reports it
+SIGNAL_NAMES: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C (SIGINT)"}
+# 128 + the signal's number, as a shell reports it
+EXIT_CODES: dict[int, int] = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _forking_parents: list[int] = []  # the pids of processes inside stop_on_signals (children forked there are guarded)

@@ -123,7 +123,7 @@ class StepProgressBar(TQDMProgressBar):
             return
         if isinstance(batch, Mapping) and "input_ids" in batch:
             self._window[1] += batch_token_counts(batch)[0]
-        step, every = trainer.global_step, max(1, trainer.log_every_n_steps or 1)
+        step, every = trainer.global_step, max(1, trainer.log_every_n_steps or 1)  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         if step == self._printed_step or step % every:
             return
         now = time.perf_counter()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -101,8 +101,8 @@ class FitProbe(Callback):
         """The checkpoint the export writes (best, or last), or ``None`` when none was saved."""
         from mlm_lightning.callbacks import ExportOnFitEnd
 
-        which = next((c.checkpoint for c in trainer.callbacks if isinstance(c, ExportOnFitEnd)), "best")
-        ckpt = trainer.checkpoint_callback
+        which = next((c.checkpoint for c in trainer.callbacks if isinstance(c, ExportOnFitEnd)), "best")  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
+        ckpt = cast(ModelCheckpoint | None, trainer.checkpoint_callback)  # the run's is an MLMCheckpoint
         paths = [ckpt.best_model_path, ckpt.last_model_path] if ckpt else []
         if which == "last":
             paths.reverse()
@@ -124,7 +124,7 @@ class FitProbe(Callback):
         if path:
             models.append((f"adapted: {Path(path).name}", lambda: load_encoder(path)))
         else:
-            tok = trainer.datamodule.tokenizer
+            tok = trainer.datamodule.tokenizer  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
             models.append((f"adapted: step {trainer.global_step}", lambda: (pl_module.model, tok)))
         device = trainer.strategy.root_device.type
         settings = {"accelerator": "gpu" if device == "cuda" else "cpu", "precision": str(trainer.precision)}

@@ -8,7 +8,7 @@ and restores them right before the first training step after a resume. Together 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -19,7 +19,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 def collect_random_states() -> dict[str, Any]:
     """This process's global random states, in types that ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # legacy=True (the default) gives the tuple, not the dict its annotation also allows.
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, pos, has_gauss, gauss = legacy
     version, state, py_gauss = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
@@ -34,7 +34,7 @@ def end_of_fit_probe(trainer: L.Trainer, pl_module: L.LightningModule) -> str | 
     """The table of the end-of-fit probe (``probe`` section, :class:`mlm_lightning.callbacks.probe.FitProbe`), run
     now if it has not run yet; ``None`` when the run has none. Found by its ``probe_table`` method (no import).
     """
-    for callback in trainer.callbacks:
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         run = getattr(callback, "probe_table", None)
         if callable(run):
             return run(trainer, pl_module)
@@ -58,7 +58,7 @@ class CorpusReport(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         from mlm_lightning.tools.report import corpus_report, format_report, report_warnings
 
-        dm = trainer.datamodule
+        dm = trainer.datamodule  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         if stage != "fit" or dm is None or not hasattr(dm, "corpus_meta"):
             return
         stats = corpus_report(dm)
@@ -94,7 +94,7 @@ class FillMaskProbes(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         from mlm_lightning.tools.fill_mask import with_mask_token
 
-        dm = trainer.datamodule
+        dm = trainer.datamodule  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         if self.sentences and dm is not None and hasattr(dm, "tokenizer"):
             try:
                 with_mask_token(self.sentences, dm.tokenizer)  # a probe without a mask fails now, not mid-run
@@ -108,7 +108,7 @@ class FillMaskProbes(Callback):
         loggers = tensorboards(trainer)
         if not self.sentences or trainer.sanity_checking or not loggers:
             return
-        results = fill_mask(pl_module.model, trainer.datamodule.tokenizer, self.sentences, self.top_k)
+        results = fill_mask(pl_module.model, trainer.datamodule.tokenizer, self.sentences, self.top_k)  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         rows = ["| probe | predictions |", "| --- | --- |"]
         for sentence, per_mask in zip(self.sentences, results):
             cells = [
@@ -153,8 +153,8 @@ class HParamsSummary(Callback):
             return
         step, metrics = self._last
         params: dict[str, Any] = {**pl_module.hparams}
-        if trainer.datamodule is not None:
-            params.update(trainer.datamodule.hparams)
+        if trainer.datamodule is not None:  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
+            params.update(trainer.datamodule.hparams)  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         params = {k: v for k, v in params.items() if not k.startswith("_")}  # LightningCLI's `_instantiator`
         params["trainer"] = {
             "max_steps": trainer.max_steps,
@@ -232,11 +232,12 @@ class ExportOnFitEnd(Callback):
         target = self.target(trainer)
         if not self.enabled or self.overwrite or not target.exists():
             return
-        callback = trainer.checkpoint_callback
+        callback = cast(ModelCheckpoint | None, trainer.checkpoint_callback)  # the run's is an MLMCheckpoint
         folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
         own_checkpoints = folder is not None and any(folder.glob("*.ckpt"))
         resuming = (
             ckpt_path is not None
+            and folder is not None
             and own_checkpoints
             and (str(ckpt_path) in RESUME_KEYWORDS or Path(ckpt_path).resolve().parent == folder.resolve())
         )
@@ -253,7 +254,7 @@ class ExportOnFitEnd(Callback):
 
         if not self.enabled:
             return
-        ckpt = trainer.checkpoint_callback
+        ckpt = cast(ModelCheckpoint | None, trainer.checkpoint_callback)  # the run's is an MLMCheckpoint
         paths = [ckpt.best_model_path, ckpt.last_model_path] if ckpt else []
         if self.checkpoint == "last":
             paths.reverse()

@@ -10,7 +10,7 @@ an "NVIDIA H200" from ``get_available_flops`` (see :mod:`mlm_lightning.training.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -26,6 +26,9 @@ from mlm_lightning.training.flops import (
     peak_cache_path,
     peak_flops,
 )
+
+if TYPE_CHECKING:
+    from mlm_lightning.model.module import MLMModule
 
 
 class Throughput(L.Callback):
@@ -46,7 +49,7 @@ class Throughput(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Known once the device and precision are: the GPU table, or this CPU's measured (cached) matmul peak.
         try:
-            self.shape = EncoderShape.from_config(pl_module.model.config)
+            self.shape = EncoderShape.from_config(cast("MLMModule", pl_module).model.config)
         except ValueError as err:  # a family whose config does not say its shape (FNet, XLM): tokens/s only
             self.shape = None
             rank_zero_info(f"no train/mfu this run: {err}")
@@ -59,7 +62,7 @@ class Throughput(L.Callback):
     ) -> None:
         if not trainer.is_global_zero and trainer.world_size > 1:
             return
-        every = max(1, trainer.log_every_n_steps)
+        every = max(1, trainer.log_every_n_steps)  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         if self._last_time is None:
             _sync(pl_module.device)
             self._last_time, self._tokens_seen, self._flops_seen = time.perf_counter(), 0, 0

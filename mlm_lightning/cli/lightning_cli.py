@@ -161,6 +161,7 @@ class MLMCLI(LightningCLI):
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # --help lists groups in the order they are added: LightningCLI adds the Trainer's first, ahead of
         # everything a user of this project looks for. Model and data here; the Trainer in add_arguments_to_parser.
+        assert self.model_class is not None and self.datamodule_class is not None  # run_cli passes both
         parser.add_lightning_class_args(self.model_class, "model", subclass_mode=self.subclass_mode_model)
         parser.add_lightning_class_args(self.datamodule_class, "data", subclass_mode=self.subclass_mode_data)
 
@@ -275,7 +276,7 @@ class MLMCLI(LightningCLI):
             run_dir_guard(self.trainer, ckpt_path),
             explain_checkpoint_errors(ckpt_path),
         ):
-            for callback in self.trainer.callbacks:
+            for callback in self.trainer.callbacks:  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
                 if isinstance(callback, ExportOnFitEnd):
                     callback.check_before_fit(self.trainer, ckpt_path)
             self.trainer.fit(model, **kwargs)

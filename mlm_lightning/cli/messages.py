@@ -40,7 +40,7 @@ def _out_of_range(message: str) -> str:
     """jsonargparse's message for a value outside a range type (mlm_lightning.settings) as ``KEY must be RANGE``."""
     found = _NOT_OF_TYPE.search(message)
     kind = getattr(jsonargparse.typing, found["type"], None) if found else None
-    if found is None or not hasattr(kind, "_expression"):
+    if found is None or kind is None or not hasattr(kind, "_expression"):
         return message
     rule = re.sub(r"v(<=|>=|<|>|==|!=)", r"\1 ", kind._expression)
     what = "an integer" if kind._type is int else "a number"

@@ -47,7 +47,7 @@ def checkpoint_dir(config: Namespace) -> str:
     return config.checkpoint.dirpath or str(Path(config.trainer.default_root_dir or os.getcwd()) / "checkpoints")
 
 
-def last_checkpoint(folder: str) -> str | None:
+def last_checkpoint(folder: str | Path) -> str | None:
     """The file ``--ckpt_path last`` resumes from: Lightning's rule (newest ``last*.ckpt``) for our one folder."""
     name = MLMCheckpoint.CHECKPOINT_NAME_LAST
     found = [p for p in Path(folder).glob("*.ckpt") if re.match(rf"^{name}(-(\d+))?$", p.stem)]
@@ -56,7 +56,10 @@ def last_checkpoint(folder: str) -> str | None:
 
 def _same(a: Any, b: Any) -> bool:
     """Equal as settings: a tuple and a list of equal items are the same (YAML has no tuples)."""
-    norm = lambda v: [norm(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
+
+    def norm(v: Any) -> Any:
+        return [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+
     return norm(plain_values(a)) == norm(plain_values(b))
 
 
@@ -155,7 +158,8 @@ def check_resumed_data(datamodule: Any, ckpt_path: str | None, callback: Any) ->
     if not ckpt_path or not isinstance(datamodule, MLMDataModule):
         return
     if ckpt_path == "last":
-        ckpt_path = last_checkpoint(callback.dirpath) if isinstance(callback, ModelCheckpoint) else None
+        folder = callback.dirpath if isinstance(callback, ModelCheckpoint) else None
+        ckpt_path = last_checkpoint(folder) if folder else None
     if not ckpt_path or "://" in ckpt_path or not os.path.isfile(ckpt_path):
         return
     try:

@@ -247,7 +247,7 @@ class CorpusCache:
                     orders: dict[str, np.ndarray | None] = {"train": perm[n_val:], "val": perm[:n_val]}
                 else:
                     orders = {"all": None}
-                meta: dict[str, Any] = {
+                meta = {
                     "version": CACHE_VERSION,
                     "files": [str(f) for f in files],
                     "splits": {},

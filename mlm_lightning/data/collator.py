@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -163,6 +163,7 @@ class MLMCollator:
         # A word starts at every eligible token that is not a continuation piece, and at every eligible token
         # right after a special token or the row's start: a word never spans [SEP] (a "##" piece after it belongs
         # to the next document), and a word cut by a block's start is still a word of its own.
+        assert self.continuation_mask is not None  # whole-word masking only
         cont = torch.from_numpy(self.continuation_mask[ids.numpy()])
         after_special = torch.ones_like(eligible)
         after_special[1:] = ~eligible[:-1]
@@ -234,4 +235,4 @@ class MLMCollator:
         batch["num_token_pairs"] = int(sum(n * n for n in lengths))  # attention's query-key pairs, for MFU
         if self.continuation_mask is not None:
             batch["masked_words"] = words
-        return MLMBatch(**batch)
+        return cast(MLMBatch, batch)

@@ -154,7 +154,7 @@ class MLMDataModule(L.LightningDataModule):
         self.num_proc = num_proc
         self.seed = seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.datasets: dict[str, TokenRows] = {}
+        self.datasets: dict[str, TokenRows | StreamingRows] = {}
         self.resume_with_changed_data = resume_with_changed_data
         self._identity: dict[str, Any] | None = None
         self._resume_checked = False

@@ -58,7 +58,8 @@ def data_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
             what += [f"{f} added" for f, d in new_files.items() if f not in old_files and d not in had]
             changes.append(f"data.train_files: {', '.join(what) or 'their content changed'}")
         elif key == "data.tokenizer":
-            if old[1] != (new or ["", ""])[1]:
+            new = new or ["", ""]  # a record without it: no tokenizer
+            if old[1] != new[1]:
                 changes.append(f"data.tokenizer: {old[0]} -> {new[0]} (another vocabulary or other rules)")
         elif _current(old) != _current(new):
             changes.append(f"{key}: {old} -> {new}")

@@ -9,7 +9,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 
-class MLMSampler(Sampler[tuple[int, int]]):
+class MLMSampler(Sampler[tuple[int, int, int]]):
     """Order of rows for one device: shuffled by ``seed + epoch``, sharded across devices, optionally bucketed.
 
     Yields ``(epoch, index)`` so the collator draws that epoch's masks. It shards by itself, so the Trainer must
@@ -69,6 +69,7 @@ class MLMSampler(Sampler[tuple[int, int]]):
         return mine
 
     def _bucket(self, rows: np.ndarray, epoch: int) -> np.ndarray:
+        assert self.lengths is not None  # called only with lengths
         lengths = self.lengths[rows]
         if not self.shuffle:
             return rows[np.argsort(-lengths, kind="stable")]
@@ -119,6 +120,7 @@ class ResumableDataLoader(DataLoader):
     (``progress``), not the number the loader has produced: workers and Lightning's fetcher read ahead.
     """
 
+    sampler: MLMSampler  # the only sampler it is given
     progress: Callable[[], int] | None = None
     keep_position = True  # False: a resume on other data (data.resume_with_changed_data) starts them at their top
 

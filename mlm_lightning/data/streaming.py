@@ -285,6 +285,7 @@ class StreamingRows(IterableDataset):
             served = int(state["rows"])
         self.snapshots.clear()
         if served:
+            assert state is not None  # served counts the restored state's rows
             self.snapshots[served] = state["stream"]
         if served >= self.rows_per_epoch:
             return
@@ -309,6 +310,7 @@ class StreamingDataLoader(DataLoader):
     :class:`StreamingRows` recorded when it served it.
     """
 
+    dataset: StreamingRows  # the only dataset it is given
     progress: Callable[[], int] | None = None
     current_epoch: Callable[[], int] | None = None
 

@@ -30,7 +30,7 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 _DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def cache_write_error(err: BaseException, folder: Path, what: str) -> MLMError | None:
+def cache_write_error(err: BaseException | None, folder: Path, what: str) -> MLMError | None:
     """The one-line error for a write into the cache that failed because the disk is full or read-only.
 
     Args:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from mlm_lightning import family_config
 from mlm_lightning.errors import MLMError
@@ -14,6 +12,9 @@ from mlm_lightning.families import max_sequence_length
 from mlm_lightning.model.base_head import BaseHead
 from mlm_lightning.model.loading import load_masked_lm, load_model_config
 from mlm_lightning.model.tokenizer_match import check_tokenizer_matches
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def build_model(
     tokenizer_name_or_path: str | None = None,
     attention_dropout: float | None = None,
     base_head: BaseHead = "auto",
-) -> nn.Module:
+) -> PreTrainedModel:
     """Loads the pretrained masked LM ``model_name_or_path``, or builds a new one of ``architecture``.
 
     A pretrained model keeps its own architecture; its embeddings are checked to cover ``vocab_size``, and the
@@ -95,7 +96,7 @@ def build_model(
         raise MLMError(f"cannot build a new {model_type} model from these settings: {err_line}") from err
 
 
-def build_network(settings: Mapping[str, Any]) -> nn.Module:
+def build_network(settings: Mapping[str, Any]) -> PreTrainedModel:
     """The network of ``MLMModule``'s ``settings`` (its hyperparameters): checked, loaded or built, vocabulary padded.
 
     ``pad_vocab_multiple`` rounds the embedding and output vocabulary up (the extra rows are never a target).
@@ -116,7 +117,7 @@ def build_network(settings: Mapping[str, Any]) -> nn.Module:
     return model
 
 
-def check_max_seq_length(model: nn.Module, length: int | None) -> None:
+def check_max_seq_length(model: PreTrainedModel, length: int | None) -> None:
     """Raises :class:`MLMError` when rows of ``length`` tokens exceed ``model``'s position embeddings."""
     limit = max_sequence_length(model.config.to_dict())
     if length and limit and length > limit:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
 
 from mlm_lightning.errors import MLMError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def cpu_compiler() -> str | None:
@@ -99,7 +101,7 @@ class CompilePolicy:
             check_can_compile(device_type)
         self.decided = decided
 
-    def network(self, model: nn.Module, whole_model: bool) -> Callable[..., Any]:
+    def network(self, model: PreTrainedModel, whole_model: bool) -> Callable[..., Any]:
         """``model``'s encoder, or with ``whole_model`` the model, compiled: built on the first call, then the same.
 
         The encoder is looked up only to compile it: a trace of the whole loss reaches it through the compiled one.
@@ -113,7 +115,7 @@ class CompilePolicy:
         return compiled
 
     def whole_loss(
-        self, loss: Callable[..., torch.Tensor], build_encoder: Callable[[], Any], batch: dict[str, Any]
+        self, loss: Callable[..., torch.Tensor], build_encoder: Callable[[], Any], batch: Mapping[str, Any]
     ) -> Callable[..., torch.Tensor]:
         """``loss`` compiled (once; ``build_encoder`` first: the trace inlines the compiled encoder), for ``batch``.
 

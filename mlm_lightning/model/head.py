@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -37,7 +37,7 @@ def position_wise_head(model: nn.Module, full_logits: bool) -> tuple[Head | None
     return head, None
 
 
-def masked_logits(model: nn.Module, batch: dict[str, Any], head: Head | None, runs: nn.Module) -> torch.Tensor:
+def masked_logits(model: nn.Module, batch: Mapping[str, Any], head: Head | None, runs: nn.Module) -> torch.Tensor:
     """Vocabulary logits at ``batch``'s masked positions only, shape (masked tokens, vocab).
 
     ``runs`` is what runs the inputs (compiled or not): ``model``'s encoder, whose hidden states at the masked
@@ -60,7 +60,7 @@ def masked_logits(model: nn.Module, batch: dict[str, Any], head: Head | None, ru
     return head(hidden.index_select(0, positions))
 
 
-def masked_mean_loss(module: Any, batch: dict[str, Any]) -> torch.Tensor:
+def masked_mean_loss(module: Any, batch: Mapping[str, Any]) -> torch.Tensor:
     """Mean cross-entropy of ``module.masked_logits`` at ``batch``'s masked positions; labels ``-100`` are ignored.
 
     A sum over the counted labels rather than ``reduction="mean"``, so a batch without masked tokens gives a loss

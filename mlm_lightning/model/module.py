@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import AttributeDict, rank_zero_info
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.optim import Optimizer
 
 from mlm_lightning import families
@@ -137,7 +139,7 @@ class MLMModule(L.LightningModule):
 
     def mlm_head(self) -> Head | None:
         """The function mapping hidden states to vocabulary logits, if the family's head is position-wise."""
-        head, why = position_wise_head(self.model, self.hparams.full_logits)
+        head, why = position_wise_head(self.model, cast(AttributeDict, self.hparams).full_logits)
         if why and not self._said_full_logits:
             model_type = self.model.config.model_type
             rank_zero_info(f"model_type={model_type}: vocabulary logits at every position, because {why}")
@@ -150,7 +152,7 @@ class MLMModule(L.LightningModule):
             return self.model if whole_model else self.model.base_model
         return self.compilation.network(self.model, whole_model)
 
-    def masked_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+    def masked_logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Vocabulary logits at the masked positions only, shape (masked tokens, vocab)."""
         head = self.mlm_head()
         return masked_logits(self.model, batch, head, self.encoder(whole_model=head is None))
@@ -163,8 +165,8 @@ class MLMModule(L.LightningModule):
         """``batch`` padded to one of a few fixed widths where it runs compiled (:func:`~.head.compile_width`)."""
         if not self.compilation.runs_compiled(self.training, self.device.type):
             return batch
-        longest = getattr(self.trainer.datamodule, "max_seq_length", None) if self._trainer is not None else None
-        return compile_width(batch, longest, self.model.config.pad_token_id or 0)
+        longest = getattr(self.trainer.datamodule, "max_seq_length", None) if self._trainer is not None else None  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
+        return cast(MLMBatch, compile_width(cast(dict[str, Any], batch), longest, self.model.config.pad_token_id or 0))
 
     # -- steps ------------------------------------------------------------------------------------------
     def train_loss(self, batch: MLMBatch) -> torch.Tensor:
@@ -253,8 +255,8 @@ class MLMModule(L.LightningModule):
                     config.scheduler.plan = self._schedule
 
     # -- optimisation -----------------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        hp = cast(AttributeDict, self.hparams)
         impl = adamw_implementation(self.device.type, self.trainer)
         optimizer = build_adamw(self.model, hp.learning_rate, hp.weight_decay, hp.betas, hp.eps, impl)
         # Its plan is recorded in checkpoints: a resumed run continues the same schedule (see resume_schedule).
@@ -268,7 +270,7 @@ class MLMModule(L.LightningModule):
         return plan_schedule(settings, total_optimizer_steps(self.trainer), *(self._resumed or (None, 0)))
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.trainer.datamodule if self._trainer is not None else None  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         check_max_seq_length(self.model, getattr(dm, "max_seq_length", None))
         if self._trainer is not None:  # before the strategy wraps the model: FSDP units are its own layers
             fill_auto_wrap_policy(self.trainer.strategy, self.model)

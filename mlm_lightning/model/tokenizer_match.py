@@ -59,7 +59,7 @@ def check_tokenizer_matches(
         token_ids: The tokenizer's special-token ids (:func:`family_config.special_token_ids`); ``None`` skips rule 2.
     """
     model = model_name_or_path
-    own_folder = bool(tokenizer_name_or_path) and same_source(model, tokenizer_name_or_path)
+    own_folder = bool(tokenizer_name_or_path and same_source(model, tokenizer_name_or_path))
     if tokenizer_name_or_path and not own_folder:
         own = bundled_tokenizer(model)
         if own is not None:
@@ -71,7 +71,8 @@ def check_tokenizer_matches(
                 )
     if token_ids is None:
         return
-    decisive, doubtful = [], []
+    decisive: list[str] = []
+    doubtful: list[str] = []
     for role in family_config.TOKEN_ROLES:
         field = f"{role}_token_id"
         recorded, given = getattr(config, field, None), family_config.token_id_for(field, token_ids)

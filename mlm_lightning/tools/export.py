@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mlm_lightning.errors import MLMError
 from mlm_lightning.io.atomic import atomic_output_dir, check_writable
 from mlm_lightning.io.sources import PKG_SCHEME
 from mlm_lightning.quiet import no_transformers_progress
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from mlm_lightning.model.base_head import BaseHead
 
 
 def load_checkpoint(ckpt_path: str | os.PathLike, weights_only: bool = True) -> dict[str, Any]:
@@ -39,7 +42,7 @@ def load_checkpoint(ckpt_path: str | os.PathLike, weights_only: bool = True) -> 
 
 def masked_lm_from_checkpoint(
     ckpt: dict[str, Any], ckpt_path: str | os.PathLike = "", weights_only: bool = True
-) -> torch.nn.Module:
+) -> PreTrainedModel:
     """The checkpoint's ``AutoModelForMaskedLM``, in eval mode on the CPU.
 
     Built from the architecture stored in the checkpoint, so a model fine-tuned from a hub name exports
@@ -49,7 +52,9 @@ def masked_lm_from_checkpoint(
     if stored is None:
         from mlm_lightning.model.module import MLMModule
 
-        return MLMModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=weights_only).model.eval()
+        # Its annotation says str | Path, but it opens any os.PathLike (through fsspec).
+        module = MLMModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=weights_only)  # type: ignore[arg-type]
+        return module.model.eval()
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     config = type(AutoConfig.for_model(stored["model_type"])).from_dict(stored)
@@ -104,7 +109,7 @@ def load_model(name: str, head_warning: bool = True, weights_only: bool = True) 
         model, _, tokenizer_name = from_checkpoint(ckpt, path, weights_only=weights_only)
         return model.eval(), tokenizer_name
     # Users of the encoder only (no head warning) need no MLM head: the shipped one is not read for them either.
-    base_head = "auto" if head_warning else "none"
+    base_head: BaseHead = "auto" if head_warning else "none"
     return load_masked_lm(name, for_training=not head_warning, base_head=base_head).eval(), name
 
 
@@ -126,12 +131,14 @@ def probe_record(ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and not name.startswith(PKG_SCHEME) and "://" not in name and not Path(name).exists()
+    if not name:
+        return False
+    return not name.startswith(PKG_SCHEME) and "://" not in name and not Path(name).exists()
 
 
 def model_card(
     ckpt: dict[str, Any],
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tokenizer_name: str,
     title: str,
     probe_table: str | None = None,

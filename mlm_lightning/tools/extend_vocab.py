@@ -119,6 +119,7 @@ def count_corpus(docs: Any, tokenizer: Any, rule: WordRule | None, count_words: 
         counts.tokens += sum(len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False))
         if not count_words:
             continue
+        assert rule is not None  # words are counted with the family's rule (callers pass word_rule's)
         glue = rule.glue_chars
         for text in texts:
             norm = normalizer.normalize_str(text) if normalizer is not None else text

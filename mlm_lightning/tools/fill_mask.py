@@ -56,7 +56,7 @@ def fill_mask(model: Any, tokenizer: Any, sentences: list[str], top_k: int = 5) 
     pipe = pipeline("fill-mask", model=model, tokenizer=tokenizer, device=model.device)
     results = []
     for sentence in sentences:
-        out = pipe(sentence, top_k=top_k)
+        out: Any = pipe(sentence, top_k=top_k)  # its annotation misses the candidates' dicts
         per_mask = [out] if out and isinstance(out[0], dict) else out  # one mask: a flat list
         results.append([[(c["token_str"], float(c["score"])) for c in cands] for cands in per_mask])
     return results

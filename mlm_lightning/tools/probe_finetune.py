@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import lightning as L
 import numpy as np
@@ -67,7 +67,11 @@ def fine_tune_predictions(
 
         generator = torch.Generator().manual_seed(split.seed)
         return torch.utils.data.DataLoader(
-            items, batch_size=settings.batch_size, shuffle=shuffle, collate_fn=collate, generator=generator
+            items,  # type: ignore[arg-type]  # a list is a map-style dataset (__getitem__, __len__); torch's stub says Dataset
+            batch_size=settings.batch_size,
+            shuffle=shuffle,
+            collate_fn=collate,
+            generator=generator,
         )
 
     train = loader(split.train, shuffle=True)
@@ -84,7 +88,7 @@ def fine_tune_predictions(
     )
     trainer.fit(module, train_dataloaders=train)
     batches = trainer.predict(module, dataloaders=loader(split.test, shuffle=False))
-    return torch.cat(batches).numpy()
+    return torch.cat(cast(list[torch.Tensor], batches)).numpy()  # predict_step gives one tensor per batch
 
 
 class ClassifierModule(L.LightningModule):

@@ -7,10 +7,13 @@ Printed before training (:class:`mlm_lightning.callbacks.CorpusReport`) and by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from mlm_lightning.data import MLMDataModule
+from mlm_lightning.data.rows import TokenRows
+from mlm_lightning.data.sampling import MLMSampler
 
 
 @dataclass
@@ -52,7 +55,7 @@ class SplitStats:
 
 def split_stats(dm: MLMDataModule, split: str) -> SplitStats:
     """Statistics of ``split`` (``train``, ``val`` or ``val/<name>``) of a data module that has been set up."""
-    rows = dm.datasets[split]
+    rows = cast(TokenRows, dm.datasets[split])  # a tokenized split: the report needs its files
     meta = dm.corpus_meta(split)
     offsets = np.load(rows.folder / "doc_offsets.npy")
     starts, ends = offsets[:-1], offsets[1:]  # each document's span in the stream, its trailing [SEP] included
@@ -63,7 +66,7 @@ def split_stats(dm: MLMDataModule, split: str) -> SplitStats:
         split_docs = int((ends - 1 - starts > dm.max_seq_length - 2).sum())
     loader = dm.loader(split)
     lengths = rows.row_lengths()
-    served = lengths[loader.sampler.shard(0)]  # the order batches are formed in, so padding is exact
+    served = lengths[cast(MLMSampler, loader.sampler).shard(0)]  # the order batches are formed in, so padding is exact
     firsts = np.arange(0, len(served), loader.batch_size)
     padded = int((np.maximum.reduceat(served, firsts) * np.diff(np.append(firsts, len(served)))).sum())
     return SplitStats(

@@ -55,7 +55,7 @@ def _untrained(recipe: TokenizerRecipe, lowercase: bool, min_frequency: int, voc
     if recipe.kind == "WordPiece":
         tok = Tokenizer(models.WordPiece(unk_token=recipe.specials["unk"]))
         # limit_alphabet 1000, as tokenizers' BertWordPieceTokenizer (this command's trainer before families).
-        trainer = trainers.WordPieceTrainer(
+        trainer: trainers.Trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, limit_alphabet=1000
         )
     elif recipe.kind == "byte-level BPE":

@@ -12,7 +12,7 @@ def log_grad_norm(module: L.LightningModule, network: torch.nn.Module) -> None:
 
     Before clipping, and only on logged steps: the norm costs a pass over every gradient.
     """
-    if (module.trainer.global_step + 1) % max(1, module.trainer.log_every_n_steps) == 0:
+    if (module.trainer.global_step + 1) % max(1, module.trainer.log_every_n_steps) == 0:  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
         norms = grad_norm(network, norm_type=2)
         if norms:
             module.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)

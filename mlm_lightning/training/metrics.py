@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -28,7 +28,7 @@ class EvalMetrics(nn.Module):
         self.nonfinite = SumMetric(nan_strategy="disable")
         self.words = SumMetric()
 
-    def add(self, batch: dict[str, Any], logits: torch.Tensor, losses: torch.Tensor) -> None:
+    def add(self, batch: Mapping[str, Any], logits: torch.Tensor, losses: torch.Tensor) -> None:
         """Counts one batch: its masked tokens' ``logits`` and per-token ``losses`` (``batch["masked_labels"]``)."""
         labels = batch["masked_labels"]
         if labels.numel():
@@ -60,7 +60,7 @@ class SplitMetrics(nn.ModuleDict):
 
     def split(self, prefix: str) -> EvalMetrics:
         """The metrics of the split of metric prefix ``prefix``."""
-        return self[metric_key(prefix)]
+        return cast(EvalMetrics, self[metric_key(prefix)])
 
     def add_splits(self, prefixes: Iterable[str]) -> None:
         """A metric set for each of ``prefixes`` that has none yet (before Lightning moves the module to its device)."""

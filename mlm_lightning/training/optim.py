@@ -9,7 +9,7 @@ learning rate is :class:`mlm_lightning.training.schedule.PlannedLR`'s.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -18,7 +18,8 @@ from torch import nn
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW's two groups of ``model``'s trainable parameters: decayed, then undecayed (biases and norms)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -71,6 +72,8 @@ def build_adamw(
 ) -> torch.optim.AdamW:
     """AdamW over ``model``'s :func:`parameter_groups`, whose settings a restored checkpoint does not replace."""
     groups = parameter_groups(model, weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), eps=eps, **implementation)
+    optimizer = torch.optim.AdamW(
+        groups, lr=learning_rate, betas=cast(tuple[float, float], tuple(betas)), eps=eps, **implementation
+    )
     optimizer.register_load_state_dict_pre_hook(keep_configured_settings)
     return optimizer

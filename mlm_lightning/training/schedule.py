@@ -140,7 +140,7 @@ def total_optimizer_steps(trainer: L.Trainer) -> int:
     first: so does the schedule.
     """
     max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-    dm = trainer.datamodule
+    dm = trainer.datamodule  # type: ignore[attr-defined]  # Lightning's connectors set it, undeclared
     if dm is None or not hasattr(dm, "num_train_batches"):
         return max(1, int(trainer.estimated_stepping_batches))  # the same minimum, from the dataloader
     if trainer.max_epochs in (None, -1):
