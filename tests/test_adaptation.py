@@ -25,6 +25,7 @@ def _events(folder: Path):
     return acc
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_named_sets_are_logged_from_step_0_and_the_monitor_skips_it(adapted_run: Path) -> None:
     (version,) = (adapted_run / "lightning_logs").iterdir()
     events = _events(version)
@@ -44,6 +45,7 @@ def test_named_sets_are_logged_from_step_0_and_the_monitor_skips_it(adapted_run:
     assert base["val/general/accuracy"] == pytest.approx(events.Scalars("val/general/accuracy")[0].value, rel=1e-6)
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_model_card_shows_base_and_adapted_side_by_side(adapted_run: Path) -> None:
     (best,) = (adapted_run / "checkpoints").glob("epoch*.ckpt")
     ckpt = torch.load(best, weights_only=False)
@@ -85,6 +87,7 @@ def test_validation_before_fit_is_on_for_a_pretrained_model_only() -> None:
     assert ValidateBeforeFit(enabled=True).wanted(scratch) and not ValidateBeforeFit(enabled=False).wanted(pretrained)
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_the_monitor_never_picks_the_base_model(tiny_args: list[str], tmp_path: Path) -> None:
     # mode max: the untrained weights have the highest loss, so a step-0 checkpoint would be "best".
     from mlm_lightning.cli.lightning_cli import run_cli
@@ -96,6 +99,7 @@ def test_the_monitor_never_picks_the_base_model(tiny_args: list[str], tmp_path: 
     assert not list((tmp_path / "run" / "checkpoints").glob("*step0-*"))
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_validating_first_changes_nothing_in_training(tiny_args: list[str], tmp_path: Path) -> None:
     from mlm_lightning.cli.lightning_cli import run_cli
 
@@ -141,6 +145,7 @@ def test_named_set_settings_are_checked(tiny_args: list[str], general_file: Path
         assert err.startswith("error: ") and words in err and "\n" not in err, err
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_monitor_can_watch_another_set(tiny_args: list[str], general_file: Path, tmp_path: Path) -> None:
     from mlm_lightning.cli.lightning_cli import run_cli
 

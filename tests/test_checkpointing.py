@@ -62,6 +62,7 @@ def test_atomic_output_dir_swaps_whole_folders(tmp_path: Path) -> None:
     assert target.stat().st_mode == plain.stat().st_mode  # not mkdtemp's private 0700
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path: Path) -> None:
     target = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, target)
@@ -104,6 +105,7 @@ def test_save_last_link_is_replaced_atomically(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_run_folder_belongs_to_one_run(tiny_args: list[str], tmp_path: Path, capsys) -> None:
     args = [*tiny_args, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3"]
     assert main(["fit", *args]) == 0

@@ -26,6 +26,7 @@ def test_every_config_parses(config: Path, capsys) -> None:
     assert printed["data"]["train_files"] and printed["seed_everything"] is not None
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_fit_then_resume_from_last(tiny_args: list[str], tmp_path: Path) -> None:
     assert main(["fit", *tiny_args]) == 0
     root = tmp_path / "run"
@@ -45,6 +46,7 @@ def test_fit_then_resume_from_last(tiny_args: list[str], tmp_path: Path) -> None
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 18
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_validate_and_test_subcommands(tiny_args: list[str], tmp_path: Path, capfd) -> None:
     assert main(["fit", *tiny_args]) == 0
     last = str(tmp_path / "run" / "checkpoints" / "last.ckpt")

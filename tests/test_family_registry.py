@@ -93,6 +93,7 @@ def test_each_records_names_resolve_in_transformers(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", BUILDABLE)
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_each_records_modules_exist_in_a_tiny_model(name: str) -> None:
     """Head paths and FSDP layer classes name modules of the family's model (built on the meta device: no memory)."""
     _skip_if_not_installed(name)

@@ -391,6 +391,7 @@ def test_the_cpu_probe_stays_short_where_the_dtype_is_emulated(monkeypatch: pyte
     assert rate == pytest.approx(2 / 30e-9)
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_a_family_without_a_countable_shape_trains_with_tokens_per_second_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -34,6 +34,7 @@ print(libc.mallinfo2().hblkhd >= 8 << 20)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_freed_large_buffers_return_to_the_system() -> None:
     def own_mapping(mode: str) -> bool:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -58,6 +59,7 @@ def test_only_training_uses_workers(corpus_file: Path, tokenizer_dir: Path) -> N
     assert dm.val_dataloader().num_workers == 0 and dm.test_dataloader().num_workers == 0
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_python_api_runs_get_the_fixed_threshold(tiny_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     # A run started from Python (run_cli(run=False) + trainer.fit, as the benchmarks do) trained under glibc's
     # dynamic threshold: 400-600 MB more peak memory and other step times than the same run from the CLI.
@@ -108,6 +110,7 @@ def test_release_free_heap_gives_freed_small_buffers_back() -> None:
     assert given_back("trim") > 100
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_runs_trim_the_heap_every_few_steps_and_after_validation(
     tiny_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,6 +125,7 @@ def test_runs_trim_the_heap_every_few_steps_and_after_validation(
     assert trims == [6, 10, 12, 12]  # validations at steps 6 and 12, step 10, and the end of training
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_by_default_the_heap_is_trimmed_between_phases_only(
     tiny_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,6 +143,7 @@ def test_by_default_the_heap_is_trimmed_between_phases_only(
     assert trims == []
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_glibc_is_left_alone_unless_asked(tiny_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from mlm_lightning.callbacks import memory as allocator
     from mlm_lightning.cli import lightning_cli as cli_lib

@@ -349,6 +349,7 @@ def record_compiled_graphs(monkeypatch: pytest.MonkeyPatch) -> list[torch.fx.Gra
     return graphs
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_compiled_training_loss_is_one_graph_for_every_masked_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU with compile on, the whole loss is one graph: the masked count is symbolic, no graph breaks.
 

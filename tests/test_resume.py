@@ -78,6 +78,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_args: list
         assert torch.equal(final["state_dict"][name], tensor), name
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_same_seed_and_config_give_the_same_final_validation_loss(tiny_args: list[str], tmp_path: Path) -> None:
     from mlm_lightning.cli.lightning_cli import run_cli
 

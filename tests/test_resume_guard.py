@@ -16,6 +16,7 @@ def _errors(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_resume_on_other_data_names_the_change_unless_allowed(
     tiny_args: list[str], corpus_file: Path, tmp_path: Path, capsys
 ) -> None:
@@ -53,6 +54,7 @@ def test_resume_on_other_data_names_the_change_unless_allowed(
     assert f"{corpus} left out, {moved} added" in _errors(capsys)[0]
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_resuming_an_older_checkpoint_of_the_run_never_replaces_its_newer_last(
     tiny_args: list[str], tmp_path: Path, capsys
 ) -> None:

@@ -135,6 +135,7 @@ def _rows(path: Path) -> dict[int, list[float]]:
     return {int(step): [float(r) for r in rates] for step, *rates in csv.reader(io.StringIO(path.read_text()))}
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_a_run_resumed_mid_warm_up_with_another_peak_runs_its_plan_at_every_step(
     tiny_args: list[str], tmp_path: Path
 ) -> None:

@@ -59,6 +59,7 @@ def test_subcommand_help_still_lists_its_settings(capsys) -> None:
     assert "--data.train_files" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a whole run: CI (make test-all) runs it, make test does not
 def test_fill_mask_on_an_export_loads_no_lightning_torchmetrics_or_datasets(trained_run: Path) -> None:
     code = (
         "import contextlib, io\n"
