@@ -97,6 +97,7 @@ def test_every_panel_uses_the_optimizer_steps_that_name_the_checkpoints(events, 
     assert [e.step for e in events.Scalars("train/loss")] == list(range(2, 13, 2))
 
 
+@pytest.mark.slow  # a whole run / a subprocess: CI (make test-all) runs it, make test does not
 def test_custom_scalars_layout_puts_each_set_before_and_after_on_one_chart(adapted_run: Path) -> None:
     import re
 

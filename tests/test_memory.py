@@ -100,6 +100,7 @@ print(before - rss())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.slow  # a whole run / a subprocess: CI (make test-all) runs it, make test does not
 def test_release_free_heap_gives_freed_small_buffers_back() -> None:
     def given_back(mode: str) -> float:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
