@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
 from mlm_lightning.callbacks import WeightAveragingSetting
@@ -141,3 +142,84 @@ def test_a_masking_schedule_trains_from_the_command_line(tiny_args: list[str]) -
 
     args = ["--data.masking.start_probability", "0.3", "--data.masking.schedule_steps", "6", "--trainer.max_steps", "4"]
     assert main(["fit", *tiny_args, *args]) == 0
+
+
+# -- sequence-length warm-up ------------------------------------------------------------------------------------------
+
+
+def test_the_warm_up_length_grows_in_multiples_of_8_to_the_full_row() -> None:
+    from mlm_lightning.data.sequence_warmup import warmup_length
+
+    # 32 -> 128 over 12 batches: +8 a batch; after the warm-up, and far past it, the full row.
+    assert [warmup_length(32, 12, 128, b) for b in (0, 1, 2, 6, 11, 12, 500)] == [32, 40, 48, 80, 120, 128, 128]
+    assert [warmup_length(30, 4, 64, b) for b in (0, 1, 3, 4)] == [30, 32, 48, 64]  # 38.5, 55.5 rounded down to 8s
+
+
+def test_warm_up_cuts_masked_rows_keeping_every_token_and_target(tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from mlm_lightning.data.masking import TokenMasking
+    from mlm_lightning.data.sequence_warmup import SequenceWarmup
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    whole = TokenMasking().collator(tok, seed=0, train=True)
+    cut = SequenceWarmup(start_length=16, steps=4).applied(whole, max_seq_length=64)
+    ids = np.array([tok.cls_token_id, *range(10, 72), tok.sep_token_id])  # one full row of 64
+    examples = [{"input_ids": ids, "index": i, "epoch": 0, "batch": 0} for i in range(3)]
+    a, b = whole(examples), cut(examples)
+    assert tuple(a["input_ids"].shape) == (3, 64) and tuple(b["input_ids"].shape) == (12, 16)
+    # The same masked row, cut: tokens, targets and the chosen positions' labels in the same order.
+    assert torch.equal(b["input_ids"].reshape(3, 64), a["input_ids"])
+    assert torch.equal(b["labels"].reshape(3, 64), a["labels"])
+    assert torch.equal(b["masked_labels"], a["masked_labels"]) and b["num_tokens"] == a["num_tokens"] == 192
+    assert b["num_token_pairs"] == 12 * 16 * 16 and "attention_mask" not in b
+    # Past the warm-up, or in validation, rows stay whole.
+    later = [{**e, "batch": 4} for e in examples]
+    assert tuple(cut(later)["input_ids"].shape) == (3, 64)
+    val = TokenMasking().collator(tok, seed=0, train=False)
+    assert tuple(SequenceWarmup(start_length=16, steps=4).applied(val, 64)(examples)["input_ids"].shape) == (3, 64)
+
+
+def test_a_cut_that_leaves_a_short_piece_pads_it(tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from mlm_lightning.data.masking import TokenMasking
+    from mlm_lightning.data.sequence_warmup import SequenceWarmup
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    cut = SequenceWarmup(start_length=16, steps=4).applied(TokenMasking().collator(tok, seed=0, train=True), 64)
+    ids = np.array([tok.cls_token_id, *range(10, 48), tok.sep_token_id])  # 40 tokens: pieces of 16, 16, 8
+    batch = cut([{"input_ids": ids, "index": 0, "epoch": 0, "batch": 0}])
+    assert batch["attention_mask"].sum(1).tolist() == [16, 16, 8]
+    assert batch["num_tokens"] == 40 and batch["num_token_pairs"] == 16 * 16 * 2 + 8 * 8
+
+
+def test_warm_up_settings_are_checked(tiny_args: list[str], capsys: pytest.CaptureFixture) -> None:
+    from mlm_lightning.__main__ import main
+
+    for flags, message in (
+        (["--data.sequence_warmup.start_length", "16"], "needs data.sequence_warmup.steps"),
+        (["--data.sequence_warmup.start_length", "64", "--data.sequence_warmup.steps", "2"], "must be below"),
+        (["--data.sequence_warmup.start_length", "4", "--data.sequence_warmup.steps", "2"], "start_length"),
+    ):
+        try:  # a type the parser refuses exits there; a value checked in __init__ returns
+            code = main(["fit", *tiny_args, *flags])
+        except SystemExit as stop:
+            code = stop.code
+        assert code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_warm_up_trains_from_the_command_line_its_setting_in_the_checkpoint(
+    tiny_args: list[str], tmp_path: Path
+) -> None:
+    from mlm_lightning.__main__ import main
+    from mlm_lightning.io.checkpoint_io import read_checkpoint
+
+    flags = ["--data.sequence_warmup.start_length", "16", "--data.sequence_warmup.steps", "3"]
+    assert main(["fit", *tiny_args, *flags, "--trainer.max_steps", "4"]) == 0
+    checkpoints = sorted((tmp_path / "run").rglob("*.ckpt"))
+    assert checkpoints
+    for ckpt in checkpoints:  # plain data, so a weights-only load reads it (and a resume rebuilds the setting)
+        hparams = read_checkpoint(ckpt, weights_only=True)["datamodule_hyper_parameters"]
+        assert hparams["sequence_warmup"] == {"start_length": 16, "steps": 3}

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from typing_extensions import NotRequired
 
+from mlm_lightning.data.sequence_warmup import warmup_length
 from mlm_lightning.errors import MLMError
 
 IGNORE_INDEX = -100
@@ -96,6 +97,11 @@ class MLMCollator:
             ``b`` (its ``batch``, counted by :class:`~mlm_lightning.data.MLMSampler`) goes linearly from this to
             ``mlm_probability`` over the first ``schedule_batches`` batches, then stays. ``None``: no schedule.
         schedule_batches: Length of the schedule in batches.
+        warmup_start: Sequence-length warm-up (training only; :mod:`mlm_lightning.data.sequence_warmup`): each
+            masked row of training batch ``b`` is cut into pieces of a length growing from this to ``warmup_full``
+            over ``warmup_batches`` batches. ``None``: rows stay whole.
+        warmup_batches: Length of the warm-up in batches.
+        warmup_full: The full row length (``data.max_seq_length``).
     """
 
     pad_token_id: int
@@ -112,6 +118,9 @@ class MLMCollator:
     redraw_each_epoch: bool = True
     start_probability: float | None = None
     schedule_batches: int = 0
+    warmup_start: int | None = None
+    warmup_batches: int = 0
+    warmup_full: int = 0
 
     def rate(self, batch: int | None) -> float:
         """The share of tokens (or words) chosen in an example of training batch ``batch``: a function of it alone."""
@@ -196,32 +205,47 @@ class MLMCollator:
         selected[in_word] = chosen[word_id[in_word]]
         return selected
 
+    def _batch_number(self, example: dict[str, Any]) -> int | None:
+        batch_number = example.get("batch")
+        if batch_number is None and self.redraw_each_epoch:
+            # Not silently the final rate or length: a schedule needs each row's batch (MLMSampler hands it).
+            for setting, value in (
+                ("data.masking.start_probability", self.start_probability),
+                ("data.sequence_warmup.start_length", self.warmup_start),
+            ):
+                if value is not None:
+                    raise MLMError(
+                        f"{setting}: this data pipeline gives no batch number with its rows (MLMSampler does), so "
+                        "the schedule cannot be followed"
+                    )
+        return None if batch_number is None else int(batch_number)
+
+    def _pieces(self, ids: np.ndarray, batch: int | None) -> list[slice]:
+        """The row's pieces: whole, or cut to the sequence-length warm-up's length for training batch ``batch``."""
+        if self.warmup_start is None or batch is None or not self.redraw_each_epoch:
+            return [slice(0, len(ids))]
+        cut = warmup_length(self.warmup_start, self.warmup_batches, self.warmup_full, batch)
+        return [slice(i, i + cut) for i in range(0, len(ids), cut)]
+
     def __call__(self, examples: list[dict[str, Any]]) -> MLMBatch:
-        lengths = [len(e["input_ids"]) for e in examples]
+        rows: list[tuple[np.ndarray, np.ndarray]] = []
+        words = 0
+        for ex in examples:
+            batch_number = self._batch_number(ex)
+            ids, lab = self.mask_example(ex["input_ids"], int(ex.get("epoch", 0)), int(ex["index"]), batch_number)
+            # Masked whole, then cut: the same tokens and targets as without a sequence-length warm-up.
+            rows += [(ids[piece], lab[piece]) for piece in self._pieces(ids, batch_number)]
+            if self.continuation_mask is not None:
+                words += self.masked_words(ex["input_ids"], lab)
+        lengths = [len(ids) for ids, _ in rows]
         width = max(lengths)
         if self.pad_to_multiple_of > 1:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = np.full((len(examples), width), self.pad_token_id, dtype=np.int64)
-        labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
-        words = 0
-        for row, ex in enumerate(examples):
-            batch_number = ex.get("batch")
-            if batch_number is None and self.start_probability is not None and self.redraw_each_epoch:
-                # Not silently the final rate: the schedule needs each row's batch (MLMSampler hands it).
-                raise MLMError(
-                    "data.masking.start_probability: this data pipeline gives no batch number with its rows "
-                    "(MLMSampler does), so the masking rate cannot follow the schedule"
-                )
-            ids, lab = self.mask_example(
-                ex["input_ids"],
-                int(ex.get("epoch", 0)),
-                int(ex["index"]),
-                None if batch_number is None else int(batch_number),
-            )
+        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+        for row, (ids, lab) in enumerate(rows):
             input_ids[row, : len(ids)] = ids
             labels[row, : len(lab)] = lab
-            if self.continuation_mask is not None:
-                words += self.masked_words(ex["input_ids"], lab)
         batch: dict[str, Any] = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
         if any(n != width for n in lengths):
             # Only a padded batch gets an attention mask: without one, attention takes its fast (SDPA) path.

@@ -1,15 +1,16 @@
 """``MLMDataModule``: the data settings, and the Lightning hooks that hand the work to the modules beside it.
 
 Text is read (:mod:`.reading`), tokenized once into the cache (:mod:`.cache`, :mod:`.token_stream`), served as rows
-(:mod:`.rows`) in a resumable order (:mod:`.sampling`, :mod:`.loaders`) and masked by ``data.masking``
-(:mod:`.masking`); or, with ``data.streaming``, streamed from shard sets (:mod:`.shards`, :mod:`.streaming`).
-Settings that span several values are checked in :mod:`.checks`; what a checkpoint records of the data, in
-:mod:`.identity`.
+(:mod:`.rows`) in a resumable order (:mod:`.sampling`, :mod:`.loaders`), masked by ``data.masking`` (:mod:`.masking`)
+and cut by ``data.sequence_warmup`` (:mod:`.sequence_warmup`); or, with ``data.streaming``, streamed from shard sets
+(:mod:`.shards`, :mod:`.streaming`). Settings that span several values are checked in :mod:`.checks`; what a
+checkpoint records of the data, in :mod:`.identity`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from mlm_lightning.data.identity import check_resume, data_identity
 from mlm_lightning.data.loaders import rows_loader, stream_loader
 from mlm_lightning.data.masking import MaskingStrategy, TokenMasking
 from mlm_lightning.data.rows import TokenRows
+from mlm_lightning.data.sequence_warmup import SequenceWarmup
 from mlm_lightning.data.streaming import ShardSet, StreamingRows, checked_manifests
 from mlm_lightning.errors import MLMError
 from mlm_lightning.family_config import special_token_ids
@@ -67,6 +69,8 @@ class MLMDataModule(L.LightningDataModule):
         masking: The masking strategy: BERT's token masking (``TokenMasking``, its settings listed by
             ``--data.masking.help TokenMasking``) unless another ``MaskingStrategy`` subclass is given by
             ``class_path``. In YAML: ``masking: {mlm_probability: 0.3, whole_word_mask: true}``.
+        sequence_warmup: Off by default; ``{start_length: 32, steps: 100}``: training rows, cut from whole masked
+            rows, grow from 32 tokens to ``max_seq_length`` over the first 100 batches (the same tokens per step).
         batch_size: Rows per training batch on each device.
         eval_batch_size: Rows per validation/test batch; ``None`` uses ``batch_size``.
         num_workers: Dataloader worker processes for masking and collation of training batches (0 = in the
@@ -107,6 +111,7 @@ class MLMDataModule(L.LightningDataModule):
         layout: Literal["packed", "line_by_line"] = "packed",
         max_seq_length: SequenceLength = 128,
         masking: MaskingStrategy = TokenMasking(),  # noqa: B008 (jsonargparse reads a call as the class default)
+        sequence_warmup: SequenceWarmup = SequenceWarmup(),  # noqa: B008 (a frozen record)
         batch_size: PositiveInt = 32,
         eval_batch_size: PositiveInt | None = None,
         num_workers: NonNegativeInt = 0,
@@ -148,6 +153,8 @@ class MLMDataModule(L.LightningDataModule):
         self.masking = masking_strategy(masking)
         if isinstance(self.hparams.get("masking"), MaskingStrategy):  # from Python: an object
             self.hparams["masking"] = masking_config(self.masking)  # checkpoints hold plain data only
+        self.sequence_warmup = SequenceWarmup.checked(sequence_warmup, max_seq_length)
+        self.hparams["sequence_warmup"] = asdict(self.sequence_warmup)  # checkpoints hold plain data only
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -345,7 +352,8 @@ class MLMDataModule(L.LightningDataModule):
     # -- loaders ----------------------------------------------------------------------------------------
     def collator(self, train: bool) -> MLMCollator:
         """The masking collator of ``data.masking``; validation and test use a different, fixed seed stream."""
-        return self.masking.collator(self.tokenizer, self.seed, train)
+        collator = self.masking.collator(self.tokenizer, self.seed, train)
+        return self.sequence_warmup.applied(collator, self.max_seq_length) if train else collator
 
     def loader(self, split: str) -> DataLoader:
         """The dataloader of one split that :meth:`setup` has loaded: ``train``, a validation split, ``test``."""
@@ -384,8 +392,7 @@ class MLMDataModule(L.LightningDataModule):
             self.setup("fit")
         if self.streaming:
             return len(self.datasets["train"]) // self.batch_size  # whole batches per device, by construction
-        trainer = self.trainer
-        world = trainer.world_size if trainer is not None else 1
+        world = self.trainer.world_size if self.trainer is not None else 1
         return math.ceil(math.ceil(len(self.datasets["train"]) / world) / self.batch_size)
 
 
