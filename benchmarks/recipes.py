@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=None, help="Recipe names (default: all).")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "recipes")
     parser.add_argument("--passages_per_play", type=int, default=40, help="The genre task's size for the probe.")
+    parser.add_argument("--eval_batches", type=int, default=0, help="Validation batches per set (0: all).")
     parser.add_argument("--jobs", type=int, default=2, help="Commands run at once (the cores are shared among them).")
     args = parser.parse_args()
     table = recipes(args.steps)
@@ -118,8 +119,10 @@ def main() -> None:
 
     def evaluate(models: list[str], path: Path) -> list[dict]:
         if not path.exists() or {r["model"] for r in json.loads(path.read_text())} != set(models):
-            cmd = [sys.executable, "-m", "mlm_lightning", "evaluate", "--config", "configs/base.yaml", "--models"]
-            run([*cmd, *models, "--output", str(path)], path.with_suffix(".log"))
+            cmd = [sys.executable, "-m", "mlm_lightning", "evaluate", "--config", "configs/base.yaml"]
+            if args.eval_batches:  # the first batches of each set: the same rows and masks for every model
+                cmd += ["--trainer.limit_val_batches", str(args.eval_batches)]
+            run([*cmd, "--models", *models, "--output", str(path)], path.with_suffix(".log"))
         return json.loads(path.read_text())
 
     def probe(models: list[str], path: Path) -> list[dict]:
