@@ -163,7 +163,7 @@ def test_warm_up_cuts_masked_rows_keeping_every_token_and_target(tokenizer_dir: 
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     whole = TokenMasking().collator(tok, seed=0, train=True)
-    cut = SequenceWarmup(start_length=16, steps=4).applied(whole, max_seq_length=64)
+    cut = whole.with_sequence_warmup(SequenceWarmup(start_length=16, steps=4), max_seq_length=64)
     ids = np.array([tok.cls_token_id, *range(10, 72), tok.sep_token_id])  # one full row of 64
     examples = [{"input_ids": ids, "index": i, "epoch": 0, "batch": 0} for i in range(3)]
     a, b = whole(examples), cut(examples)
@@ -177,7 +177,12 @@ def test_warm_up_cuts_masked_rows_keeping_every_token_and_target(tokenizer_dir: 
     later = [{**e, "batch": 4} for e in examples]
     assert tuple(cut(later)["input_ids"].shape) == (3, 64)
     val = TokenMasking().collator(tok, seed=0, train=False)
-    assert tuple(SequenceWarmup(start_length=16, steps=4).applied(val, 64)(examples)["input_ids"].shape) == (3, 64)
+    assert tuple(
+        val.with_sequence_warmup(SequenceWarmup(start_length=16, steps=4), 64)(examples)["input_ids"].shape
+    ) == (
+        3,
+        64,
+    )
 
 
 def test_a_cut_that_leaves_a_short_piece_pads_it(tokenizer_dir: Path) -> None:
@@ -187,7 +192,7 @@ def test_a_cut_that_leaves_a_short_piece_pads_it(tokenizer_dir: Path) -> None:
     from mlm_lightning.data.sequence_warmup import SequenceWarmup
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    cut = SequenceWarmup(start_length=16, steps=4).applied(TokenMasking().collator(tok, seed=0, train=True), 64)
+    cut = TokenMasking().collator(tok, seed=0, train=True).with_sequence_warmup(SequenceWarmup(16, 4), 64)
     ids = np.array([tok.cls_token_id, *range(10, 48), tok.sep_token_id])  # 40 tokens: pieces of 16, 16, 8
     batch = cut([{"input_ids": ids, "index": 0, "epoch": 0, "batch": 0}])
     assert batch["attention_mask"].sum(1).tolist() == [16, 16, 8]

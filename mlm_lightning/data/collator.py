@@ -15,14 +15,14 @@ mask comes from its own generator seeded by ``(seed, epoch, example index)``, so
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
 from typing_extensions import NotRequired
 
-from mlm_lightning.data.sequence_warmup import warmup_length
+from mlm_lightning.data.sequence_warmup import SequenceWarmup, warmup_length
 from mlm_lightning.errors import MLMError
 
 IGNORE_INDEX = -100
@@ -219,6 +219,12 @@ class MLMCollator:
                         "the schedule cannot be followed"
                     )
         return None if batch_number is None else int(batch_number)
+
+    def with_sequence_warmup(self, warmup: SequenceWarmup, max_seq_length: int) -> MLMCollator:
+        """This (training) collator with the sequence-length warm-up ``warmup`` (itself when that is off)."""
+        if warmup.start_length is None:
+            return self
+        return replace(self, warmup_start=warmup.start_length, warmup_batches=warmup.steps, warmup_full=max_seq_length)
 
     def _pieces(self, ids: np.ndarray, batch: int | None) -> list[slice]:
         """The row's pieces: whole, or cut to the sequence-length warm-up's length for training batch ``batch``."""

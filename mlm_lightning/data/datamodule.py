@@ -353,7 +353,7 @@ class MLMDataModule(L.LightningDataModule):
     def collator(self, train: bool) -> MLMCollator:
         """The masking collator of ``data.masking``; validation and test use a different, fixed seed stream."""
         collator = self.masking.collator(self.tokenizer, self.seed, train)
-        return self.sequence_warmup.applied(collator, self.max_seq_length) if train else collator
+        return collator.with_sequence_warmup(self.sequence_warmup, self.max_seq_length) if train else collator
 
     def loader(self, split: str) -> DataLoader:
         """The dataloader of one split that :meth:`setup` has loaded: ``train``, a validation split, ``test``."""

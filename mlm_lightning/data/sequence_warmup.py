@@ -9,11 +9,8 @@ exactly the tokens and targets of one without, only in shorter rows. Validation 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from mlm_lightning.data.collator import MLMCollator
+from dataclasses import dataclass
+from typing import Any
 
 from mlm_lightning.errors import MLMError
 from mlm_lightning.settings import NonNegativeInt, SequenceLength
@@ -52,12 +49,6 @@ class SequenceWarmup:
                 f"({max_seq_length}): rows cannot start longer than they end"
             )
         return warmup
-
-    def applied(self, collator: MLMCollator, max_seq_length: int) -> MLMCollator:
-        """The training collator with this warm-up (the same collator when off)."""
-        if self.start_length is None:
-            return collator
-        return replace(collator, warmup_start=self.start_length, warmup_batches=self.steps, warmup_full=max_seq_length)
 
 
 def warmup_length(start: int, batches: int, full: int, batch: int) -> int:
